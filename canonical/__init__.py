@@ -1,1 +1,35 @@
+"""The canonical data model: the common language every connector maps to and from.
 
+Imports nothing of vouchflow's own; everything else may import it.
+"""
+
+from canonical._base import BearerValue, CanonicalModel, mask, now_utc
+from canonical.batch import Batch, BatchStatus, ExpiryType
+from canonical.money import Money, MoneyError, RoundingMode, minor_unit
+from canonical.site import Site
+from canonical.sku import IssuanceMode, Sku, SkuKind, SkuStatus, WriteOffType
+from canonical.voucher import CodeEvent, CodeStatus, InvalidTransition, VoucherCode
+
+__all__ = [
+    "Batch",
+    "BatchStatus",
+    "BearerValue",
+    "CanonicalModel",
+    "CodeEvent",
+    "CodeStatus",
+    "ExpiryType",
+    "InvalidTransition",
+    "IssuanceMode",
+    "Money",
+    "MoneyError",
+    "RoundingMode",
+    "Site",
+    "Sku",
+    "SkuKind",
+    "SkuStatus",
+    "VoucherCode",
+    "WriteOffType",
+    "mask",
+    "minor_unit",
+    "now_utc",
+]

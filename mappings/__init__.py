@@ -1,1 +1,1 @@
-
+"""Pure functions between system records and the canonical model. No I/O."""

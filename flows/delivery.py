@@ -1,0 +1,128 @@
+"""Delivering outbox rows to a batch endpoint, exactly once in effect.
+
+A batch that the far end accepts is marked sent, together with whatever the caller records
+on success (fingerprints), in one transaction. A batch refused as invalid is split: the items
+the far end names (or, if it names none, the halves found by bisection) go to the dead-letter
+table and the rest are sent again, so one bad record never holds back its neighbours.
+Transient errors propagate: the caller's retry re-sends, and the idempotency keys make that
+harmless.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from connectors.errors import InvalidRecordError
+from connectors.redact import scrub
+from state.db import session_scope
+from state.models import OutboxMessage
+from state.store import DeadLetterItem, mark_attempt_failed, mark_sent, record_dead_letters
+
+SendBatch = Callable[[list[Any]], Awaitable[list[Any]]]
+OnSent = Callable[[Session, Sequence[OutboxMessage], Sequence[Any]], None]
+
+
+@dataclass
+class DeliveryReport:
+    sent: int = 0
+    dead_lettered: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)
+
+    def add(self, other: DeliveryReport) -> None:
+        self.sent += other.sent
+        self.dead_lettered += other.dead_lettered
+        self.outcomes.update(other.outcomes)
+
+
+def _bad_indices(error: InvalidRecordError, size: int) -> dict[int, str]:
+    bad: dict[int, str] = {}
+    for detail in error.details:
+        if isinstance(detail, dict) and isinstance(detail.get("index"), int):
+            index = detail["index"]
+            if 0 <= index < size:
+                where = detail.get("field") or "record"
+                text = f"{where}: {detail.get('message') or 'invalid'}"
+                bad[index] = f"{bad[index]}; {text}" if index in bad else text
+    return bad
+
+
+async def deliver(
+    engine: Engine,
+    rows: Sequence[OutboxMessage],
+    send: SendBatch,
+    *,
+    flow: str,
+    batch_size: int,
+    on_sent: OnSent | None = None,
+    outcome_of: Callable[[Any], str] | None = None,
+) -> DeliveryReport:
+    report = DeliveryReport()
+    for start in range(0, len(rows), batch_size):
+        report.add(await _deliver_batch(engine, list(rows[start:start + batch_size]), send,
+                                        flow=flow, on_sent=on_sent, outcome_of=outcome_of))
+    return report
+
+
+async def _deliver_batch(
+    engine: Engine,
+    batch: list[OutboxMessage],
+    send: SendBatch,
+    *,
+    flow: str,
+    on_sent: OnSent | None,
+    outcome_of: Callable[[Any], str] | None,
+) -> DeliveryReport:
+    report = DeliveryReport()
+    if not batch:
+        return report
+    try:
+        responses = await send([row.payload for row in batch])
+    except InvalidRecordError as error:
+        bad = _bad_indices(error, len(batch))
+        if not bad and len(batch) == 1:
+            bad = {0: str(error)}
+        if bad:
+            _dead_letter(engine, [(batch[i], reason) for i, reason in bad.items()], flow, error)
+            report.dead_lettered += len(bad)
+            rest = [row for i, row in enumerate(batch) if i not in bad]
+            report.add(await _deliver_batch(engine, rest, send, flow=flow, on_sent=on_sent,
+                                            outcome_of=outcome_of))
+            return report
+        middle = len(batch) // 2
+        for half in (batch[:middle], batch[middle:]):
+            report.add(await _deliver_batch(engine, half, send, flow=flow, on_sent=on_sent,
+                                            outcome_of=outcome_of))
+        return report
+
+    with session_scope(engine) as session:
+        mark_sent(session, [row.id for row in batch if row.id is not None])
+        if on_sent is not None:
+            on_sent(session, batch, responses)
+    report.sent += len(batch)
+    if outcome_of is not None:
+        report.outcomes.update(outcome_of(r) for r in responses)
+    return report
+
+
+def _dead_letter(
+    engine: Engine, items: list[tuple[OutboxMessage, str]], flow: str, error: InvalidRecordError
+) -> None:
+    with session_scope(engine) as session:
+        mark_attempt_failed(session, [row.id for row, _ in items if row.id is not None],
+                            str(error), give_up=True)
+        record_dead_letters(session, [
+            DeadLetterItem(
+                flow=flow, source=row.target, entity_type=row.entity_type,
+                entity_key=row.entity_key,
+                reason=f"{row.target} refused {row.entity_type} {row.entity_key}: {reason}",
+                payload={"outbox_id": row.id, "idempotency_key": row.idempotency_key,
+                         "operation": row.operation, "payload": scrub(row.payload)},
+            )
+            for row, reason in items
+        ])

@@ -1,0 +1,511 @@
+"""sync_catalog: voucher SKUs from the ERP (their master) to the wallet sites that sell them.
+
+Incremental: reads items modified since the stored watermark (minus a small look-back), the
+watermark frozen at run start and advanced only when the whole run succeeded. Each chunk of
+items is mapped, compared with the fingerprint of what each site last confirmed, and only
+changes are written to the outbox and pushed, by upsert keyed on the SKU code, so a re-run or
+a retry after a crash pushes nothing twice and loses nothing. Records that cannot be mapped
+go to the dead-letter table with the reason; the rest of their chunk goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from sqlalchemy import Engine, select, update
+from sqlalchemy.orm import Session
+
+from canonical import Sku, now_utc
+from connectors.erp import ErpClient, ErpSettings, format_q_date
+from connectors.errors import FatalError, NotFoundError
+from connectors.redact import scrub
+from connectors.wallet import WalletClient, WalletSiteSettings, load_sites
+from flows.deadletters import replay_handler
+from flows.delivery import DeliveryReport, deliver
+from flows.runtime import (
+    limit_name,
+    markdown_artifact,
+    run_key,
+    run_logger,
+    state_engine,
+    system_slot,
+    table_artifact,
+)
+from mappings.catalog import inventory_item_to_sku, sku_to_wallet_product
+from mappings.errors import MappingError
+from state.db import session_scope
+from state.models import DeadLetter, DeadLetterStatus, LedgerStatus, OutboxMessage, OutboxStatus
+from state.store import (
+    DeadLetterItem,
+    OutboxItem,
+    enqueue,
+    fingerprint,
+    get_watermark,
+    ledger_done_steps,
+    ledger_finish,
+    ledger_start,
+    load_fingerprints,
+    pending_outbox,
+    record_dead_letters,
+    resolve_dead_letters,
+    save_fingerprints,
+    set_watermark,
+    upsert_xrefs,
+)
+
+FLOW = "sync_catalog"
+SOURCE = "erp"
+RECORD_TYPE = "inventoryItem"
+ENTITY = "product"
+OPERATION = "product.upsert"
+
+
+def site_target(site: str) -> str:
+    return f"wallet:{site}"
+
+
+def product_key(site: str, sku: str, digest: str) -> str:
+    """Idempotency key of one product version on one site: ``product-sg1-SKU-1-<digest16>``."""
+    return f"product-{site}-{sku}-{digest[:16]}"
+
+
+@dataclass
+class CatalogCounts:
+    read: int = 0
+    not_modified: int = 0
+    gone: int = 0
+    mapped: int = 0
+    dead_lettered: int = 0
+    changed: int = 0
+    skipped: int = 0
+    pushed: int = 0
+    rejected: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)
+
+    def add(self, other: CatalogCounts) -> None:
+        for name in ("read", "not_modified", "gone", "mapped", "dead_lettered", "changed",
+                     "skipped", "pushed", "rejected"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.outcomes.update(other.outcomes)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = {name: getattr(self, name) for name in (
+            "read", "not_modified", "gone", "mapped", "dead_lettered", "changed", "skipped",
+            "pushed", "rejected")}
+        data["outcomes"] = dict(self.outcomes)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CatalogCounts:
+        counts = cls(**{k: v for k, v in data.items() if k != "outcomes"})
+        counts.outcomes = Counter(data.get("outcomes") or {})
+        return counts
+
+
+@dataclass
+class CatalogRun:
+    """Everything a chunk needs; built once per flow run (clients are not task parameters)."""
+
+    engine: Engine
+    erp: ErpClient
+    sites: dict[str, WalletSiteSettings]
+    wallets: dict[str, WalletClient]
+    since: datetime | None
+    run_key: str
+
+    @classmethod
+    def open(cls, *, site_codes: Sequence[str] | None, since: datetime | None,
+             key: str) -> CatalogRun:
+        all_sites = load_sites()
+        unknown = sorted(set(site_codes or ()) - set(all_sites))
+        if unknown:
+            raise ValueError(f"unknown site(s): {', '.join(unknown)}")
+        chosen = {c: s for c, s in all_sites.items() if not site_codes or c in site_codes}
+        return cls(
+            engine=state_engine(),
+            erp=ErpClient(ErpSettings()),
+            sites=all_sites,
+            wallets={code: WalletClient(site) for code, site in chosen.items()},
+            since=since,
+            run_key=key,
+        )
+
+    async def aclose(self) -> None:
+        await self.erp.aclose()
+        for wallet in self.wallets.values():
+            await wallet.aclose()
+
+
+# the steps --------------------------------------------------------------------------------
+async def list_changed_ids(erp: ErpClient, since: datetime | None) -> list[str]:
+    """Internal ids of items modified since ``since`` (all items when None).
+
+    The ERP filters by date in its own time zone, so the filter reads the whole day of
+    ``since``; the exact cut happens on ``lastModifiedDate`` after the read.
+    """
+    q = None
+    if since is not None:
+        q = f'lastModifiedDate ON_OR_AFTER "{format_q_date(since, erp.settings.timezone)}"'
+    ids: list[str] = []
+    async for page in erp.list_ids(RECORD_TYPE, q=q):
+        ids.extend(page)
+    return list(dict.fromkeys(ids))
+
+
+def _modified_since(raw: dict[str, Any], since: datetime | None) -> bool:
+    if since is None:
+        return True
+    stamp = raw.get("lastModifiedDate")
+    try:
+        modified = datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
+    except ValueError:
+        return True  # let the mapping report the bad timestamp
+    if modified.tzinfo is None:
+        return True
+    return modified >= since
+
+
+def plan_products(
+    session: Session, skus: Sequence[Sku], wallets: Sequence[str]
+) -> tuple[list[OutboxItem], int, dict[str, dict[str, str]]]:
+    """Outbox items for every (site, SKU) whose product differs from what the site has.
+
+    A site that is no longer in a SKU's sales areas but once received it gets the SKU as
+    inactive, so it stops selling it. Returns (items, unchanged count, digests by site).
+    """
+    items: list[OutboxItem] = []
+    unchanged = 0
+    digests: dict[str, dict[str, str]] = {}
+    keys = [s.sku for s in skus]
+    for site in wallets:
+        known = load_fingerprints(session, site_target(site), ENTITY, keys)
+        site_digests: dict[str, str] = {}
+        for sku in skus:
+            listed = site in sku.sales_areas
+            if not listed and sku.sku not in known:
+                continue
+            product = sku_to_wallet_product(sku, listed=listed)
+            digest = fingerprint(product)
+            if known.get(sku.sku) == digest:
+                unchanged += 1
+                continue
+            site_digests[sku.sku] = digest
+            items.append(OutboxItem(
+                target=site_target(site), operation=OPERATION,
+                idempotency_key=product_key(site, sku.sku, digest), entity_type=ENTITY,
+                entity_key=sku.sku, payload=product,
+            ))
+        digests[site] = site_digests
+    return items, unchanged, digests
+
+
+async def push_site_products(
+    run: CatalogRun, site: str, keys: Sequence[str] | None = None
+) -> DeliveryReport:
+    """Send pending product upserts of one site (those with ``keys``, or all pending)."""
+    wallet = run.wallets[site]
+    target = site_target(site)
+    with session_scope(run.engine) as session:
+        rows = pending_outbox(session, target, operation=OPERATION, keys=keys)
+    if not rows:
+        return DeliveryReport()
+
+    def remember(session: Session, sent: Sequence[OutboxMessage], _: Sequence[Any]) -> None:
+        save_fingerprints(session, target, ENTITY,
+                          {row.entity_key: fingerprint(row.payload) for row in sent})
+
+    async with system_slot(limit_name("wallet", site)):
+        return await deliver(
+            run.engine, rows, wallet.upsert_products, flow=FLOW,
+            batch_size=wallet.site.batch_size, on_sent=remember,
+            outcome_of=lambda r: str(r.get("outcome", "unknown")) if isinstance(r, dict)
+            else "unknown",
+        )
+
+
+async def process_records(
+    run: CatalogRun, raws: Sequence[dict[str, Any]], counts: CatalogCounts
+) -> dict[str, list[str]]:
+    """Map, quarantine, plan and enqueue one chunk's records; returns outbox keys by site."""
+    skus: list[Sku] = []
+    xrefs: dict[str, str] = {}
+    dead: list[DeadLetterItem] = []
+    for raw in raws:
+        try:
+            sku = inventory_item_to_sku(raw, known_sites=run.sites.keys())
+        except MappingError as exc:
+            dead.append(DeadLetterItem(
+                flow=FLOW, source=SOURCE, entity_type=RECORD_TYPE,
+                entity_key=str(raw.get("id", "?")), reason=str(exc), payload=scrub(raw),
+            ))
+            continue
+        skus.append(sku)
+        xrefs[str(raw["id"])] = sku.sku
+    counts.mapped += len(skus)
+    counts.dead_lettered += len(dead)
+    # two ERP items claiming the same SKU code: neither may overwrite the other on the sites
+    seen: Counter[str] = Counter(s.sku for s in skus)
+    clashes = {code for code, n in seen.items() if n > 1}
+    if clashes:
+        for raw_id, code in list(xrefs.items()):
+            if code in clashes:
+                dead.append(DeadLetterItem(
+                    flow=FLOW, source=SOURCE, entity_type=RECORD_TYPE, entity_key=raw_id,
+                    reason=f"inventoryItem {raw_id}: itemId {code!r} is used by another item "
+                    "in the same read (unique)", payload=None,
+                ))
+                del xrefs[raw_id]
+        counts.dead_lettered += sum(seen[c] for c in clashes)
+        counts.mapped -= sum(seen[c] for c in clashes)
+        skus = [s for s in skus if s.sku not in clashes]
+
+    with session_scope(run.engine) as session:
+        record_dead_letters(session, dead)
+        resolve_dead_letters(session, FLOW, SOURCE, RECORD_TYPE, xrefs.keys())
+        upsert_xrefs(session, SOURCE, RECORD_TYPE, xrefs)
+        items, unchanged, _ = plan_products(session, skus, list(run.wallets))
+        enqueue(session, items)
+    counts.changed += len(items)
+    counts.skipped += unchanged
+    by_site: dict[str, list[str]] = {}
+    for item in items:
+        by_site.setdefault(item.target.removeprefix("wallet:"), []).append(item.idempotency_key)
+    return by_site
+
+
+async def sync_chunk(run: CatalogRun, ids: Sequence[str]) -> CatalogCounts:
+    counts = CatalogCounts()
+    async with system_slot(limit_name("erp", run.erp.account)):
+        fetched = await run.erp.get_many(RECORD_TYPE, ids)
+    raws: list[dict[str, Any]] = []
+    failures: list[DeadLetterItem] = []
+    for record_id, result in zip(ids, fetched, strict=True):
+        if isinstance(result, NotFoundError):
+            counts.gone += 1  # deleted between the listing and the read
+        elif isinstance(result, FatalError):
+            failures.append(DeadLetterItem(
+                flow=FLOW, source=SOURCE, entity_type=RECORD_TYPE, entity_key=record_id,
+                reason=f"inventoryItem {record_id}: {result}", payload=None,
+            ))
+        elif isinstance(result, BaseException):
+            raise result  # transient after all retries: fail the chunk, the retry resumes
+        elif _modified_since(result, run.since):
+            raws.append(result)
+        else:
+            counts.not_modified += 1
+    counts.read = len(raws) + counts.not_modified
+    if failures:
+        with session_scope(run.engine) as session:
+            record_dead_letters(session, failures)
+        counts.dead_lettered += len(failures)
+    by_site = await process_records(run, raws, counts)
+    if by_site:
+        reports = await asyncio.gather(*(
+            push_site_products(run, site, site_keys) for site, site_keys in by_site.items()
+        ))
+        for report in reports:
+            counts.pushed += report.sent
+            counts.rejected += report.dead_lettered
+            counts.outcomes.update(report.outcomes)
+    return counts
+
+
+def _step(ids: Sequence[str]) -> str:
+    digest = hashlib.sha256(",".join(ids).encode()).hexdigest()[:16]
+    return f"chunk-{digest}"
+
+
+# Prefect tasks and flow ---------------------------------------------------------------------
+@task(name="list-changed-items", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+async def list_changed_items(run: CatalogRun) -> list[str]:
+    async with system_slot(limit_name("erp", run.erp.account)):
+        return await list_changed_ids(run.erp, run.since)
+
+
+@task(name="sync-catalog-chunk", retries=2, retry_delay_seconds=[2, 10],
+      cache_policy=NO_CACHE)
+async def sync_catalog_chunk(run: CatalogRun, ids: list[str], index: int) -> dict[str, Any]:
+    step = _step(ids)
+    with session_scope(run.engine) as session:
+        done = ledger_done_steps(session, FLOW, run.run_key)
+        if step in done:  # a retry of this run: this chunk already finished
+            return {**done[step], "resumed": True}
+        ledger_start(session, FLOW, run.run_key, step)
+    counts = await sync_chunk(run, ids)
+    after_chunk_hook(index, counts)
+    with session_scope(run.engine) as session:
+        ledger_finish(session, FLOW, run.run_key, step, status=LedgerStatus.DONE,
+                      counts=counts.as_dict())
+    return counts.as_dict()
+
+
+def after_chunk_hook(index: int, counts: CatalogCounts) -> None:
+    """Called after each chunk is pushed; tests replace it to crash a run midway."""
+
+
+@task(name="push-leftover-products", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+async def push_leftovers(run: CatalogRun) -> dict[str, Any]:
+    """Deliver anything still pending for the sites (left by a run that crashed after
+    enqueueing), so a re-run finishes what an earlier one started."""
+    reports = await asyncio.gather(*(push_site_products(run, site) for site in run.wallets))
+    total = DeliveryReport()
+    for report in reports:
+        total.add(report)
+    return {"pushed": total.sent, "rejected": total.dead_lettered,
+            "outcomes": dict(total.outcomes)}
+
+
+@flow(name="sync-catalog", log_prints=False)
+async def sync_catalog(
+    sites: list[str] | None = None,
+    chunk_size: int = 500,
+    chunk_concurrency: int = 2,
+    lookback_minutes: float = 10.0,
+    full: bool = False,
+) -> dict[str, Any]:
+    """Push changed voucher SKUs from the ERP to the wallet sites.
+
+    ``sites`` limits the push to some sites; ``full`` re-reads every item (fingerprints still
+    skip what the sites already have).
+    """
+    logger = run_logger()
+    key = run_key()
+    engine = state_engine()
+    with session_scope(engine) as session:
+        started = ledger_done_steps(session, FLOW, key).get("frozen")
+        watermark = get_watermark(session, FLOW, SOURCE, RECORD_TYPE)
+        if started is None:
+            high = now_utc()  # frozen for this run, and for its retries
+            ledger_finish(session, FLOW, key, "frozen", status=LedgerStatus.DONE,
+                          counts={"high": high.isoformat()})
+        else:
+            high = datetime.fromisoformat(started["high"])
+        ledger_start(session, FLOW, key, "run")
+    since = None if full or watermark is None else watermark - timedelta(minutes=lookback_minutes)
+    run = CatalogRun.open(site_codes=sites, since=since, key=key)
+    totals = CatalogCounts()
+    try:
+        ids = await list_changed_items(run)
+        chunks = [ids[i:i + chunk_size] for i in range(0, len(ids), chunk_size)]
+        logger.info("sync-catalog: %d item(s) changed since %s in %d chunk(s)", len(ids),
+                    since.isoformat() if since else "the beginning", len(chunks))
+        gate = asyncio.Semaphore(max(chunk_concurrency, 1))
+
+        async def one(index: int, chunk: list[str]) -> dict[str, Any]:
+            async with gate:
+                return await sync_catalog_chunk(run, chunk, index)
+
+        results = await asyncio.gather(*(one(i, c) for i, c in enumerate(chunks)))
+        for result in results:
+            totals.add(CatalogCounts.from_dict({k: v for k, v in result.items()
+                                                if k != "resumed"}))
+        leftovers = await push_leftovers(run)
+        totals.pushed += leftovers["pushed"]
+        totals.rejected += leftovers["rejected"]
+        totals.outcomes.update(leftovers["outcomes"])
+    except BaseException as exc:
+        with session_scope(engine) as session:
+            ledger_finish(session, FLOW, key, "run", status=LedgerStatus.FAILED,
+                          counts=totals.as_dict(), detail=str(exc)[:4000])
+        raise
+    finally:
+        await run.aclose()
+
+    with session_scope(engine) as session:
+        set_watermark(session, FLOW, SOURCE, high, RECORD_TYPE)
+        ledger_finish(session, FLOW, key, "run", status=LedgerStatus.DONE,
+                      counts=totals.as_dict())
+    summary = totals.as_dict()
+    summary["watermark"] = high.isoformat()
+    await publish_artifacts(summary)
+    logger.info("sync-catalog: %s", {k: v for k, v in summary.items() if k != "outcomes"})
+    return summary
+
+
+async def publish_artifacts(summary: dict[str, Any]) -> None:
+    rows = [
+        {"measure": "read from ERP", "count": summary["read"]},
+        {"measure": "not modified since watermark", "count": summary["not_modified"]},
+        {"measure": "mapped", "count": summary["mapped"]},
+        {"measure": "dead-lettered", "count": summary["dead_lettered"]},
+        {"measure": "changed (to push)", "count": summary["changed"]},
+        {"measure": "skipped (unchanged on site)", "count": summary["skipped"]},
+        {"measure": "pushed", "count": summary["pushed"]},
+        {"measure": "refused by site", "count": summary["rejected"]},
+    ]
+    rows.extend({"measure": f"site outcome: {k}", "count": v}
+                for k, v in sorted(summary["outcomes"].items()))
+    await table_artifact("sync-catalog-counts", rows, "Catalogue sync: counts of this run")
+    await markdown_artifact(
+        "sync-catalog-summary",
+        "\n".join([
+            "# Catalogue sync",
+            f"- read **{summary['read']}** item(s) from the ERP, "
+            f"**{summary['dead_lettered']}** dead-lettered",
+            f"- pushed **{summary['pushed']}** product upsert(s), "
+            f"skipped **{summary['skipped']}** unchanged",
+            f"- watermark now {summary['watermark']}",
+        ]),
+        "Catalogue sync summary",
+    )
+
+
+# dead-letter replay -------------------------------------------------------------------------
+@replay_handler(FLOW, "erp", RECORD_TYPE)
+async def replay_items(engine: Engine, letters: Sequence[DeadLetter]) -> set[int]:
+    """Read the items again from the ERP (an operator may have fixed them there) and run them
+    through mapping and push; an item that maps now resolves its dead letter."""
+    run = CatalogRun.open(site_codes=None, since=None, key=run_key())
+    try:
+        ids = [d.entity_key for d in letters]
+        await sync_chunk(run, ids)
+    finally:
+        await run.aclose()
+    with session_scope(engine) as session:
+        return set(session.scalars(
+            select(DeadLetter.id).where(
+                DeadLetter.id.in_([d.id for d in letters]),
+                DeadLetter.status == DeadLetterStatus.RESOLVED,
+            )
+        ))
+
+
+@replay_handler(FLOW, "wallet", ENTITY)
+async def replay_products(engine: Engine, letters: Sequence[DeadLetter]) -> set[int]:
+    """Send refused product upserts again (after the site or the data was fixed)."""
+    by_site: dict[str, list[int]] = {}
+    outbox_of: dict[int, int] = {}
+    for d in letters:
+        payload = d.payload or {}
+        if d.id is not None and isinstance(payload.get("outbox_id"), int):
+            outbox_of[payload["outbox_id"]] = d.id
+            by_site.setdefault(d.source.removeprefix("wallet:"), []).append(payload["outbox_id"])
+    with session_scope(engine) as session:
+        session.execute(
+            update(OutboxMessage).where(OutboxMessage.id.in_(list(outbox_of)))
+            .where(OutboxMessage.status == OutboxStatus.FAILED)
+            .values(status=OutboxStatus.PENDING)
+        )
+        keys = {
+            row.id: row.idempotency_key
+            for row in session.scalars(select(OutboxMessage).where(
+                OutboxMessage.id.in_(list(outbox_of))))
+        }
+    run = CatalogRun.open(site_codes=sorted(by_site), since=None, key=run_key())
+    try:
+        for site, outbox_ids in by_site.items():
+            await push_site_products(run, site, [keys[i] for i in outbox_ids if i in keys])
+    finally:
+        await run.aclose()
+    with session_scope(engine) as session:
+        sent = set(session.scalars(select(OutboxMessage.id).where(
+            OutboxMessage.id.in_(list(outbox_of)), OutboxMessage.status == OutboxStatus.SENT)))
+    return {outbox_of[i] for i in sent}

@@ -1,0 +1,444 @@
+"""Operations on the state tables, shared by every flow.
+
+Everything here takes an open ``Session`` so callers decide what shares a transaction (an
+outbox row must commit with the change it announces). Bulk operations work on whole chunks and
+use the database's own upsert, never a read-modify-write loop per record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, func, select, tuple_, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from canonical import now_utc
+from state.models import (
+    DeadLetter,
+    DeadLetterStatus,
+    Fingerprint,
+    LedgerStatus,
+    OutboxMessage,
+    OutboxStatus,
+    RunLedger,
+    Watermark,
+    Xref,
+)
+
+IN_CHUNK = 500
+"""Keys per IN (...) query: well under every database's parameter limit."""
+
+
+def _chunks(items: Sequence[Any], size: int = IN_CHUNK) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _insert(session: Session, table: Any) -> Any:
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        return postgresql.insert(table)
+    if dialect == "sqlite":
+        return sqlite.insert(table)
+    raise NotImplementedError(f"state store does not support {dialect}")
+
+
+def fingerprint(payload: Any) -> str:
+    """A stable content hash: canonical JSON (sorted keys, no spaces), SHA-256 hex."""
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+# watermarks ---------------------------------------------------------------------------------
+def get_watermark(session: Session, flow: str, source: str, scope: str = "") -> datetime | None:
+    row = session.get(Watermark, (flow, source, scope))
+    return row.value if row else None
+
+
+def set_watermark(
+    session: Session, flow: str, source: str, value: datetime, scope: str = ""
+) -> None:
+    """Store a watermark; it never moves backwards (a slow old run cannot undo a newer one)."""
+    now = now_utc()
+    stmt = _insert(session, Watermark).values(
+        flow=flow, source=source, scope=scope, value=value, updated_at=now
+    )
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["flow", "source", "scope"],
+        set_={"value": stmt.excluded.value, "updated_at": stmt.excluded.updated_at},
+        where=Watermark.__table__.c.value < stmt.excluded.value,
+    )
+    session.execute(stmt)
+
+
+# cross-reference ----------------------------------------------------------------------------
+def upsert_xrefs(
+    session: Session, system: str, entity_type: str, pairs: Mapping[str, str]
+) -> None:
+    """Record external id -> canonical id for many records at once."""
+    if not pairs:
+        return
+    now = now_utc()
+    rows = [
+        {"system": system, "entity_type": entity_type, "external_id": ext,
+         "canonical_id": canon, "updated_at": now}
+        for ext, canon in pairs.items()
+    ]
+    for part in _chunks(rows):
+        stmt = _insert(session, Xref).values(list(part))
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["system", "entity_type", "external_id"],
+            set_={"canonical_id": stmt.excluded.canonical_id,
+                  "updated_at": stmt.excluded.updated_at},
+            where=Xref.__table__.c.canonical_id != stmt.excluded.canonical_id,
+        )
+        session.execute(stmt)
+
+
+def canonical_ids(
+    session: Session, system: str, entity_type: str, external_ids: Iterable[str]
+) -> dict[str, str]:
+    ids = list(dict.fromkeys(external_ids))
+    found: dict[str, str] = {}
+    for part in _chunks(ids):
+        rows = session.execute(
+            select(Xref.external_id, Xref.canonical_id).where(
+                Xref.system == system, Xref.entity_type == entity_type,
+                Xref.external_id.in_(part),
+            )
+        )
+        found.update({ext: canon for ext, canon in rows})
+    return found
+
+
+def external_ids(
+    session: Session, system: str, entity_type: str, canonical_ids_: Iterable[str]
+) -> dict[str, str]:
+    ids = list(dict.fromkeys(canonical_ids_))
+    found: dict[str, str] = {}
+    for part in _chunks(ids):
+        rows = session.execute(
+            select(Xref.canonical_id, Xref.external_id).where(
+                Xref.system == system, Xref.entity_type == entity_type,
+                Xref.canonical_id.in_(part),
+            )
+        )
+        found.update({canon: ext for canon, ext in rows})
+    return found
+
+
+# fingerprints -------------------------------------------------------------------------------
+def load_fingerprints(
+    session: Session, target: str, entity_type: str, keys: Iterable[str]
+) -> dict[str, str]:
+    wanted = list(dict.fromkeys(keys))
+    found: dict[str, str] = {}
+    for part in _chunks(wanted):
+        rows = session.execute(
+            select(Fingerprint.entity_key, Fingerprint.digest).where(
+                Fingerprint.target == target, Fingerprint.entity_type == entity_type,
+                Fingerprint.entity_key.in_(part),
+            )
+        )
+        found.update({key: digest for key, digest in rows})
+    return found
+
+
+def save_fingerprints(
+    session: Session, target: str, entity_type: str, digests: Mapping[str, str]
+) -> None:
+    if not digests:
+        return
+    now = now_utc()
+    rows = [
+        {"target": target, "entity_type": entity_type, "entity_key": key, "digest": digest,
+         "updated_at": now}
+        for key, digest in digests.items()
+    ]
+    for part in _chunks(rows):
+        stmt = _insert(session, Fingerprint).values(list(part))
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["target", "entity_type", "entity_key"],
+            set_={"digest": stmt.excluded.digest, "updated_at": stmt.excluded.updated_at},
+        )
+        session.execute(stmt)
+
+
+# outbox -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class OutboxItem:
+    target: str
+    operation: str
+    idempotency_key: str
+    entity_type: str
+    entity_key: str
+    payload: Any
+
+
+def enqueue(session: Session, items: Sequence[OutboxItem]) -> int:
+    """Add writes to the outbox; a key already there is left as it is (so re-running the step
+    that produced it is harmless). Older pending writes of the same entity to the same target
+    are superseded: only the newest state needs to reach it. Returns rows added."""
+    if not items:
+        return 0
+    now = now_utc()
+    added = 0
+    for part in _chunks(list(items)):
+        existing = {
+            (target, key) for target, key in session.execute(
+                select(OutboxMessage.target, OutboxMessage.idempotency_key).where(
+                    tuple_(OutboxMessage.target, OutboxMessage.idempotency_key).in_(
+                        [(i.target, i.idempotency_key) for i in part]
+                    )
+                )
+            )
+        }
+        fresh = [i for i in part if (i.target, i.idempotency_key) not in existing]
+        fresh = list({(i.target, i.idempotency_key): i for i in fresh}.values())
+        if not fresh:
+            continue
+        # supersede older pending rows for the same entities (newest state wins)
+        by_target: dict[tuple[str, str], list[str]] = {}
+        for i in fresh:
+            by_target.setdefault((i.target, i.entity_type), []).append(i.entity_key)
+        for (target, entity_type), keys in by_target.items():
+            session.execute(
+                update(OutboxMessage)
+                .where(
+                    OutboxMessage.target == target,
+                    OutboxMessage.entity_type == entity_type,
+                    OutboxMessage.entity_key.in_(keys),
+                    OutboxMessage.status == OutboxStatus.PENDING,
+                )
+                .values(status=OutboxStatus.SUPERSEDED)
+            )
+        stmt = _insert(session, OutboxMessage).values([
+            {"target": i.target, "operation": i.operation, "idempotency_key": i.idempotency_key,
+             "entity_type": i.entity_type, "entity_key": i.entity_key, "payload": i.payload,
+             "status": OutboxStatus.PENDING, "attempts": 0, "created_at": now}
+            for i in fresh
+        ])
+        stmt = stmt.on_conflict_do_nothing(
+            index_elements=["target", "idempotency_key"]
+        ).returning(OutboxMessage.__table__.c.id)
+        added += len(session.execute(stmt).all())
+    return added
+
+
+def pending_outbox(
+    session: Session,
+    target: str,
+    *,
+    operation: str | None = None,
+    keys: Sequence[str] | None = None,
+    limit: int | None = None,
+) -> list[OutboxMessage]:
+    """Pending writes for a target, oldest first (so each entity's writes keep their order)."""
+    query = select(OutboxMessage).where(
+        OutboxMessage.target == target, OutboxMessage.status == OutboxStatus.PENDING
+    )
+    if operation is not None:
+        query = query.where(OutboxMessage.operation == operation)
+    if keys is not None:
+        rows: list[OutboxMessage] = []
+        for part in _chunks(list(keys)):
+            rows.extend(session.scalars(query.where(OutboxMessage.idempotency_key.in_(part))))
+        rows.sort(key=lambda r: r.id or 0)
+        return rows[:limit] if limit else rows
+    query = query.order_by(OutboxMessage.id)
+    if limit:
+        query = query.limit(limit)
+    return list(session.scalars(query))
+
+
+def mark_sent(
+    session: Session, ids: Sequence[int], *, responses: Mapping[int, Any] | None = None
+) -> None:
+    now = now_utc()
+    responses = responses or {}
+    plain = [i for i in ids if i not in responses]
+    for part in _chunks(plain):
+        session.execute(
+            update(OutboxMessage)
+            .where(OutboxMessage.id.in_(part))
+            .values(status=OutboxStatus.SENT, sent_at=now,
+                    attempts=OutboxMessage.attempts + 1, last_error=None)
+        )
+    for msg_id, response in responses.items():
+        session.execute(
+            update(OutboxMessage)
+            .where(OutboxMessage.id == msg_id)
+            .values(status=OutboxStatus.SENT, sent_at=now, response=response,
+                    attempts=OutboxMessage.attempts + 1, last_error=None)
+        )
+
+
+def mark_attempt_failed(
+    session: Session, ids: Sequence[int], error: str, *, give_up: bool = False
+) -> None:
+    for part in _chunks(list(ids)):
+        values: dict[str, Any] = {
+            "attempts": OutboxMessage.attempts + 1, "last_error": error[:2000],
+        }
+        if give_up:
+            values["status"] = OutboxStatus.FAILED
+        session.execute(update(OutboxMessage).where(OutboxMessage.id.in_(part)).values(**values))
+
+
+def outbox_counts(session: Session, target_prefix: str = "") -> dict[tuple[str, str], int]:
+    rows = session.execute(
+        select(OutboxMessage.target, OutboxMessage.status, func.count())
+        .where(OutboxMessage.target.startswith(target_prefix))
+        .group_by(OutboxMessage.target, OutboxMessage.status)
+    )
+    return {(t, s): n for t, s, n in rows}
+
+
+# dead letters -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DeadLetterItem:
+    flow: str
+    source: str
+    entity_type: str
+    entity_key: str
+    reason: str
+    payload: Any
+
+
+def record_dead_letters(session: Session, items: Sequence[DeadLetterItem]) -> None:
+    """Quarantine records; the same record seen again updates its row instead of adding one."""
+    if not items:
+        return
+    now = now_utc()
+    unique = {(i.flow, i.source, i.entity_type, i.entity_key): i for i in items}
+    rows = [
+        {"flow": i.flow, "source": i.source, "entity_type": i.entity_type,
+         "entity_key": i.entity_key, "reason": i.reason[:4000], "payload": i.payload,
+         "status": DeadLetterStatus.OPEN, "first_seen": now, "last_seen": now,
+         "occurrences": 1, "replay_count": 0}
+        for i in unique.values()
+    ]
+    table = DeadLetter.__table__
+    for part in _chunks(rows):
+        stmt = _insert(session, DeadLetter).values(list(part))
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["flow", "source", "entity_type", "entity_key"],
+            set_={
+                "reason": stmt.excluded.reason,
+                "payload": stmt.excluded.payload,
+                "last_seen": stmt.excluded.last_seen,
+                "occurrences": table.c.occurrences + 1,
+                "status": DeadLetterStatus.OPEN,
+            },
+        )
+        session.execute(stmt)
+
+
+def resolve_dead_letters(
+    session: Session, flow: str, source: str, entity_type: str, keys: Iterable[str]
+) -> int:
+    """Close open dead letters of records that have now gone through."""
+    done = 0
+    for part in _chunks(list(keys)):
+        result = session.execute(
+            update(DeadLetter)
+            .where(
+                DeadLetter.flow == flow, DeadLetter.source == source,
+                DeadLetter.entity_type == entity_type, DeadLetter.entity_key.in_(part),
+                DeadLetter.status != DeadLetterStatus.RESOLVED,
+            )
+            .values(status=DeadLetterStatus.RESOLVED)
+        )
+        done += result.rowcount or 0
+    return done
+
+
+def list_dead_letters(
+    session: Session, *, status: str | None = DeadLetterStatus.OPEN, source: str | None = None,
+    flow: str | None = None, limit: int = 100, offset: int = 0,
+) -> list[DeadLetter]:
+    query = select(DeadLetter).order_by(DeadLetter.id)
+    if status:
+        query = query.where(DeadLetter.status == status)
+    if source:
+        query = query.where(DeadLetter.source == source)
+    if flow:
+        query = query.where(DeadLetter.flow == flow)
+    return list(session.scalars(query.offset(offset).limit(limit)))
+
+
+def dead_letter_counts(session: Session) -> dict[tuple[str, str, str], int]:
+    rows = session.execute(
+        select(DeadLetter.flow, DeadLetter.source, DeadLetter.status, func.count())
+        .group_by(DeadLetter.flow, DeadLetter.source, DeadLetter.status)
+    )
+    return {(f, s, st): n for f, s, st, n in rows}
+
+
+def mark_replayed(session: Session, ids: Sequence[int], *, succeeded: Sequence[int]) -> None:
+    now = now_utc()
+    ok = set(succeeded)
+    for part in _chunks(list(ids)):
+        session.execute(
+            update(DeadLetter)
+            .where(DeadLetter.id.in_(part))
+            .values(replay_count=DeadLetter.replay_count + 1, last_replayed_at=now)
+        )
+    for part in _chunks(sorted(ok)):
+        session.execute(
+            update(DeadLetter).where(DeadLetter.id.in_(part))
+            .values(status=DeadLetterStatus.REPLAYED)
+        )
+
+
+# run ledger ---------------------------------------------------------------------------------
+def ledger_start(session: Session, flow: str, run_key: str, step: str) -> None:
+    stmt = _insert(session, RunLedger).values(
+        flow=flow, run_key=run_key, step=step, status=LedgerStatus.STARTED, started_at=now_utc()
+    )
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["flow", "run_key", "step"],
+        set_={"status": LedgerStatus.STARTED, "started_at": stmt.excluded.started_at},
+        where=RunLedger.__table__.c.status != LedgerStatus.DONE,
+    )
+    session.execute(stmt)
+
+
+def ledger_finish(
+    session: Session, flow: str, run_key: str, step: str, *, status: LedgerStatus,
+    counts: Mapping[str, Any] | None = None, detail: str | None = None,
+) -> None:
+    ledger_start(session, flow, run_key, step)
+    session.execute(
+        update(RunLedger)
+        .where(RunLedger.flow == flow, RunLedger.run_key == run_key, RunLedger.step == step)
+        .values(status=status, counts=dict(counts or {}), detail=detail, finished_at=now_utc())
+    )
+
+
+def ledger_done_steps(session: Session, flow: str, run_key: str) -> dict[str, Any]:
+    rows = session.execute(
+        select(RunLedger.step, RunLedger.counts).where(
+            RunLedger.flow == flow, RunLedger.run_key == run_key,
+            RunLedger.status == LedgerStatus.DONE,
+        )
+    )
+    return {step: counts for step, counts in rows}
+
+
+def last_runs(session: Session, limit: int = 20) -> list[RunLedger]:
+    """The newest whole-run entries (step ``run``) of each flow."""
+    newest = (
+        select(RunLedger.flow, func.max(RunLedger.started_at).label("started"))
+        .where(RunLedger.step == "run").group_by(RunLedger.flow).subquery()
+    )
+    query = select(RunLedger).join(
+        newest, and_(RunLedger.flow == newest.c.flow, RunLedger.started_at == newest.c.started)
+    ).where(RunLedger.step == "run").order_by(RunLedger.flow).limit(limit)
+    return list(session.scalars(query))
