@@ -5,9 +5,20 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+from canonical.money import parse_decimal
+
+
+def _exact_number(value: Any) -> Any:
+    # numbers arrive as Decimal (the client decodes JSON so); a float here means someone
+    # decoded the body the lossy way, and its digits can no longer be trusted
+    return None if value is None else parse_decimal(value, field="number")
+
+
+ExactNumber = Annotated[Decimal | None, BeforeValidator(_exact_number)]
 
 
 class ErpRecord(BaseModel):
@@ -27,7 +38,7 @@ class InventoryItem(ErpRecord):
     last_modified: datetime | None = Field(default=None, alias="lastModifiedDate")
     created: datetime | None = Field(default=None, alias="createdDate")
     kind: str | None = Field(default=None, alias="custitem_vf_kind")
-    face_value: Decimal | int | None = Field(default=None, alias="custitem_vf_face_value")
+    face_value: ExactNumber = Field(default=None, alias="custitem_vf_face_value")
     currency: str | None = Field(default=None, alias="custitem_vf_currency")
     sales_areas: str | None = Field(default=None, alias="custitem_vf_sales_areas")
     issuance_mode: str | None = Field(default=None, alias="custitem_vf_issuance_mode")

@@ -1,0 +1,128 @@
+"""ConnectorCases for the ERP and wallet connectors."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qs
+
+import httpx
+from pydantic import SecretStr
+
+from connectors.erp import ErpClient, ErpSettings
+from connectors.http import RetryPolicy
+from connectors.limits import ConcurrencyLimiter
+from connectors.wallet import WalletClient, WalletSiteSettings
+from tests.connectors.conformance import ConnectorCase, json_response
+
+
+def erp_settings(**over) -> ErpSettings:
+    data = dict(account="999999_SB1", base_url="http://erp.test",
+                consumer_key=SecretStr("ck-conformance"),
+                consumer_secret=SecretStr("cs-conformance-secret"),
+                token_id=SecretStr("tk-conformance"),
+                token_secret=SecretStr("ts-conformance-secret"), concurrency=4)
+    data.update(over)
+    return ErpSettings(**data)
+
+
+def build_erp(transport: httpx.MockTransport, retry: RetryPolicy) -> ErpClient:
+    return ErpClient(erp_settings(), transport=transport, retry=retry,
+                     limiter=ConcurrencyLimiter(4))
+
+
+def erp_error(status: int, code: str, detail: str) -> httpx.Response:
+    return json_response(status, {
+        "type": "https://www.rfc-editor.org/rfc/rfc9110.html#section-15",
+        "title": "Error", "status": status,
+        "o:errorDetails": [{"detail": detail, "o:errorCode": code}],
+    })
+
+
+def erp_page(request: httpx.Request, number: int, size: int, more: bool) -> httpx.Response:
+    offset = int(parse_qs(request.url.query.decode()).get("offset", ["0"])[0])
+    return json_response(200, {
+        "links": [], "count": size, "hasMore": more, "offset": offset, "totalResults": 0,
+        "items": [{"id": str(offset + i + 1), "links": []} for i in range(size)],
+    })
+
+
+def erp_repeated(request: httpx.Request, number: int) -> httpx.Response:
+    # claims more pages but serves offset 0 again, whatever was asked
+    return json_response(200, {"links": [], "count": 2, "hasMore": True, "offset": 0,
+                               "totalResults": 10, "items": [{"id": "1"}, {"id": "2"}]})
+
+
+async def erp_list_all(client: ErpClient) -> list[str]:
+    ids: list[str] = []
+    async for page in client.list_ids("inventoryItem", page_size=2):
+        ids.extend(page)
+    return ids
+
+
+ERP_CASE = ConnectorCase(
+    name="erp",
+    build=build_erp,
+    call=lambda c: c.get("inventoryItem", "1"),
+    ok_response=lambda: json_response(200, {"id": "1", "itemId": "SKU-1"}),
+    auth_failure=lambda: erp_error(401, "INVALID_LOGIN", "Invalid login attempt."),
+    rate_limited=lambda retry_after: erp_error(429, "CONCURRENCY_LIMIT_EXCEEDED",
+                                               "Concurrency limit exceeded"),
+    page=erp_page,
+    repeated_page=erp_repeated,
+    list_all=erp_list_all,
+    server_error=lambda status: erp_error(status, "UNEXPECTED_ERROR", "An unexpected error"),
+)
+
+
+def wallet_site(**over) -> WalletSiteSettings:
+    data = dict(code="sg1", name="Singapore A", country="SG", currency="SGD",
+                timezone="Asia/Singapore", base_url="http://wallet.test/sg1",
+                api_key=SecretStr("wallet-key-conformance"))
+    data.update(over)
+    return WalletSiteSettings(**data)
+
+
+def build_wallet(transport: httpx.MockTransport, retry: RetryPolicy) -> WalletClient:
+    return WalletClient(wallet_site(), transport=transport, retry=retry,
+                        limiter=ConcurrencyLimiter(4))
+
+
+def wallet_error(status: int, code: str, message: str,
+                 headers: dict[str, str] | None = None) -> httpx.Response:
+    return json_response(status, {"error": {"code": code, "message": message, "details": []}},
+                         headers)
+
+
+def wallet_page(request: httpx.Request, number: int, size: int, more: bool) -> httpx.Response:
+    return json_response(200, {
+        "items": [{"sku": f"SKU-{number}-{i}"} for i in range(size)],
+        "next_cursor": f"c{number}" if more else None,
+    })
+
+
+def wallet_repeated(request: httpx.Request, number: int) -> httpx.Response:
+    return json_response(200, {"items": [{"sku": "x"}], "next_cursor": "same"})
+
+
+async def wallet_list_all(client: WalletClient) -> list[str]:
+    skus: list[str] = []
+    async for page in client.list_products(page_size=2):
+        skus.extend(p["sku"] for p in page)
+    return skus
+
+
+WALLET_CASE = ConnectorCase(
+    name="wallet",
+    build=build_wallet,
+    call=lambda c: c.set_product_status("SKU-1", "frozen", "test"),
+    ok_response=lambda: json_response(200, {"sku": "SKU-1", "status": "frozen"}),
+    auth_failure=lambda: wallet_error(401, "unauthorized", "bad key"),
+    rate_limited=lambda retry_after: wallet_error(
+        429, "rate_limited", "slow down",
+        {"Retry-After": str(int(retry_after))} if retry_after is not None else None),
+    page=wallet_page,
+    repeated_page=wallet_repeated,
+    list_all=wallet_list_all,
+    server_error=lambda status: wallet_error(status, "internal", "boom"),
+)
+
+CASES = [ERP_CASE, WALLET_CASE]
