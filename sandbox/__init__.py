@@ -1,1 +1,144 @@
+"""Simulated external systems (ASGI apps on loopback) for the demo and the tests.
 
+Written from the protocol descriptions in DESIGN.md / CONTRACTS.md / docs/erp-records.md and
+never importing ``connectors``, ``mappings``, ``flows``, ``state`` or ``canonical``: a sandbox
+that shared code with its client would only confirm itself. See ``sandbox/README.md``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Self
+
+if TYPE_CHECKING:
+    from sandbox.core import ServedSandbox
+    from sandbox.erp import ErpSandbox
+    from sandbox.sites import Site
+    from sandbox.wallet import WalletSandbox
+
+__all__ = ["DEFAULT_ERP_PORT", "DEFAULT_WALLET_PORT", "SandboxSet", "serve_all", "state_dir"]
+
+DEFAULT_ERP_PORT = 8701
+DEFAULT_WALLET_PORT = 8702
+
+
+def state_dir(home: Path) -> Path:
+    """Where the sandboxes keep their data under a vouchflow home directory."""
+    return Path(home) / "sandbox"
+
+
+class SandboxSet:
+    """The ERP and the wallet sites served together; ``stop()`` saves their data."""
+
+    def __init__(
+        self,
+        erp: ErpSandbox,
+        wallet: WalletSandbox,
+        erp_served: ServedSandbox,
+        wallet_served: ServedSandbox,
+        home: Path | None,
+    ) -> None:
+        self.erp, self.wallet = erp, wallet
+        self.erp_served, self.wallet_served = erp_served, wallet_served
+        self.home = home
+        self._stopped = False
+
+    @property
+    def erp_url(self) -> str:
+        return self.erp_served.base_url
+
+    @property
+    def wallet_url(self) -> str:
+        return self.wallet_served.base_url
+
+    def site_urls(self) -> dict[str, str]:
+        """Each site's base URL (the API is under ``{base}/api/v1``)."""
+        return {code: f"{self.wallet_url}/{code}" for code in self.wallet.sites}
+
+    def env(self) -> dict[str, str]:
+        """Environment variables that point vouchflow's connectors at these sandboxes
+        (sandbox-only credentials; nothing real is exposed)."""
+        creds = self.erp.credentials
+        out = {
+            "VOUCHFLOW_ERP_ACCOUNT": creds.account,
+            "VOUCHFLOW_ERP_BASE_URL": self.erp_url,
+            "VOUCHFLOW_ERP_CONSUMER_KEY": creds.consumer_key,
+            "VOUCHFLOW_ERP_CONSUMER_SECRET": creds.consumer_secret,
+            "VOUCHFLOW_ERP_TOKEN_ID": creds.token_id,
+            "VOUCHFLOW_ERP_TOKEN_SECRET": creds.token_secret,
+            "VOUCHFLOW_ERP_TIMEZONE": self.erp.account_timezone.key,
+            "VOUCHFLOW_WALLET_BASE_URL": self.wallet_url,
+        }
+        for code in self.wallet.sites:
+            out[f"VOUCHFLOW_WALLET_{code.upper()}_API_KEY"] = self.wallet.api_key(code)
+        return out
+
+    def save(self) -> None:
+        if self.home is None:
+            return
+        self.erp.save()
+        self.wallet.save()
+
+    def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        try:
+            self.erp_served.stop()
+            self.wallet_served.stop()
+        finally:
+            self.save()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def serve_all(
+    home: Path | None,
+    erp_port: int = DEFAULT_ERP_PORT,
+    wallet_port: int = DEFAULT_WALLET_PORT,
+    seed_skus: int = 1000,
+    invalid: int = 7,
+    sites: Iterable[Site | Mapping[str, Any]] | None = None,
+    *,
+    host: str = "127.0.0.1",
+    seed: int = 0,
+    erp_options: Mapping[str, Any] | None = None,
+) -> SandboxSet:
+    """Build, load (from ``home``, when saved before) or seed, and serve both sandboxes.
+
+    The ERP is seeded only when it holds no inventory items, so running the demo twice, in two
+    processes, sees the same ERP and wallet data the second time. ``sites=None`` reads the
+    default site file (``connectors/wallet/sites.default.toml``) as data.
+    """
+    from sandbox.core import serve
+    from sandbox.erp import ErpSandbox
+    from sandbox.sites import normalize_sites
+    from sandbox.wallet import WalletSandbox
+
+    site_list = normalize_sites(sites)
+    directory = state_dir(home) if home is not None else None
+    erp = ErpSandbox(
+        sites=site_list,
+        state_path=directory / "erp.json" if directory else None,
+        **dict(erp_options or {}),
+    )
+    wallet = WalletSandbox(site_list, state_path=directory / "wallet.json" if directory else None)
+    if directory is not None:
+        erp.load_state(directory / "erp.json")
+        wallet.load_state(directory / "wallet.json")
+    if erp.count("inventoryItem") == 0 and (seed_skus or invalid):
+        erp.seed_inventory_items(seed_skus, invalid, seed=seed)
+    erp_served = serve(erp, host=host, port=erp_port)
+    try:
+        wallet_served = serve(wallet, host=host, port=wallet_port)
+    except BaseException:
+        erp_served.stop()
+        raise
+    group = SandboxSet(erp, wallet, erp_served, wallet_served, Path(home) if home else None)
+    group.save()
+    return group

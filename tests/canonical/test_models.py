@@ -93,7 +93,7 @@ def test_batch_quantities_are_consistent():
     assert b.is_sellable(date(2026, 12, 1), "sg1")
     assert not b.is_sellable(date(2027, 2, 1), "sg1")  # expired
     assert not b.is_sellable(date(2026, 12, 1), "my1")  # not allowed there
-    with pytest.raises(ValidationError, match="available .* exceeds remaining"):
+    with pytest.raises(ValidationError, match=r"available .* exceeds remaining"):
         batch(available=10, remaining=9)
     with pytest.raises(ValidationError, match="exceeds quantity"):
         batch(remaining=11)

@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from sqlmodel import SQLModel
 
 from state.db import current_revision, head_revision, session_scope
-from state.models import DeadLetter, OutboxMessage, RunLedger
+from state.models import DeadLetter, LedgerStatus, OutboxMessage, RunLedger
 from state.store import (
     DeadLetterItem,
     OutboxItem,
@@ -35,7 +35,6 @@ from state.store import (
     set_watermark,
     upsert_xrefs,
 )
-from state.models import LedgerStatus
 
 T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 

@@ -1,0 +1,252 @@
+"""The ``vouchflow`` command line: run flows, serve sandboxes, inspect and replay dead letters.
+
+Prefect is imported lazily (it takes a second or two), and its settings are given defaults
+here before that import, so a plain command line run is quiet and keeps its files under
+``VOUCHFLOW_HOME``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+app = typer.Typer(help="vouchflow: integration flows between the ERP, wallet sites, suppliers, "
+                  "finance and treasury.", no_args_is_help=True, add_completion=False)
+schema_app = typer.Typer(help="Canonical data model schemas.", no_args_is_help=True)
+sandbox_app = typer.Typer(help="Simulated external systems on loopback.", no_args_is_help=True)
+dead_app = typer.Typer(help="Quarantined records: list, inspect, replay.", no_args_is_help=True)
+sync_app = typer.Typer(help="Run sync flows now (through Prefect).", no_args_is_help=True)
+db_app = typer.Typer(help="The state database.", no_args_is_help=True)
+app.add_typer(schema_app, name="schema")
+app.add_typer(sandbox_app, name="sandbox")
+app.add_typer(dead_app, name="deadletters")
+app.add_typer(sync_app, name="sync")
+app.add_typer(db_app, name="db")
+
+
+def home() -> Path:
+    path = Path(os.environ.get("VOUCHFLOW_HOME", "~/.vouchflow")).expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def quiet_prefect(verbose: bool = False) -> None:
+    """Defaults for Prefect that make a command line run clean; explicit settings win."""
+    os.environ.setdefault("PREFECT_HOME", str(home() / "prefect"))
+    level = "INFO" if verbose else "WARNING"
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", level)
+    # the ephemeral API logs harmless errors while shutting down; operators need not see them
+    os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL")
+    os.environ.setdefault("PREFECT_LOGGING_LOG_PRINTS", "false")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_UI_ENABLED", "false")
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=1)
+
+
+# schema -------------------------------------------------------------------------------------
+@schema_app.command("export")
+def schema_export(directory: Annotated[Path, typer.Argument(help="Where to write the files.")]
+                  ) -> None:
+    """Write the JSON Schema of every canonical model as DIR/{Model}.schema.json."""
+    from canonical.schema import export
+
+    for path in export(directory):
+        typer.echo(str(path))
+
+
+# database -----------------------------------------------------------------------------------
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Create or migrate the state database to the newest schema."""
+    from state.db import current_revision, get_engine
+    from state.settings import StateSettings
+
+    engine = get_engine()
+    typer.echo(f"{_safe_url(StateSettings().resolved_url())} at revision "
+               f"{current_revision(engine)}")
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+# sandboxes ----------------------------------------------------------------------------------
+@sandbox_app.command("up")
+def sandbox_up(
+    erp_port: Annotated[int, typer.Option(help="ERP sandbox port.")] = 8701,
+    wallet_port: Annotated[int, typer.Option(help="Wallet sandbox port.")] = 8702,
+    skus: Annotated[int, typer.Option(help="Valid SKUs to seed into an empty ERP.")] = 1000,
+    invalid: Annotated[int, typer.Option(help="Deliberately invalid SKUs to seed.")] = 7,
+) -> None:
+    """Serve the ERP and wallet sandboxes on loopback until Ctrl-C; data persists under
+    VOUCHFLOW_HOME/sandbox. Prints the environment to point vouchflow at them."""
+    from sandbox.__main__ import main as sandbox_main
+
+    raise typer.Exit(sandbox_main([
+        "--home", str(home()), "--erp-port", str(erp_port), "--wallet-port", str(wallet_port),
+        "--seed-skus", str(skus), "--invalid", str(invalid), "--print-env",
+    ]))
+
+
+# sync flows ---------------------------------------------------------------------------------
+@sync_app.command("catalog")
+def sync_catalog_cmd(
+    site: Annotated[list[str] | None, typer.Option(help="Only these sites (repeatable).")] = None,
+    full: Annotated[bool, typer.Option(help="Re-read every ERP item.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run the catalogue sync (ERP -> wallet sites) once, through Prefect."""
+    quiet_prefect(verbose)
+    from flows.sync_catalog import sync_catalog
+
+    result = asyncio.run(sync_catalog(sites=site or None, full=full))
+    typer.echo(json.dumps(result, indent=2, default=str))
+
+
+# dead letters -------------------------------------------------------------------------------
+@dead_app.command("list")
+def dead_list(
+    status: Annotated[str, typer.Option(help="open, replayed, resolved or all.")] = "open",
+    source: Annotated[str | None, typer.Option(help="Only this source (erp, wallet:sg1...).")]
+    = None,
+    limit: Annotated[int, typer.Option()] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table.")]
+    = False,
+) -> None:
+    """List dead letters (newest reason, how often seen, replays)."""
+    from state.db import get_engine, session_scope
+    from state.store import list_dead_letters
+
+    with session_scope(get_engine()) as session:
+        rows = list_dead_letters(session, status=None if status == "all" else status,
+                                 source=source, limit=limit)
+    if as_json:
+        for row in rows:
+            typer.echo(json.dumps(_letter(row, payload=False), default=str))
+        return
+    if not rows:
+        typer.echo(f"no {status} dead letters")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"dead letters ({status})")
+    for column in ("id", "flow", "source", "record", "seen", "replays", "status", "reason"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(str(row.id), row.flow, row.source, f"{row.entity_type} {row.entity_key}",
+                      str(row.occurrences), str(row.replay_count), row.status, row.reason)
+    Console(width=160).print(table)
+
+
+def _letter(row: Any, *, payload: bool = True) -> dict[str, Any]:
+    data = {
+        "id": row.id, "flow": row.flow, "source": row.source, "entity_type": row.entity_type,
+        "entity_key": row.entity_key, "status": row.status, "reason": row.reason,
+        "first_seen": row.first_seen, "last_seen": row.last_seen,
+        "occurrences": row.occurrences, "replay_count": row.replay_count,
+        "last_replayed_at": row.last_replayed_at,
+    }
+    if payload:
+        data["payload"] = row.payload
+    return data
+
+
+@dead_app.command("show")
+def dead_show(letter_id: Annotated[int, typer.Argument(help="Dead letter id.")]) -> None:
+    """Everything about one dead letter, including the (masked) payload."""
+    from state.db import get_engine, session_scope
+    from state.models import DeadLetter
+
+    with session_scope(get_engine()) as session:
+        row = session.get(DeadLetter, letter_id)
+        if row is None:
+            _fail(f"no dead letter {letter_id}")
+        typer.echo(json.dumps(_letter(row), indent=2, default=str))
+
+
+@dead_app.command("replay")
+def dead_replay(
+    ids: Annotated[list[int] | None, typer.Argument(help="Dead letter ids (none: use --all).")]
+    = None,
+    all_open: Annotated[bool, typer.Option("--all", help="Every open dead letter.")] = False,
+    source: Annotated[str | None, typer.Option(help="With --all: only this source.")] = None,
+) -> None:
+    """Send dead letters through the step that refused them, again."""
+    if not ids and not all_open:
+        _fail("name dead letter ids, or use --all")
+    from flows.deadletters import replay
+    from state.db import get_engine
+
+    report = asyncio.run(replay(get_engine(), ids=ids or None, source=source))
+    typer.echo(f"replayed {report.attempted}: {report.succeeded} went through, "
+               f"{report.still_failing} still failing"
+               + (f", {len(report.unsupported)} with no replay handler" if report.unsupported
+                  else ""))
+    if report.still_failing:
+        raise typer.Exit(code=2)
+
+
+# status -------------------------------------------------------------------------------------
+@app.command("status")
+def status() -> None:
+    """Last run of each flow, dead letters by source, pending outbox writes."""
+    from state.db import get_engine, session_scope
+    from state.store import dead_letter_counts, last_runs, outbox_counts
+
+    with session_scope(get_engine()) as session:
+        runs = last_runs(session)
+        dead = dead_letter_counts(session)
+        outbox = outbox_counts(session)
+    typer.echo("last runs:")
+    for run in runs:
+        counts = run.counts or {}
+        typer.echo(f"  {run.flow:<16} {run.status:<8} started {run.started_at:%Y-%m-%d %H:%M:%S}"
+                   f"  pushed={counts.get('pushed', '-')} "
+                   f"dead_lettered={counts.get('dead_lettered', '-')}")
+    if not runs:
+        typer.echo("  (none yet)")
+    typer.echo("dead letters:")
+    for (flow, source, state), n in sorted(dead.items()):
+        typer.echo(f"  {flow:<16} {source:<12} {state:<9} {n}")
+    if not dead:
+        typer.echo("  (none)")
+    pending = {k: v for k, v in outbox.items() if k[1] == "pending"}
+    typer.echo(f"outbox pending: {sum(pending.values())}")
+
+
+# demo ---------------------------------------------------------------------------------------
+@app.command("demo")
+def demo(
+    skus: Annotated[int, typer.Option(help="Valid SKUs to seed into the ERP sandbox.")] = 1000,
+    invalid: Annotated[int, typer.Option(help="Deliberately invalid SKUs to seed.")] = 7,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Start the sandboxes, run the catalogue sync through Prefect, print a summary."""
+    quiet_prefect(verbose)
+    from flows.demo import run_demo
+
+    raise typer.Exit(run_demo(home(), skus=skus, invalid=invalid))
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""``python -m sandbox``: serve the ERP and wallet sandboxes in the foreground until Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+
+from sandbox import DEFAULT_ERP_PORT, DEFAULT_WALLET_PORT, serve_all
+from sandbox.sites import load_sites
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sandbox", description=__doc__)
+    parser.add_argument("--home", type=Path, default=None,
+                        help="keep data in HOME/sandbox/ across runs (default: in memory only)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--erp-port", type=int, default=DEFAULT_ERP_PORT)
+    parser.add_argument("--wallet-port", type=int, default=DEFAULT_WALLET_PORT)
+    parser.add_argument("--seed-skus", type=int, default=1000,
+                        help="valid SKUs to seed when the ERP is empty")
+    parser.add_argument("--invalid", type=int, default=7, help="invalid SKUs to seed as well")
+    parser.add_argument("--seed", type=int, default=0, help="random seed for the generated SKUs")
+    parser.add_argument("--sites-file", type=Path, default=os.environ.get("VOUCHFLOW_SITES_FILE"),
+                        help="TOML file of [sites.<code>] (default: $VOUCHFLOW_SITES_FILE or "
+                             "connectors/wallet/sites.default.toml)")
+    parser.add_argument("--print-env", action="store_true",
+                        help="also print `export VOUCHFLOW_...` lines for the connectors")
+    args = parser.parse_args(argv)
+
+    group = serve_all(
+        args.home, erp_port=args.erp_port, wallet_port=args.wallet_port,
+        seed_skus=args.seed_skus, invalid=args.invalid, host=args.host, seed=args.seed,
+        sites=load_sites(args.sites_file) if args.sites_file else None,
+    )  # fmt: skip
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    creds = group.erp.credentials
+    print(f"ERP     {group.erp_url}  (account {creds.account}, "
+          f"{group.erp.count('inventoryItem')} inventory items)")
+    print(f"wallet  {group.wallet_url}")
+    for code, url in group.site_urls().items():
+        print(f"  {code:<4} {url}/api/v1  X-Api-Key: {group.wallet.api_key(code)}")
+    if args.home is not None:
+        print(f"data    {args.home / 'sandbox'}")
+    if args.print_env:
+        for key, value in group.env().items():
+            print(f"export {key}={shlex.quote(value)}")
+    print("Ctrl-C to stop.", flush=True)
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        group.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
