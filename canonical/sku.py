@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from enum import StrEnum
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
 from canonical._base import CanonicalModel, SiteCode, SkuCode, UtcDatetime
 from canonical.money import Money
@@ -75,11 +75,12 @@ class Sku(CanonicalModel):
                 raise ValueError(f"not a valid regular expression: {exc}") from None
         return value
 
-    @model_validator(mode="after")
-    def _positive_face_value(self) -> Sku:
-        if self.face_value.amount <= 0:
-            raise ValueError(f"face_value must be positive, got {self.face_value}")
-        return self
+    @field_validator("face_value")
+    @classmethod
+    def _positive_face_value(cls, value: Money) -> Money:
+        if value.amount <= 0:
+            raise ValueError(f"face_value must be positive, got {value}")
+        return value
 
     def matches_code_format(self, code: str) -> bool:
         return self.code_format is None or re.fullmatch(self.code_format, code) is not None

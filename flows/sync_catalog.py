@@ -120,10 +120,11 @@ class CatalogRun:
     wallets: dict[str, WalletClient]
     since: datetime | None
     run_key: str
+    force: bool = False
 
     @classmethod
     def open(cls, *, site_codes: Sequence[str] | None, since: datetime | None,
-             key: str) -> CatalogRun:
+             key: str, force: bool = False) -> CatalogRun:
         all_sites = load_sites()
         unknown = sorted(set(site_codes or ()) - set(all_sites))
         if unknown:
@@ -136,6 +137,7 @@ class CatalogRun:
             wallets={code: WalletClient(site) for code, site in chosen.items()},
             since=since,
             run_key=key,
+            force=force,
         )
 
     async def aclose(self) -> None:
@@ -281,11 +283,24 @@ async def process_records(
     return by_site
 
 
-async def sync_chunk(run: CatalogRun, ids: Sequence[str]) -> CatalogCounts:
+SOURCE_TARGET = "source:erp"
+"""Fingerprints of the ERP items as last processed (as opposed to what each site holds)."""
+
+VOLATILE_FIELDS = frozenset({"links", "lastModifiedDate"})
+
+
+def source_digest(raw: dict[str, Any]) -> str:
+    return fingerprint({k: v for k, v in raw.items() if k not in VOLATILE_FIELDS})
+
+
+async def sync_chunk(run: CatalogRun, ids: Sequence[str], *, force: bool = False) -> CatalogCounts:
+    """Read, map, plan and push one chunk of items. Items whose content is the same as when
+    they were last processed are skipped before mapping (unless ``force``); their fingerprints
+    are saved only after the chunk's pushes, so a crash before that re-processes them."""
     counts = CatalogCounts()
     async with system_slot(limit_name("erp", run.erp.account)):
         fetched = await run.erp.get_many(RECORD_TYPE, ids)
-    raws: list[dict[str, Any]] = []
+    candidates: list[dict[str, Any]] = []
     failures: list[DeadLetterItem] = []
     for record_id, result in zip(ids, fetched, strict=True):
         if isinstance(result, NotFoundError):
@@ -298,10 +313,18 @@ async def sync_chunk(run: CatalogRun, ids: Sequence[str]) -> CatalogCounts:
         elif isinstance(result, BaseException):
             raise result  # transient after all retries: fail the chunk, the retry resumes
         elif _modified_since(result, run.since):
-            raws.append(result)
+            candidates.append(result)
         else:
             counts.not_modified += 1
-    counts.read = len(raws) + counts.not_modified
+    counts.read = len(candidates) + counts.not_modified
+    digests = {str(raw["id"]): source_digest(raw) for raw in candidates}
+    if not force and digests:
+        with session_scope(run.engine) as session:
+            known = load_fingerprints(session, SOURCE_TARGET, RECORD_TYPE, list(digests))
+        raws = [raw for raw in candidates if known.get(str(raw["id"])) != digests[str(raw["id"])]]
+        counts.not_modified += len(candidates) - len(raws)
+    else:
+        raws = candidates
     if failures:
         with session_scope(run.engine) as session:
             record_dead_letters(session, failures)
@@ -315,6 +338,9 @@ async def sync_chunk(run: CatalogRun, ids: Sequence[str]) -> CatalogCounts:
             counts.pushed += report.sent
             counts.rejected += report.dead_lettered
             counts.outcomes.update(report.outcomes)
+    with session_scope(run.engine) as session:
+        save_fingerprints(session, SOURCE_TARGET, RECORD_TYPE,
+                          {str(raw["id"]): digests[str(raw["id"])] for raw in raws})
     return counts
 
 
@@ -339,7 +365,7 @@ async def sync_catalog_chunk(run: CatalogRun, ids: list[str], index: int) -> dic
         if step in done:  # a retry of this run: this chunk already finished
             return {**done[step], "resumed": True}
         ledger_start(session, FLOW, run.run_key, step)
-    counts = await sync_chunk(run, ids)
+    counts = await sync_chunk(run, ids, force=run.force)
     after_chunk_hook(index, counts)
     with session_scope(run.engine) as session:
         ledger_finish(session, FLOW, run.run_key, step, status=LedgerStatus.DONE,
@@ -390,7 +416,7 @@ async def sync_catalog(
             high = datetime.fromisoformat(started["high"])
         ledger_start(session, FLOW, key, "run")
     since = None if full or watermark is None else watermark - timedelta(minutes=lookback_minutes)
-    run = CatalogRun.open(site_codes=sites, since=since, key=key)
+    run = CatalogRun.open(site_codes=sites, since=since, key=key, force=full)
     totals = CatalogCounts()
     try:
         ids = await list_changed_items(run)
@@ -466,7 +492,7 @@ async def replay_items(engine: Engine, letters: Sequence[DeadLetter]) -> set[int
     run = CatalogRun.open(site_codes=None, since=None, key=run_key())
     try:
         ids = [d.entity_key for d in letters]
-        await sync_chunk(run, ids)
+        await sync_chunk(run, ids, force=True)
     finally:
         await run.aclose()
     with session_scope(engine) as session:

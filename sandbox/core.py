@@ -289,7 +289,8 @@ class FaultSwitch:
 
     ``set`` replaces all rules with one; ``add`` stacks another (e.g. latency everywhere plus
     errors on one path). When several rules match a request their latencies add up and the
-    first rule whose dice fire decides the outcome.
+    first rule whose dice fire decides the outcome; a rule that did not get to act on a request
+    (an earlier one decided it) does not use up its ``count`` on it.
     """
 
     def __init__(self) -> None:
@@ -346,6 +347,10 @@ class FaultSwitch:
                 return decision
             for rule in self._rules:
                 if not rule.active() or not rule.matches(method, path):
+                    continue
+                if decision.action is not None and not (rule.latency_ms or rule.latency_jitter_ms):
+                    # an earlier rule already decided this request: this one keeps its count
+                    # for later requests, so stacked rules act one after the other
                     continue
                 rule.matched += 1
                 if rule.remaining is not None:

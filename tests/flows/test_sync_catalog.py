@@ -1,0 +1,235 @@
+"""sync_catalog end to end against the sandboxes, counting effects where they land."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+import pytest
+from sqlalchemy import select
+
+from flows import sync_catalog as sc
+from sandbox import SandboxSet
+from state.db import get_engine, session_scope
+from state.models import DeadLetter, OutboxMessage
+from tests.flows.conftest import BOTH_DATABASES
+
+pytestmark = pytest.mark.usefixtures("prefect_harness", "state_url")
+
+
+def run(**kw):
+    kw.setdefault("chunk_size", 50)
+    return asyncio.run(sc.sync_catalog(**kw))
+
+
+def expected_listings(sandboxes: SandboxSet) -> Counter[str]:
+    """What the sites should hold: every valid item on each of its sales areas' sites."""
+    bad = set(sandboxes.erp.invalid_seeds())
+    want: Counter[str] = Counter()
+    for record in sandboxes.erp.store.table("inventoryItem").records.values():
+        if record["id"] in bad:
+            continue
+        for site in filter(None, record["custitem_vf_sales_areas"].split(",")):
+            want[f"{site}:{record['itemId']}"] += 1
+    return want
+
+
+def created(sandboxes: SandboxSet) -> Counter[str]:
+    return sandboxes.wallet.effects.keys("product.created")
+
+
+def open_dead_letters() -> list[DeadLetter]:
+    with session_scope(get_engine()) as s:
+        return list(s.scalars(select(DeadLetter).where(DeadLetter.status == "open")
+                              .order_by(DeadLetter.entity_key)))
+
+
+@pytest.mark.parametrize("engine", BOTH_DATABASES, indirect=True)
+def test_first_run_pushes_everything_once_and_quarantines_the_invalid(sandboxes, engine):
+    summary = run()
+    want = expected_listings(sandboxes)
+    assert created(sandboxes) == want  # every listing created exactly once
+    assert sandboxes.wallet.effects.count("product.updated") == 0
+    assert summary["pushed"] == sum(want.values())
+    assert summary["read"] == 246 and summary["mapped"] == 240
+
+    letters = open_dead_letters()
+    assert {d.entity_key for d in letters} == set(sandboxes.erp.invalid_seeds())
+    for letter in letters:
+        assert letter.source == "erp" and letter.flow == "sync_catalog"
+        assert letter.reason.startswith(f"inventoryItem {letter.entity_key}")
+        assert letter.payload["id"] == letter.entity_key
+    # cross-reference: every valid ERP item is known by its SKU code
+    with session_scope(get_engine()) as s:
+        from state.store import canonical_ids
+
+        refs = canonical_ids(s, "erp", "inventoryItem", [str(i) for i in range(1, 300)])
+    assert len(refs) == 240
+
+
+@pytest.mark.parametrize("engine", BOTH_DATABASES, indirect=True)
+def test_second_run_pushes_nothing_and_does_not_double_dead_letters(sandboxes):
+    first = run()
+    requests_after_first = len(sandboxes.wallet.request_log)
+    second = run()
+    assert second["pushed"] == 0 and second["changed"] == 0
+    assert second["dead_lettered"] == 0
+    assert len(sandboxes.wallet.request_log) == requests_after_first  # not one wallet call
+    assert len(open_dead_letters()) == first["dead_lettered"] == 6
+    assert all(d.occurrences == 1 for d in open_dead_letters())
+
+
+def test_only_changed_items_are_pushed_again(sandboxes):
+    run()
+    table = sandboxes.erp.store.table("inventoryItem")
+    victim = next(r for r in table.records.values()
+                  if r["id"] not in sandboxes.erp.invalid_seeds())
+    sandboxes.erp.touch("inventoryItem", victim["id"], displayName="Renamed voucher")
+    summary = run()
+    sites = [s for s in victim["custitem_vf_sales_areas"].split(",") if s]
+    assert summary["pushed"] == len(sites)
+    assert sandboxes.wallet.effects.keys("product.updated") == Counter(
+        {f"{s}:{victim['itemId']}": 1 for s in sites})
+    for site in sites:
+        assert sandboxes.wallet.get_product(site, victim["itemId"])["name"] == "Renamed voucher"
+
+
+def test_a_site_dropped_from_the_sales_areas_gets_the_sku_inactive(sandboxes):
+    run()
+    table = sandboxes.erp.store.table("inventoryItem")
+    victim = next(r for r in table.records.values()
+                  if r["id"] not in sandboxes.erp.invalid_seeds()
+                  and len(r["custitem_vf_sales_areas"].split(",")) == 2)
+    keep, drop = victim["custitem_vf_sales_areas"].split(",")
+    sandboxes.erp.touch("inventoryItem", victim["id"], custitem_vf_sales_areas=keep)
+    run()
+    assert sandboxes.wallet.get_product(drop, victim["itemId"])["status"] == "inactive"
+    assert sandboxes.wallet.get_product(keep, victim["itemId"])["status"] == victim[
+        "custitem_vf_status"]
+
+
+@pytest.mark.parametrize("engine", BOTH_DATABASES, indirect=True)
+def test_crash_midway_then_rerun_gives_every_listing_exactly_once(sandboxes, monkeypatch):
+    calls = {"n": 0}
+
+    def crash_after_two(index, counts):
+        calls["n"] += 1
+        if calls["n"] >= 2:  # like a dead process: every later chunk dies too
+            raise RuntimeError("injected crash after a chunk was pushed")
+
+    monkeypatch.setattr(sc, "after_chunk_hook", crash_after_two)
+    monkeypatch.setattr(sc, "sync_catalog_chunk", sc.sync_catalog_chunk.with_options(retries=0))
+    with pytest.raises(Exception, match="injected crash"):
+        run(chunk_concurrency=1)
+    pushed_before = sum(created(sandboxes).values())
+    assert 0 < pushed_before < sum(expected_listings(sandboxes).values())
+
+    monkeypatch.setattr(sc, "after_chunk_hook", lambda index, counts: None)
+    run()
+    assert created(sandboxes) == expected_listings(sandboxes)
+    assert sandboxes.wallet.effects.count("product.updated") == 0
+    assert len(open_dead_letters()) == 6
+
+
+def test_a_chunk_that_fails_once_is_retried_by_prefect(sandboxes, monkeypatch):
+    calls = {"n": 0}
+
+    def crash_once(index, counts):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("transient crash")
+
+    monkeypatch.setattr(sc, "after_chunk_hook", crash_once)
+    monkeypatch.setattr(sc, "sync_catalog_chunk",
+                        sc.sync_catalog_chunk.with_options(retry_delay_seconds=0))
+    run()
+    assert created(sandboxes) == expected_listings(sandboxes)
+    assert sandboxes.wallet.effects.count("product.updated") == 0
+
+
+def test_wallet_503_and_429_for_a_while_still_complete_without_duplicates(sandboxes):
+    sandboxes.wallet.faults.set(error_rate=1.0, error_status=503, count=4)
+    sandboxes.wallet.faults.add(rate_limit_rate=1.0, retry_after=1, count=3)
+    sandboxes.wallet.faults.add(rate_limit_rate=1.0, retry_after=None, count=2)
+    run()
+    assert created(sandboxes) == expected_listings(sandboxes)
+    statuses = Counter(r["status"] for r in sandboxes.wallet.request_log)
+    assert statuses[503] == 4 and statuses[429] == 5
+
+
+def test_answer_lost_after_the_site_applied_it_is_not_a_duplicate(sandboxes):
+    # the site applies the batch, then the connection drops before the answer arrives
+    sandboxes.wallet.faults.set(drop_rate=1.0, drop_when="after", count=3,
+                                path_prefix="/sg1/")
+    run()
+    assert created(sandboxes) == expected_listings(sandboxes)
+    assert sandboxes.wallet.effects.count("product.updated") == 0
+
+
+def test_erp_faults_are_retried(sandboxes):
+    sandboxes.erp.faults.set(error_rate=0.2, error_status=503, seed=3, count=30)
+    sandboxes.erp.faults.add(drop_rate=1.0, drop_when="before", count=3)
+    run()
+    assert created(sandboxes) == expected_listings(sandboxes)
+
+
+@pytest.mark.seed(40, 0)
+def test_a_listing_the_site_refuses_is_dead_lettered_and_its_batch_goes_on(sandboxes):
+    table = sandboxes.erp.store.table("inventoryItem")
+    victim = next(r for r in table.records.values() if "sg1" in r["custitem_vf_sales_areas"])
+    # an SGD voucher listed on a Malaysian site: our model allows it, the site refuses it
+    sandboxes.erp.touch("inventoryItem", victim["id"],
+                        custitem_vf_sales_areas=victim["custitem_vf_sales_areas"] + ",my1")
+    summary = run()
+    assert summary["rejected"] == 1
+    letters = open_dead_letters()
+    assert [(d.source, d.entity_key) for d in letters] == [("wallet:my1", victim["itemId"])]
+    assert "my1" in letters[0].reason and "currency" in letters[0].reason
+    want = expected_listings(sandboxes)
+    del want[f"my1:{victim['itemId']}"]
+    assert created(sandboxes) == want
+    with session_scope(get_engine()) as s:
+        failed = s.scalars(select(OutboxMessage).where(OutboxMessage.status == "failed")).all()
+    assert [f.entity_key for f in failed] == [victim["itemId"]]
+
+
+def test_replay_after_the_item_is_fixed_in_the_erp(sandboxes):
+    from flows.deadletters import replay
+
+    run()
+    bad = sandboxes.erp.invalid_seeds()
+    fix_id = next(i for i, why in bad.items() if "kind" in why)
+    sandboxes.erp.touch("inventoryItem", fix_id, custitem_vf_kind="gift_card")
+    letter = next(d for d in open_dead_letters() if d.entity_key == fix_id)
+    report = asyncio.run(replay(get_engine(), ids=[letter.id]))
+    assert report.succeeded == 1 and report.still_failing == 0
+    item = sandboxes.erp.get_record("inventoryItem", fix_id)
+    for site in item["custitem_vf_sales_areas"].split(","):
+        assert sandboxes.wallet.get_product(site, item["itemId"])["kind"] == "gift_card"
+    assert fix_id not in {d.entity_key for d in open_dead_letters()}
+    # replaying one still broken keeps it open and counts the attempt
+    other = next(d for d in open_dead_letters())
+    report = asyncio.run(replay(get_engine(), ids=[other.id]))
+    assert report.still_failing == 1
+    again = next(d for d in open_dead_letters() if d.id == other.id)
+    assert again.replay_count == 1
+
+
+def test_artifacts_show_the_counts(sandboxes):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    summary = run()
+
+    async def fetch():
+        async with get_client() as client:
+            return await client.read_artifacts(artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=["sync-catalog-counts"])))
+
+    artifacts = asyncio.run(fetch())
+    assert artifacts, "no counts artifact"
+    newest = max(artifacts, key=lambda a: a.created)
+    table = newest.data if isinstance(newest.data, list) else __import__("json").loads(newest.data)
+    by_measure = {row["measure"]: row["count"] for row in table}
+    assert by_measure["pushed"] == summary["pushed"]
+    assert by_measure["dead-lettered"] == 6
