@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import random
+import ssl
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -156,6 +158,22 @@ def _default(value: Any) -> Any:
     raise TypeError(f"cannot send {type(value).__name__} as JSON")
 
 
+_ssl_context: ssl.SSLContext | None = None
+_ssl_lock = threading.Lock()
+
+
+def shared_ssl_context() -> ssl.SSLContext:
+    """One TLS context for every client: loading the CA bundle costs tens of milliseconds, and a
+    flow run opens a client per site."""
+    global _ssl_context
+    with _ssl_lock:
+        if _ssl_context is None:
+            import certifi
+
+            _ssl_context = ssl.create_default_context(cafile=certifi.where())
+        return _ssl_context
+
+
 ErrorParser = Callable[[httpx.Response, Any], tuple[str | None, str, list[Any]]]
 
 
@@ -190,6 +208,7 @@ class HttpConnector:
             headers={"Accept": "application/json", **(headers or {})},
             timeout=timeouts.httpx(),
             transport=transport,
+            verify=shared_ssl_context(),
             limits=httpx.Limits(max_connections=max_connections,
                                 max_keepalive_connections=max_connections),
             follow_redirects=False,
@@ -249,11 +268,21 @@ class HttpConnector:
         if json_body is not None:
             send_headers.setdefault("Content-Type", "application/json")
 
+        try:  # the common case costs no retry machinery at all
+            return await self._send_once(method, url, params, body, send_headers, timeout)
+        except RetriableError as error:
+            if policy.max_attempts <= 1:
+                raise
+            first_error = error
+
         def wait(state: RetryCallState) -> float:
-            error = state.outcome.exception() if state.outcome else None
-            delay = policy.delay(state.attempt_number, error)
+            # attempt 1 ran above; tenacity numbers its own attempts from 1 again
+            attempt = state.attempt_number
+            error = first_error if attempt == 1 else (
+                state.outcome.exception() if state.outcome else None)
+            delay = policy.delay(attempt, error)
             log.info("%s %s %s: attempt %d failed (%s), retrying in %.2fs", self.system, method,
-                     url, state.attempt_number, error, delay)
+                     url, attempt, error, delay)
             return delay
 
         retrying = AsyncRetrying(
@@ -262,8 +291,12 @@ class HttpConnector:
             retry=retry_if_exception_type(RetriableError),
             reraise=True,
         )
+        first = True
         async for attempt in retrying:
             with attempt:
+                if first:  # replay the first failure so tenacity waits and counts it
+                    first = False
+                    raise first_error
                 return await self._send_once(method, url, params, body, send_headers, timeout)
         raise AssertionError("unreachable")  # pragma: no cover
 

@@ -150,12 +150,14 @@ class CatalogRun:
 async def list_changed_ids(erp: ErpClient, since: datetime | None) -> list[str]:
     """Internal ids of items modified since ``since`` (all items when None).
 
-    The ERP filters by date in its own time zone, so the filter reads the whole day of
-    ``since``; the exact cut happens on ``lastModifiedDate`` after the read.
+    The ERP filters in its own time zone, to the minute (or the day, by setting); the exact cut
+    happens on ``lastModifiedDate`` after the read.
     """
     q = None
     if since is not None:
-        q = f'lastModifiedDate ON_OR_AFTER "{format_q_date(since, erp.settings.timezone)}"'
+        stamp = format_q_date(since, erp.settings.timezone,
+                              precision=erp.settings.q_time_precision)
+        q = f'lastModifiedDate ON_OR_AFTER "{stamp}"'
     ids: list[str] = []
     async for page in erp.list_ids(RECORD_TYPE, q=q):
         ids.extend(page)

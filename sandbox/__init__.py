@@ -107,6 +107,7 @@ def serve_all(
     *,
     host: str = "127.0.0.1",
     seed: int = 0,
+    modified_at: str | None = None,
     erp_options: Mapping[str, Any] | None = None,
 ) -> SandboxSet:
     """Build, load (from ``home``, when saved before) or seed, and serve both sandboxes.
@@ -132,7 +133,7 @@ def serve_all(
         erp.load_state(directory / "erp.json")
         wallet.load_state(directory / "wallet.json")
     if erp.count("inventoryItem") == 0 and (seed_skus or invalid):
-        erp.seed_inventory_items(seed_skus, invalid, seed=seed)
+        erp.seed_inventory_items(seed_skus, invalid, seed=seed, modified_at=modified_at)
     erp_served = serve(erp, host=host, port=erp_port)
     try:
         wallet_served = serve(wallet, host=host, port=wallet_port)

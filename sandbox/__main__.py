@@ -25,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="valid SKUs to seed when the ERP is empty")
     parser.add_argument("--invalid", type=int, default=7, help="invalid SKUs to seed as well")
     parser.add_argument("--seed", type=int, default=0, help="random seed for the generated SKUs")
+    parser.add_argument("--modified-at", default=None,
+                        help="lastModifiedDate of seeded items (ISO 8601; default: now)")
     parser.add_argument("--sites-file", type=Path, default=os.environ.get("VOUCHFLOW_SITES_FILE"),
                         help="TOML file of [sites.<code>] (default: $VOUCHFLOW_SITES_FILE or "
                              "connectors/wallet/sites.default.toml)")
@@ -35,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     group = serve_all(
         args.home, erp_port=args.erp_port, wallet_port=args.wallet_port,
         seed_skus=args.seed_skus, invalid=args.invalid, host=args.host, seed=args.seed,
+        modified_at=args.modified_at,
         sites=load_sites(args.sites_file) if args.sites_file else None,
     )  # fmt: skip
     stop = threading.Event()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -47,6 +47,37 @@ def _insert(session: Session, table: Any) -> Any:
     if dialect == "sqlite":
         return sqlite.insert(table)
     raise NotImplementedError(f"state store does not support {dialect}")
+
+
+def _upsert_many(
+    session: Session,
+    model: Any,
+    rows: Sequence[Mapping[str, Any]],
+    keys: Sequence[str],
+    *,
+    update: Sequence[str] = (),
+    extra_set: Mapping[str, Any] | None = None,
+    where: Callable[[Any, Any], Any] | None = None,
+) -> None:
+    """INSERT ... ON CONFLICT (keys) DO UPDATE (or NOTHING) for many rows at once.
+
+    One statement compiled once and sent with executemany parameters: compiling a fresh
+    multi-row VALUES clause for every chunk costs more than the database work itself.
+    """
+    if not rows:
+        return
+    table = model.__table__
+    stmt = _insert(session, table)
+    set_ = {name: stmt.excluded[name] for name in update}
+    set_.update(extra_set or {})
+    if set_:
+        stmt = stmt.on_conflict_do_update(
+            index_elements=list(keys), set_=set_,
+            where=where(table, stmt.excluded) if where else None,
+        )
+    else:
+        stmt = stmt.on_conflict_do_nothing(index_elements=list(keys))
+    session.execute(stmt, [dict(r) for r in rows])
 
 
 def fingerprint(payload: Any) -> str:
@@ -90,15 +121,9 @@ def upsert_xrefs(
          "canonical_id": canon, "updated_at": now}
         for ext, canon in pairs.items()
     ]
-    for part in _chunks(rows):
-        stmt = _insert(session, Xref).values(list(part))
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["system", "entity_type", "external_id"],
-            set_={"canonical_id": stmt.excluded.canonical_id,
-                  "updated_at": stmt.excluded.updated_at},
-            where=Xref.__table__.c.canonical_id != stmt.excluded.canonical_id,
-        )
-        session.execute(stmt)
+    _upsert_many(session, Xref, rows, ["system", "entity_type", "external_id"],
+                 update=["canonical_id", "updated_at"],
+                 where=lambda table, excluded: table.c.canonical_id != excluded.canonical_id)
 
 
 def canonical_ids(
@@ -161,13 +186,8 @@ def save_fingerprints(
          "updated_at": now}
         for key, digest in digests.items()
     ]
-    for part in _chunks(rows):
-        stmt = _insert(session, Fingerprint).values(list(part))
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["target", "entity_type", "entity_key"],
-            set_={"digest": stmt.excluded.digest, "updated_at": stmt.excluded.updated_at},
-        )
-        session.execute(stmt)
+    _upsert_many(session, Fingerprint, rows, ["target", "entity_type", "entity_key"],
+                 update=["digest", "updated_at"])
 
 
 # outbox -------------------------------------------------------------------------------------
@@ -218,16 +238,17 @@ def enqueue(session: Session, items: Sequence[OutboxItem]) -> int:
                 )
                 .values(status=OutboxStatus.SUPERSEDED)
             )
-        stmt = _insert(session, OutboxMessage).values([
+        table = OutboxMessage.__table__
+        stmt = _insert(session, table).on_conflict_do_nothing(
+            index_elements=["target", "idempotency_key"]
+        ).returning(table.c.id)
+        result = session.execute(stmt, [
             {"target": i.target, "operation": i.operation, "idempotency_key": i.idempotency_key,
              "entity_type": i.entity_type, "entity_key": i.entity_key, "payload": i.payload,
              "status": OutboxStatus.PENDING, "attempts": 0, "created_at": now}
             for i in fresh
         ])
-        stmt = stmt.on_conflict_do_nothing(
-            index_elements=["target", "idempotency_key"]
-        ).returning(OutboxMessage.__table__.c.id)
-        added += len(session.execute(stmt).all())
+        added += len(result.all())
     return added
 
 
@@ -238,23 +259,28 @@ def pending_outbox(
     operation: str | None = None,
     keys: Sequence[str] | None = None,
     limit: int | None = None,
-) -> list[OutboxMessage]:
-    """Pending writes for a target, oldest first (so each entity's writes keep their order)."""
-    query = select(OutboxMessage).where(
-        OutboxMessage.target == target, OutboxMessage.status == OutboxStatus.PENDING
+) -> list[Any]:
+    """Pending writes for a target, oldest first (so each entity's writes keep their order).
+
+    Rows come back as light read-only records (attribute access, as on the model) rather than
+    ORM objects: delivery reads thousands of them and changes them with bulk updates.
+    """
+    table = OutboxMessage.__table__
+    query = select(*table.c).where(
+        table.c.target == target, table.c.status == OutboxStatus.PENDING
     )
     if operation is not None:
-        query = query.where(OutboxMessage.operation == operation)
+        query = query.where(table.c.operation == operation)
     if keys is not None:
-        rows: list[OutboxMessage] = []
+        rows: list[Any] = []
         for part in _chunks(list(keys)):
-            rows.extend(session.scalars(query.where(OutboxMessage.idempotency_key.in_(part))))
-        rows.sort(key=lambda r: r.id or 0)
+            rows.extend(session.execute(query.where(table.c.idempotency_key.in_(part))))
+        rows.sort(key=lambda r: r.id)
         return rows[:limit] if limit else rows
-    query = query.order_by(OutboxMessage.id)
+    query = query.order_by(table.c.id)
     if limit:
         query = query.limit(limit)
-    return list(session.scalars(query))
+    return list(session.execute(query))
 
 
 def mark_sent(
@@ -325,19 +351,10 @@ def record_dead_letters(session: Session, items: Sequence[DeadLetterItem]) -> No
         for i in unique.values()
     ]
     table = DeadLetter.__table__
-    for part in _chunks(rows):
-        stmt = _insert(session, DeadLetter).values(list(part))
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["flow", "source", "entity_type", "entity_key"],
-            set_={
-                "reason": stmt.excluded.reason,
-                "payload": stmt.excluded.payload,
-                "last_seen": stmt.excluded.last_seen,
-                "occurrences": table.c.occurrences + 1,
-                "status": DeadLetterStatus.OPEN,
-            },
-        )
-        session.execute(stmt)
+    _upsert_many(session, DeadLetter, rows, ["flow", "source", "entity_type", "entity_key"],
+                 update=["reason", "payload", "last_seen"],
+                 extra_set={"occurrences": table.c.occurrences + 1,
+                            "status": DeadLetterStatus.OPEN})
 
 
 def resolve_dead_letters(

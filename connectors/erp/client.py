@@ -67,10 +67,16 @@ def external_id_ref(external_id: str) -> str:
     return f"eid:{external_id}"
 
 
-def format_q_date(at: datetime, timezone: str) -> str:
-    """A date in the account's format preference (M/D/YYYY), in the account's time zone."""
+def format_q_date(at: datetime, timezone: str, *, precision: str = "day") -> str:
+    """A date (``M/D/YYYY``) or date and time (``M/D/YYYY h:mm am``) in the account's format
+    preference and time zone. With minute precision the time is rounded down, so the filter
+    never starts after ``at``."""
     local = at.astimezone(ZoneInfo(timezone))
-    return f"{local.month}/{local.day}/{local.year}"
+    text = f"{local.month}/{local.day}/{local.year}"
+    if precision == "minute":
+        hour = local.hour % 12 or 12
+        text += f" {hour}:{local.minute:02d} {'am' if local.hour < 12 else 'pm'}"
+    return text
 
 
 class ErpClient(HttpConnector):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -38,6 +40,11 @@ class ErpSettings(BaseSettings):
     )
     timezone: str = Field(default="UTC", description="The account's time zone preference.")
     page_size: int = Field(default=1000, ge=1, le=1000)
+    q_time_precision: Literal["minute", "day"] = Field(
+        default="minute",
+        description="Whether lastModifiedDate filters carry a time (M/D/YYYY h:mm am) or only "
+        "a date; with 'day' a sync re-reads the whole day and skips unchanged items.",
+    )
     read_timeout: float = 60.0
 
     def url(self) -> str:

@@ -146,3 +146,14 @@ def test_q_dates_follow_the_account_preference():
     at = datetime(2026, 2, 14, 23, 30, tzinfo=UTC)
     assert format_q_date(at, "UTC") == "2/14/2026"
     assert format_q_date(at, "Asia/Singapore") == "2/15/2026"
+
+
+def test_q_times_are_rounded_down_to_the_minute():
+    from datetime import UTC, datetime
+
+    assert format_q_date(datetime(2026, 2, 14, 0, 5, 59, tzinfo=UTC), "UTC",
+                         precision="minute") == "2/14/2026 12:05 am"
+    assert format_q_date(datetime(2026, 2, 14, 13, 0, tzinfo=UTC), "UTC",
+                         precision="minute") == "2/14/2026 1:00 pm"
+    assert format_q_date(datetime(2026, 2, 14, 12, 30, tzinfo=UTC), "Asia/Singapore",
+                         precision="minute") == "2/14/2026 8:30 pm"

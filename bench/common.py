@@ -1,0 +1,94 @@
+"""What every benchmark shares: sandboxes in their own process, timing, the JSON line."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process (Linux reports KiB)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+@contextmanager
+def sandbox_process(home: Path, *, skus: int, invalid: int = 0,
+                    extra: list[str] | None = None) -> Iterator[dict[str, str]]:
+    """Serve the sandboxes in a separate process (so their work does not share this process's
+    interpreter with the code being measured); yields the environment pointing at them."""
+    erp_port, wallet_port = free_port(), free_port()
+    cmd = [sys.executable, "-m", "sandbox", "--home", str(home), "--erp-port", str(erp_port),
+           "--wallet-port", str(wallet_port), "--seed-skus", str(skus), "--invalid",
+           str(invalid), "--print-env", *(extra or [])]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    env: dict[str, str] = {}
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 120
+        for line in proc.stdout:
+            if line.startswith("export "):
+                name, _, value = line[len("export "):].strip().partition("=")
+                env[name] = value.strip("'\"")
+            if line.startswith("Ctrl-C") or time.monotonic() > deadline:
+                break
+        if "VOUCHFLOW_ERP_BASE_URL" not in env:
+            raise RuntimeError("the sandbox process did not start")
+        yield env
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def admin(base_url: str, path: str, body: Any = None) -> Any:
+    with httpx.Client(timeout=60) as client:
+        response = (client.post(base_url + path, json=body) if body is not None
+                    else client.get(base_url + path))
+        response.raise_for_status()
+        return response.json()
+
+
+def reset_wallet(env: dict[str, str]) -> None:
+    with httpx.Client(timeout=60) as client:
+        client.post(env["VOUCHFLOW_WALLET_BASE_URL"] + "/_sandbox/reset").raise_for_status()
+
+
+@contextmanager
+def timed() -> Iterator[dict[str, float]]:
+    box: dict[str, float] = {}
+    started = time.perf_counter()
+    try:
+        yield box
+    finally:
+        box["s"] = round(time.perf_counter() - started, 3)
+
+
+def emit(result: dict[str, Any]) -> None:
+    """Print the result as the last line of output, one JSON object."""
+    sys.stdout.flush()
+    print(json.dumps(result, default=str), flush=True)
+
+
+def quiet_prefect() -> None:
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
