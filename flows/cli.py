@@ -105,13 +105,14 @@ def sandbox_up(
 def sync_catalog_cmd(
     site: Annotated[list[str] | None, typer.Option(help="Only these sites (repeatable).")] = None,
     full: Annotated[bool, typer.Option(help="Re-read every ERP item.")] = False,
+    chunk_size: Annotated[int, typer.Option(help="Items per chunk (task).")] = 500,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run the catalogue sync (ERP -> wallet sites) once, through Prefect."""
     quiet_prefect(verbose)
     from flows.sync_catalog import sync_catalog
 
-    result = asyncio.run(sync_catalog(sites=site or None, full=full))
+    result = asyncio.run(sync_catalog(sites=site or None, full=full, chunk_size=chunk_size))
     typer.echo(json.dumps(result, indent=2, default=str))
 
 

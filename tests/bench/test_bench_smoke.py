@@ -1,0 +1,29 @@
+"""Benchmarks are not tests, but a tiny run keeps them working."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_sync_catalog_bench_prints_its_json_line(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "bench", "sync_catalog", "--skus", "60", "--chunk-size", "25"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["bench"] == "sync_catalog"
+    assert {"vouchflow_s", "baseline_s", "ratio", "rerun_s", "baseline"} <= set(result)
+    assert result["rerun_pushed"] == 0
+    assert result["scale"]["skus"] == 60 and result["scale"]["listings"] > 60
+
+
+def test_unknown_benchmark_is_a_clear_error():
+    out = subprocess.run([sys.executable, "-m", "bench", "nope"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "available: sync_catalog" in out.stderr
