@@ -14,7 +14,7 @@ import asyncio
 import hashlib
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -90,22 +90,22 @@ class CatalogCounts:
     rejected: int = 0
     outcomes: Counter[str] = field(default_factory=Counter)
 
+    def _numbers(self) -> list[str]:
+        return [f.name for f in fields(self) if f.name != "outcomes"]
+
     def add(self, other: CatalogCounts) -> None:
-        for name in ("read", "not_modified", "gone", "mapped", "dead_lettered", "changed",
-                     "skipped", "pushed", "rejected"):
+        for name in self._numbers():
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.outcomes.update(other.outcomes)
 
     def as_dict(self) -> dict[str, Any]:
-        data = {name: getattr(self, name) for name in (
-            "read", "not_modified", "gone", "mapped", "dead_lettered", "changed", "skipped",
-            "pushed", "rejected")}
+        data: dict[str, Any] = {name: getattr(self, name) for name in self._numbers()}
         data["outcomes"] = dict(self.outcomes)
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CatalogCounts:
-        counts = cls(**{k: v for k, v in data.items() if k != "outcomes"})
+        counts = cls(**{k: v for k, v in data.items() if k not in {"outcomes", "resumed"}})
         counts.outcomes = Counter(data.get("outcomes") or {})
         return counts
 
@@ -433,8 +433,7 @@ async def sync_catalog(
 
         results = await asyncio.gather(*(one(i, c) for i, c in enumerate(chunks)))
         for result in results:
-            totals.add(CatalogCounts.from_dict({k: v for k, v in result.items()
-                                                if k != "resumed"}))
+            totals.add(CatalogCounts.from_dict(result))
         leftovers = await push_leftovers(run)
         totals.pushed += leftovers["pushed"]
         totals.rejected += leftovers["rejected"]

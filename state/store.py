@@ -126,53 +126,39 @@ def upsert_xrefs(
                  where=lambda table, excluded: table.c.canonical_id != excluded.canonical_id)
 
 
+def _lookup(
+    session: Session, key_col: Any, value_col: Any, conditions: Sequence[Any],
+    keys: Iterable[str],
+) -> dict[str, str]:
+    """key -> value for many keys, read in IN-chunks under the given conditions."""
+    wanted = list(dict.fromkeys(keys))
+    found: dict[str, str] = {}
+    for part in _chunks(wanted):
+        rows = session.execute(select(key_col, value_col).where(*conditions, key_col.in_(part)))
+        found.update({key: value for key, value in rows})
+    return found
+
+
 def canonical_ids(
     session: Session, system: str, entity_type: str, external_ids: Iterable[str]
 ) -> dict[str, str]:
-    ids = list(dict.fromkeys(external_ids))
-    found: dict[str, str] = {}
-    for part in _chunks(ids):
-        rows = session.execute(
-            select(Xref.external_id, Xref.canonical_id).where(
-                Xref.system == system, Xref.entity_type == entity_type,
-                Xref.external_id.in_(part),
-            )
-        )
-        found.update({ext: canon for ext, canon in rows})
-    return found
+    return _lookup(session, Xref.external_id, Xref.canonical_id,
+                   [Xref.system == system, Xref.entity_type == entity_type], external_ids)
 
 
 def external_ids(
     session: Session, system: str, entity_type: str, canonical_ids_: Iterable[str]
 ) -> dict[str, str]:
-    ids = list(dict.fromkeys(canonical_ids_))
-    found: dict[str, str] = {}
-    for part in _chunks(ids):
-        rows = session.execute(
-            select(Xref.canonical_id, Xref.external_id).where(
-                Xref.system == system, Xref.entity_type == entity_type,
-                Xref.canonical_id.in_(part),
-            )
-        )
-        found.update({canon: ext for canon, ext in rows})
-    return found
+    return _lookup(session, Xref.canonical_id, Xref.external_id,
+                   [Xref.system == system, Xref.entity_type == entity_type], canonical_ids_)
 
 
 # fingerprints -------------------------------------------------------------------------------
 def load_fingerprints(
     session: Session, target: str, entity_type: str, keys: Iterable[str]
 ) -> dict[str, str]:
-    wanted = list(dict.fromkeys(keys))
-    found: dict[str, str] = {}
-    for part in _chunks(wanted):
-        rows = session.execute(
-            select(Fingerprint.entity_key, Fingerprint.digest).where(
-                Fingerprint.target == target, Fingerprint.entity_type == entity_type,
-                Fingerprint.entity_key.in_(part),
-            )
-        )
-        found.update({key: digest for key, digest in rows})
-    return found
+    return _lookup(session, Fingerprint.entity_key, Fingerprint.digest,
+                   [Fingerprint.target == target, Fingerprint.entity_type == entity_type], keys)
 
 
 def save_fingerprints(
