@@ -21,6 +21,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
+import simplejson
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -145,8 +146,12 @@ def decode_json(response: httpx.Response, *, system: str) -> Any:
         ) from None
 
 
-def dumps(payload: Any) -> bytes:
-    """JSON for the wire: Decimals as strings unless a connector says otherwise."""
+def dumps(payload: Any, *, decimal_numbers: bool = False) -> bytes:
+    """JSON for the wire. Decimals become decimal strings (the contracts' money form), or,
+    for systems that take JSON numbers (NetSuite), numbers written with their exact digits."""
+    if decimal_numbers:
+        return simplejson.dumps(payload, use_decimal=True, default=_default,
+                                separators=(",", ":")).encode()
     return json.dumps(payload, default=_default, separators=(",", ":")).encode()
 
 
@@ -183,6 +188,8 @@ class HttpConnector:
 
     system = "http"
     error_table = ErrorTable()
+    decimal_numbers = False
+    """Send Decimals as JSON numbers (exact digits) instead of decimal strings."""
 
     def __init__(
         self,
@@ -263,7 +270,8 @@ class HttpConnector:
     ) -> httpx.Response:
         """Send with retries; return the 2xx/3xx response or raise a ConnectorError."""
         policy = retry or self.retry
-        body = dumps(json_body) if json_body is not None else content
+        body = (dumps(json_body, decimal_numbers=self.decimal_numbers)
+                if json_body is not None else content)
         send_headers = dict(headers or {})
         if json_body is not None:
             send_headers.setdefault("Content-Type", "application/json")

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -19,14 +21,18 @@ import httpx
 
 from connectors.erp.auth import TokenAuth
 from connectors.erp.config import ErpSettings, realm_for
+from connectors.erp.oauth2 import ClientCredentialsAuth
 from connectors.errors import (
     AuthError,
     ConflictError,
+    ConnectorError,
     InvalidRecordError,
     MalformedResponseError,
     NotFoundError,
+    PaginationError,
     RateLimitedError,
     ServerError,
+    TransportError,
 )
 from connectors.http import (
     DEFAULT_RETRY,
@@ -34,15 +40,31 @@ from connectors.http import (
     HttpConnector,
     RetryPolicy,
     Timeouts,
+    dumps,
     paginate,
 )
+from connectors.idempotency import key_uuid
 from connectors.limits import ConcurrencyLimiter, shared_limiter
 from connectors.paging import OffsetPaginator
 
 RECORD_PATH = "/services/rest/record/v1"
+SUITEQL_PATH = "/services/rest/query/v1/suiteql"
+JOB_PATH = "/services/rest/async/v1/job"
+COLLECTION_TYPE = "application/vnd.oracle.resource+json; type=collection"
+SUITEQL_ROW_CAP = 100_000
+MAX_BATCH = 100
 EXTERNAL_ID = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
 
+class IdempotencyReplay(ConflictError):
+    """NetSuite saw this idempotency key before; ``job_location`` is the first job."""
+
+    @property
+    def job_location(self) -> str | None:
+        return self.response.headers.get("Location") if self.response is not None else None
+
+
 ERP_ERRORS = ErrorTable(by_code={
+    "IDEMPOTENCY_ERROR": IdempotencyReplay,
     "INVALID_LOGIN": AuthError,
     "INVALID_LOGIN_ATTEMPT": AuthError,
     "INSUFFICIENT_PERMISSION": AuthError,
@@ -79,9 +101,35 @@ def format_q_date(at: datetime, timezone: str, *, precision: str = "day") -> str
     return text
 
 
+def _auth_for(settings: ErpSettings) -> httpx.Auth:
+    if settings.auth_method == "oauth2":
+        return ClientCredentialsAuth(
+            base_url=settings.url(), client_id=settings.client_id.get_secret_value(),
+            certificate_id=settings.certificate_id, private_key=settings.key_pem(),
+            algorithm=settings.jwt_algorithm,
+        )
+    return TokenAuth(settings)
+
+
+@dataclass(frozen=True)
+class BatchItemResult:
+    """One record of an asynchronous batch: its place in the request and what became of it."""
+
+    index: int
+    status: int
+    id: str | None = None
+    external_id: str | None = None
+    error: ConnectorError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and 200 <= self.status < 300
+
+
 class ErpClient(HttpConnector):
     system = "erp"
     error_table = ERP_ERRORS
+    decimal_numbers = True  # NetSuite amounts are JSON numbers
 
     def __init__(
         self,
@@ -96,7 +144,7 @@ class ErpClient(HttpConnector):
         self.account = realm_for(settings.account)
         super().__init__(
             settings.url(),
-            auth=TokenAuth(settings),
+            auth=_auth_for(settings),
             timeouts=Timeouts(read=settings.read_timeout),
             retry=retry,
             limiter=limiter or shared_limiter(f"erp:{self.account}", settings.concurrency),
@@ -184,3 +232,169 @@ class ErpClient(HttpConnector):
 
     async def delete(self, record_type: str, record_id: str) -> None:
         await self.request("DELETE", f"{RECORD_PATH}/{record_type}/{record_id}")
+
+    # SuiteQL ---------------------------------------------------------------------------------
+    async def suiteql(self, query: str, *, page_size: int = 1000) -> AsyncIterator[list[dict[str, Any]]]:
+        """Yield the rows of one query, a page at a time (at most 100,000 rows: NetSuite's cap;
+        use ``suiteql_by_key`` for more). Every value is a string; NULL columns are absent."""
+        paginator = OffsetPaginator(page_size, max_limit=1000)
+        async for page in paginate(self, "POST", SUITEQL_PATH, paginator,
+                                   json_body={"q": query}, headers={"Prefer": "transient"}):
+            yield [_row(item) for item in page["items"]]
+
+    async def suiteql_by_key(
+        self, select: str, table: str, *, where: str | None = None, key: str = "id",
+        page_size: int = 1000, row_cap: int = SUITEQL_ROW_CAP,
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """Every row of ``SELECT select FROM table WHERE where``, however many: read in windows
+        of at most ``row_cap`` rows ordered by the numeric ``key``, each window starting after
+        the last key of the one before. ``select`` must include ``key``."""
+        last: int | None = None
+        while True:
+            conditions = [f"({where})"] if where else []
+            if last is not None:
+                conditions.append(f"{key} > {last}")
+            query = f"SELECT {select} FROM {table}"
+            if conditions:
+                query += " WHERE " + " AND ".join(conditions)
+            query += f" ORDER BY {key}"
+            offset = 0
+            window_last = last
+            while True:
+                limit = min(page_size, row_cap - offset)
+                if limit <= 0:
+                    break  # the window is full: start the next one after its last key
+                body = await self.request_json(
+                    "POST", SUITEQL_PATH, params={"limit": limit, "offset": offset},
+                    json_body={"q": query}, headers={"Prefer": "transient"},
+                )
+                if not isinstance(body, dict) or "items" not in body or "hasMore" not in body:
+                    raise MalformedResponseError("SuiteQL page without items/hasMore",
+                                                 system=self.system)
+                rows = [_row(item) for item in body["items"]]
+                if rows:
+                    try:
+                        keys = [int(r[key]) for r in rows]
+                    except (KeyError, ValueError):
+                        raise MalformedResponseError(
+                            f"SuiteQL rows without a numeric {key!r}; select it",
+                            system=self.system) from None
+                    if window_last is not None and keys[0] <= window_last:
+                        raise PaginationError(
+                            f"SuiteQL went backwards: {key} {keys[0]} after {window_last}",
+                            system=self.system)
+                    window_last = keys[-1]
+                    yield rows
+                offset += len(rows)
+                if not body["hasMore"]:
+                    return
+                if not rows:
+                    raise PaginationError("SuiteQL said hasMore with an empty page",
+                                          system=self.system)
+            if window_last == last:
+                return
+            last = window_last
+
+    # asynchronous batches --------------------------------------------------------------------
+    async def submit_batch(
+        self, record_type: str, records: Sequence[dict[str, Any]], *, key: str,
+        upsert: bool = True,
+    ) -> str:
+        """Start an asynchronous batch (at most 100 records) and return its job id.
+
+        ``key`` names the batch (e.g. ``items-sg1-7f3a``); it becomes the idempotency key, so
+        sending the same batch again, after a crash or a lost answer, finds the first job
+        instead of starting a second one. ``upsert`` PUTs by each record's ``externalId``."""
+        if not records:
+            raise ValueError("an empty batch")
+        if len(records) > MAX_BATCH:
+            raise ValueError(f"at most {MAX_BATCH} records per batch, got {len(records)}")
+        if upsert:
+            missing = [i for i, r in enumerate(records) if not r.get("externalId")]
+            if missing:
+                raise InvalidRecordError(
+                    f"records {missing[:5]} of the batch have no externalId to upsert by",
+                    system=self.system)
+            for record in records:
+                external_id_ref(str(record["externalId"]))
+        headers = {
+            "Prefer": "respond-async",
+            "Content-Type": COLLECTION_TYPE,
+            "X-NetSuite-idempotency-key": str(key_uuid(key)),
+        }
+        try:
+            response = await self.request(
+                "PUT" if upsert else "POST", f"{RECORD_PATH}/{record_type}",
+                content=_dumps_collection(records), headers=headers,
+            )
+        except IdempotencyReplay as replay:
+            location = replay.job_location
+            if not location:
+                raise MalformedResponseError("IDEMPOTENCY_ERROR without the job's Location",
+                                             system=self.system) from None
+            return location.rstrip("/").rsplit("/", 1)[-1]
+        if response.status_code != 202:
+            raise MalformedResponseError(
+                f"asynchronous batch answered {response.status_code}, not 202",
+                system=self.system, response=response)
+        return self._id_from_location(response)
+
+    async def wait_for_job(self, job_id: str, *, timeout: float = 600.0,
+                           first_poll: float = 0.02, max_poll: float = 2.0) -> dict[str, Any]:
+        """Poll a job until it is completed or failed (backing off between polls)."""
+        deadline = time.monotonic() + timeout
+        delay = first_poll
+        while True:
+            job = await self.request_json("GET", f"{JOB_PATH}/{job_id}")
+            if not isinstance(job, dict):
+                raise MalformedResponseError(f"job {job_id}: not an object", system=self.system)
+            status = str(job.get("status", "")).lower()
+            if job.get("completed") or status in {"completed", "failed"}:
+                return job
+            if time.monotonic() + delay > deadline:
+                raise TransportError(f"job {job_id} still {status or 'pending'} after "
+                                     f"{timeout:.0f}s", system=self.system)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, max_poll)
+
+    async def job_results(self, job_id: str) -> list[BatchItemResult]:
+        body = await self.request_json("GET", f"{JOB_PATH}/{job_id}/result")
+        items = body.get("items") if isinstance(body, dict) else None
+        if not isinstance(items, list):
+            raise MalformedResponseError(f"job {job_id}: result without items", system=self.system)
+        results = []
+        for position, item in enumerate(items):
+            status = int(item.get("status", 0))
+            error = None
+            if not 200 <= status < 300:
+                details = item.get("o:errorDetails") or []
+                first = details[0] if details and isinstance(details[0], dict) else {}
+                code = first.get("o:errorCode")
+                kind = self.error_table.classify(status, code)
+                error = kind(f"job {job_id} item {item.get('index', position)} -> {status}"
+                             + (f" {code}" if code else "") + f": {first.get('detail', '')}",
+                             system=self.system, code=code, details=list(details))
+            results.append(BatchItemResult(
+                index=int(item.get("index", position)), status=status,
+                id=str(item["id"]) if item.get("id") is not None else None,
+                external_id=item.get("externalId"), error=error))
+        return results
+
+    async def batch(
+        self, record_type: str, records: Sequence[dict[str, Any]], *, key: str,
+        upsert: bool = True, timeout: float = 600.0,
+    ) -> list[BatchItemResult]:
+        """Submit, wait, read the results: one call for one batch of at most 100 records."""
+        job_id = await self.submit_batch(record_type, records, key=key, upsert=upsert)
+        job = await self.wait_for_job(job_id, timeout=timeout)
+        if str(job.get("status", "")).lower() == "failed" and not job.get("completed", True):
+            raise ServerError(f"job {job_id} failed as a whole", system=self.system)
+        return await self.job_results(job_id)
+
+
+def _row(item: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in item.items() if k != "links"}
+
+
+def _dumps_collection(records: Sequence[dict[str, Any]]) -> bytes:
+    return dumps({"items": list(records)}, decimal_numbers=True)

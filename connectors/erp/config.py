@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr
@@ -29,10 +30,20 @@ class ErpSettings(BaseSettings):
         default=None,
         description="Override of https://{account-host}.suitetalk.api.netsuite.com.",
     )
+    auth_method: Literal["tba", "oauth2"] = Field(
+        default="tba",
+        description="tba: token-based auth (OAuth 1.0a, HMAC-SHA256); oauth2: client "
+        "credentials with a JWT assertion.",
+    )
     consumer_key: SecretStr = SecretStr("")
     consumer_secret: SecretStr = SecretStr("")
     token_id: SecretStr = SecretStr("")
     token_secret: SecretStr = SecretStr("")
+    client_id: SecretStr = SecretStr("")
+    certificate_id: str = ""
+    private_key: SecretStr = Field(default=SecretStr(""), description="PEM private key.")
+    private_key_file: str | None = None
+    jwt_algorithm: Literal["PS256", "ES256"] = "PS256"
     concurrency: int = Field(
         default=5, ge=1,
         description="vouchflow's share of the account's concurrency limit (shared with other "
@@ -55,11 +66,28 @@ class ErpSettings(BaseSettings):
                                      system="erp")
         return f"https://{host_for(self.account)}.suitetalk.api.netsuite.com"
 
+    def key_pem(self) -> str:
+        if self.private_key.get_secret_value():
+            return self.private_key.get_secret_value()
+        if self.private_key_file:
+            try:
+                return Path(self.private_key_file).expanduser().read_text()
+            except OSError as exc:
+                raise ConfigurationError(
+                    f"cannot read VOUCHFLOW_ERP_PRIVATE_KEY_FILE: {exc.strerror}", system="erp"
+                ) from None
+        return ""
+
     def check(self) -> ErpSettings:
-        missing = [
-            name for name in ("consumer_key", "consumer_secret", "token_id", "token_secret")
-            if not getattr(self, name).get_secret_value()
-        ]
+        if self.auth_method == "tba":
+            needed = ("consumer_key", "consumer_secret", "token_id", "token_secret")
+            missing = [n for n in needed if not getattr(self, n).get_secret_value()]
+        else:
+            missing = [n for n in ("client_id",) if not getattr(self, n).get_secret_value()]
+            if not self.certificate_id:
+                missing.append("certificate_id")
+            if not self.key_pem():
+                missing.append("private_key")
         if not self.account:
             missing.insert(0, "account")
         if missing:
@@ -67,6 +95,7 @@ class ErpSettings(BaseSettings):
                 "missing ERP settings: " + ", ".join(f"VOUCHFLOW_ERP_{m.upper()}" for m in missing),
                 system="erp",
             )
-        for secret in (self.consumer_key, self.consumer_secret, self.token_id, self.token_secret):
+        for secret in (self.consumer_key, self.consumer_secret, self.token_id, self.token_secret,
+                       self.client_id, self.private_key):
             register_secret(secret)
         return self

@@ -3,7 +3,7 @@ them into canonical models."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
@@ -47,6 +47,162 @@ class InventoryItem(ErpRecord):
     code_format: str | None = Field(default=None, alias="custitem_vf_code_format")
 
 
+class Ref(BaseModel):
+    """A reference to another record: ``{"id": "812"}`` (``refName`` is informative only)."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    id: str
+    ref_name: str | None = Field(default=None, alias="refName")
+
+
+class Line(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    line: int | None = None
+    item: Ref | None = None
+    quantity: ExactNumber = None
+    rate: ExactNumber = None
+    amount: ExactNumber = None
+    description: str | None = None
+    batch_no: str | None = Field(default=None, alias="custcol_vf_batch_no")
+    line_id: str | None = Field(default=None, alias="custcol_vf_line_id")
+    site: str | None = Field(default=None, alias="custcol_vf_site")
+
+
+class Lines(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    items: list[Line] = Field(default_factory=list)
+
+
+class JournalLine(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    line: int | None = None
+    account: Ref
+    debit: ExactNumber = None
+    credit: ExactNumber = None
+    memo: str | None = None
+
+
+class JournalLines(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    items: list[JournalLine] = Field(default_factory=list)
+
+
+class Vendor(ErpRecord):
+    entity_id: str | None = Field(default=None, alias="entityId")
+    company_name: str | None = Field(default=None, alias="companyName")
+    currency: str | None = None
+    email: str | None = None
+    is_inactive: bool = Field(default=False, alias="isInactive")
+    settlement_mode: str | None = Field(default=None, alias="custentity_vf_settlement_mode")
+    contract_signed: bool = Field(default=False, alias="custentity_vf_contract_signed")
+    bank_account: str | None = Field(default=None, alias="custentity_vf_bank_account")
+    bank_bic: str | None = Field(default=None, alias="custentity_vf_bank_bic")
+    country: str | None = Field(default=None, alias="custentity_vf_country")
+
+
+class Customer(ErpRecord):
+    entity_id: str | None = Field(default=None, alias="entityId")
+    company_name: str | None = Field(default=None, alias="companyName")
+    currency: str | None = None
+    site: str | None = Field(default=None, alias="custentity_vf_site")
+
+
+class Transaction(ErpRecord):
+    """Fields every transaction shares."""
+
+    tran_id: str | None = Field(default=None, alias="tranId")
+    tran_date: date | None = Field(default=None, alias="tranDate")
+    entity: Ref | None = None
+    currency: str | None = None
+    memo: str | None = None
+    created_from: Ref | None = Field(default=None, alias="createdFrom")
+    total: ExactNumber = None
+    status: str | None = None
+
+
+class PurchaseRequisition(Transaction):
+    item: Lines = Field(default_factory=Lines)
+
+
+class PurchaseOrder(Transaction):
+    site: str | None = Field(default=None, alias="custbody_vf_site")
+    business_date: date | None = Field(default=None, alias="custbody_vf_business_date")
+    item: Lines = Field(default_factory=Lines)
+
+
+class ItemReceipt(Transaction):
+    item: Lines = Field(default_factory=Lines)
+
+
+class VendorBill(Transaction):
+    due_date: date | None = Field(default=None, alias="dueDate")
+    approval_status: str | None = Field(default=None, alias="approvalStatus")
+    item: Lines = Field(default_factory=Lines)
+
+
+class VendorCredit(Transaction):
+    item: Lines = Field(default_factory=Lines)
+
+
+class SalesOrder(Transaction):
+    other_ref_num: str | None = Field(default=None, alias="otherRefNum")
+    site: str | None = Field(default=None, alias="custbody_vf_site")
+    item: Lines = Field(default_factory=Lines)
+
+
+class JournalEntry(Transaction):
+    site: str | None = Field(default=None, alias="custbody_vf_site")
+    line: JournalLines = Field(default_factory=JournalLines)
+
+
+class BatchRecord(ErpRecord):
+    """``customrecord_vf_batch``: the book's copy of a batch."""
+
+    name: str | None = None
+    sku: Ref | None = Field(default=None, alias="custrecord_vf_batch_sku")
+    quantity: int | None = Field(default=None, alias="custrecord_vf_batch_quantity")
+    available: int | None = Field(default=None, alias="custrecord_vf_batch_available")
+    remaining: int | None = Field(default=None, alias="custrecord_vf_batch_remaining")
+    status: str | None = Field(default=None, alias="custrecord_vf_batch_status")
+    unit_cost: ExactNumber = Field(default=None, alias="custrecord_vf_batch_unit_cost")
+    currency: str | None = Field(default=None, alias="custrecord_vf_batch_currency")
+    expiry_type: str | None = Field(default=None, alias="custrecord_vf_batch_expiry_type")
+    expires_on: date | None = Field(default=None, alias="custrecord_vf_batch_expires_on")
+    purchase_order: Ref | None = Field(default=None, alias="custrecord_vf_batch_po")
+    sites: str | None = Field(default=None, alias="custrecord_vf_batch_sites")
+
+
+class CodeRecord(ErpRecord):
+    """``customrecord_vf_code``: a code as the book knows it (masked, hashed; never the code)."""
+
+    name: str | None = None
+    code_hash: str | None = Field(default=None, alias="custrecord_vf_code_hash")
+    batch: Ref | None = Field(default=None, alias="custrecord_vf_code_batch")
+    status: str | None = Field(default=None, alias="custrecord_vf_code_status")
+    order: Ref | None = Field(default=None, alias="custrecord_vf_code_order")
+
+
 RECORD_TYPES: dict[str, type[ErpRecord]] = {
     "inventoryItem": InventoryItem,
+    "vendor": Vendor,
+    "customer": Customer,
+    "purchaseRequisition": PurchaseRequisition,
+    "purchaseOrder": PurchaseOrder,
+    "itemReceipt": ItemReceipt,
+    "vendorBill": VendorBill,
+    "vendorCredit": VendorCredit,
+    "salesOrder": SalesOrder,
+    "journalEntry": JournalEntry,
+    "customrecord_vf_batch": BatchRecord,
+    "customrecord_vf_code": CodeRecord,
 }
+
+
+def parse_record(record_type: str, raw: dict[str, Any]) -> ErpRecord:
+    """A raw record as its typed model (unknown types as the generic ErpRecord)."""
+    return RECORD_TYPES.get(record_type, ErpRecord).model_validate(raw)

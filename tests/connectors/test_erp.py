@@ -86,7 +86,10 @@ async def test_upsert_uses_the_external_id_and_reads_location():
     def handler(req: httpx.Request, n: int) -> httpx.Response:
         assert req.method == "PUT"
         assert req.url.path == "/services/rest/record/v1/inventoryItem/eid:SKU-1"
-        assert json.loads(req.content) == {"itemId": "SKU-1", "custitem_vf_face_value": "10.00"}
+        # NetSuite takes amounts as JSON numbers: exact digits, never a float's approximation
+        assert req.content == b'{"itemId":"SKU-1","custitem_vf_face_value":10.00}'
+        assert json.loads(req.content, parse_float=Decimal)["custitem_vf_face_value"] == \
+            Decimal("10.00")
         return httpx.Response(204, headers={
             "Location": "http://erp.test/services/rest/record/v1/inventoryItem/812"})
 
