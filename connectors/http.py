@@ -14,11 +14,11 @@ import logging
 import random
 import ssl
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import simplejson
@@ -47,6 +47,7 @@ from connectors.errors import (
 from connectors.limits import ConcurrencyLimiter
 
 log = logging.getLogger("vouchflow.connectors")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -276,8 +277,24 @@ class HttpConnector:
         if json_body is not None:
             send_headers.setdefault("Content-Type", "application/json")
 
+        return await self.with_retries(
+            lambda: self._send_once(method, url, params, body, send_headers, timeout),
+            policy=policy, what=f"{method} {url}",
+        )
+
+    async def with_retries(
+        self, attempt: Callable[[], Awaitable[T]], *, policy: RetryPolicy | None = None,
+        what: str = "call",
+    ) -> T:
+        """Run ``attempt`` until it succeeds, fails for good, or the policy gives up.
+
+        Retries happen only on ``RetriableError``. Each attempt is built afresh by ``attempt``,
+        so whatever must change between tries (a signature's nonce, a SOAP envelope's
+        WS-Security timestamp) does.
+        """
+        policy = policy or self.retry
         try:  # the common case costs no retry machinery at all
-            return await self._send_once(method, url, params, body, send_headers, timeout)
+            return await attempt()
         except RetriableError as error:
             if policy.max_attempts <= 1:
                 raise
@@ -285,12 +302,12 @@ class HttpConnector:
 
         def wait(state: RetryCallState) -> float:
             # attempt 1 ran above; tenacity numbers its own attempts from 1 again
-            attempt = state.attempt_number
-            error = first_error if attempt == 1 else (
+            number = state.attempt_number
+            error = first_error if number == 1 else (
                 state.outcome.exception() if state.outcome else None)
-            delay = policy.delay(attempt, error)
-            log.info("%s %s %s: attempt %d failed (%s), retrying in %.2fs", self.system, method,
-                     url, attempt, error, delay)
+            delay = policy.delay(number, error)
+            log.info("%s %s: attempt %d failed (%s), retrying in %.2fs", self.system, what,
+                     number, error, delay)
             return delay
 
         retrying = AsyncRetrying(
@@ -300,12 +317,12 @@ class HttpConnector:
             reraise=True,
         )
         first = True
-        async for attempt in retrying:
-            with attempt:
+        async for try_ in retrying:
+            with try_:
                 if first:  # replay the first failure so tenacity waits and counts it
                     first = False
                     raise first_error
-                return await self._send_once(method, url, params, body, send_headers, timeout)
+                return await attempt()
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _send_once(

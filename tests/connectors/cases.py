@@ -8,6 +8,7 @@ import httpx
 from pydantic import SecretStr
 
 from connectors.erp import ErpClient, ErpSettings
+from connectors.finance import FinanceClient, FinanceSettings
 from connectors.http import RetryPolicy
 from connectors.limits import ConcurrencyLimiter
 from connectors.wallet import WalletClient, WalletSiteSettings
@@ -70,6 +71,7 @@ ERP_CASE = ConnectorCase(
     repeated_page=erp_repeated,
     list_all=erp_list_all,
     server_error=lambda status: erp_error(status, "UNEXPECTED_ERROR", "An unexpected error"),
+    secrets=("cs-conformance-secret", "ts-conformance-secret"),
 )
 
 
@@ -125,4 +127,99 @@ WALLET_CASE = ConnectorCase(
     server_error=lambda status: wallet_error(status, "internal", "boom"),
 )
 
-CASES = [ERP_CASE, WALLET_CASE]
+def finance_settings(**over) -> FinanceSettings:
+    data = dict(url="http://finance.test/soap/groupfinance", username=SecretStr("vf-conf-user"),
+                password=SecretStr("vf-conformance-password"))
+    data.update(over)
+    return FinanceSettings(**data)
+
+
+def build_finance(transport: httpx.MockTransport, retry: RetryPolicy) -> FinanceClient:
+    return FinanceClient(finance_settings(), transport=transport, retry=retry,
+                         limiter=ConcurrencyLimiter(4))
+
+
+def soap(body: str, status: int = 200, headers: dict[str, str] | None = None) -> httpx.Response:
+    envelope = (
+        '<?xml version="1.0" encoding="utf-8"?>'
+        '<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/" '
+        'xmlns:gf="urn:vouchflow:groupfinance:v1"><soap:Body>' + body +
+        "</soap:Body></soap:Envelope>"
+    )
+    return httpx.Response(status, content=envelope.encode(),
+                          headers={"Content-Type": "text/xml; charset=utf-8", **(headers or {})})
+
+
+def soap_fault(code: str, message: str, detail: str = "", *, xmlns: str = "") -> httpx.Response:
+    return soap(f"<soap:Fault {xmlns}><faultcode>{code}</faultcode>"
+                f"<faultstring>{message}</faultstring>"
+                + (f"<detail>{detail}</detail>" if detail else "") + "</soap:Fault>", 500)
+
+
+WSSE_NS = ('xmlns:wsse="http://docs.oasis-open.org/wss/2004/01/'
+           'oasis-200401-wss-wssecurity-secext-1.0.xsd"')
+
+
+def posting_status_ok() -> httpx.Response:
+    return soap("<gf:GetPostingStatusResponse><gf:documentId>DOC-1</gf:documentId>"
+                "<gf:status>BOOKED</gf:status><gf:postingRef>GF-2026-11-000001</gf:postingRef>"
+                "</gf:GetPostingStatusResponse>")
+
+
+def finance_page(request: httpx.Request, number: int, size: int, more: bool) -> httpx.Response:
+    postings = "".join(
+        f"<gf:posting><gf:documentId>DOC-{number}-{i}</gf:documentId>"
+        "<gf:kind>COST_OF_SALES</gf:kind><gf:status>BOOKED</gf:status>"
+        f"<gf:postingRef>GF-2026-11-{number:03d}{i:03d}</gf:postingRef>"
+        "<gf:currency>SGD</gf:currency><gf:totalAmount>12.5000</gf:totalAmount>"
+        "<gf:lineCount>1</gf:lineCount><gf:bookedAt>2026-11-22T10:00:00Z</gf:bookedAt>"
+        "</gf:posting>" for i in range(size))
+    token = f"<gf:nextPageToken>t{number}</gf:nextPageToken>" if more else ""
+    return soap(f"<gf:ListPostingsResponse>{postings}{token}</gf:ListPostingsResponse>")
+
+
+def finance_repeated(request: httpx.Request, number: int) -> httpx.Response:
+    return soap("<gf:ListPostingsResponse><gf:nextPageToken>same</gf:nextPageToken>"
+                "</gf:ListPostingsResponse>")
+
+
+async def finance_list_all(client: FinanceClient) -> list[str]:
+    ids: list[str] = []
+    async for page in client.list_postings("2026-11", page_size=2):
+        ids.extend(p.document_id for p in page)
+    return ids
+
+
+def finance_hostile(path: str) -> httpx.Response:
+    body = (f'<?xml version="1.0"?><!DOCTYPE foo [<!ENTITY xxe SYSTEM "file://{path}">]>'
+            '<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/" '
+            'xmlns:gf="urn:vouchflow:groupfinance:v1"><soap:Body>'
+            "<gf:GetPostingStatusResponse><gf:documentId>DOC-1</gf:documentId>"
+            "<gf:status>BOOKED</gf:status><gf:postingRef>&xxe;</gf:postingRef>"
+            "</gf:GetPostingStatusResponse></soap:Body></soap:Envelope>")
+    return httpx.Response(200, content=body.encode(), headers={"Content-Type": "text/xml"})
+
+
+FINANCE_CASE = ConnectorCase(
+    name="finance",
+    build=build_finance,
+    call=lambda c: c.posting_status("DOC-1"),
+    ok_response=posting_status_ok,
+    auth_failure=lambda: soap_fault("wsse:FailedAuthentication",
+                                    "The security token could not be authenticated",
+                                    xmlns=WSSE_NS),
+    rate_limited=lambda retry_after: httpx.Response(
+        429, content=b"busy",
+        headers={"Retry-After": str(int(retry_after))} if retry_after is not None else {}),
+    page=finance_page,
+    repeated_page=finance_repeated,
+    list_all=finance_list_all,
+    server_error=lambda status: soap_fault("soap:Server", "try again later") if status == 500
+    else httpx.Response(status, content=b"<html>bad gateway</html>"),
+    malformed_words="not XML",
+    hostile=finance_hostile,
+    auth_status=500,
+    secrets=("vf-conformance-password",),
+)
+
+CASES = [ERP_CASE, WALLET_CASE, FINANCE_CASE]

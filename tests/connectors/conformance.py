@@ -64,3 +64,11 @@ class ConnectorCase:
     list_all: Callable[[HttpConnector], Awaitable[list[Any]]]
     server_error: Callable[[int], httpx.Response] = lambda status: json_response(
         status, {"error": "boom"})
+    auth_status: int = 401
+    """The HTTP status an auth failure comes with (SOAP 1.1 faults come with 500)."""
+    secrets: tuple[str, ...] = ()
+    """Credential values the connector holds that must never show in an error."""
+    malformed_words: str = "not JSON"
+    """What the error for an unreadable body says."""
+    hostile: Callable[[str], httpx.Response] | None = None
+    """For connectors that read XML: an answer carrying a DTD/entity that points at a file."""

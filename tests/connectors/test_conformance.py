@@ -36,7 +36,7 @@ async def test_auth_failure_is_not_retried(case: ConnectorCase):
         with pytest.raises(AuthError) as info:
             await case.call(client)
     server.expect_calls(1)
-    assert info.value.status_code == 401
+    assert info.value.status_code == case.auth_status
 
 
 @pytest.mark.parametrize("case", CASES, ids=ids)
@@ -132,7 +132,23 @@ async def test_malformed_body_is_a_clear_error(case: ConnectorCase, body: bytes)
     async with case.build(server.transport(), FAST_RETRY) as client:
         with pytest.raises(MalformedResponseError) as info:
             await case.call(client)
-    assert "not JSON" in str(info.value) and case.name in str(info.value)
+    assert case.malformed_words in str(info.value) and case.name in str(info.value)
+    server.expect_calls(1)
+
+
+XML_CASES = [c for c in CASES if c.hostile is not None]
+
+
+@pytest.mark.parametrize("case", XML_CASES, ids=[c.name for c in XML_CASES])
+async def test_hostile_xml_is_refused_and_reads_nothing(case: ConnectorCase, tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOP-SECRET-CONTENT")
+    assert case.hostile is not None
+    server = FakeServer(lambda req, n: case.hostile(str(secret)))
+    async with case.build(server.transport(), FAST_RETRY) as client:
+        with pytest.raises(MalformedResponseError) as info:
+            await case.call(client)
+    assert "TOP-SECRET" not in str(info.value)
     server.expect_calls(1)
 
 
@@ -143,11 +159,14 @@ async def test_secrets_never_appear_in_errors(case: ConnectorCase):
         with pytest.raises(AuthError) as info:
             await case.call(client)
     sent = server.requests[0]
-    secret_headers = [v for k, v in sent.headers.items()
-                      if k.lower() in {"authorization", "x-api-key"}]
-    assert secret_headers, "the connector sent no credentials at all"
+    secret_values = [v for k, v in sent.headers.items()
+                     if k.lower() in {"authorization", "x-api-key"}]
+    if b"wsse:Security" in sent.content:  # SOAP: the credentials travel in the envelope
+        secret_values += [el.split(b"<", 1)[0].decode() for el in
+                          sent.content.split(b"PasswordDigest\">")[1:]]
+    assert secret_values, "the connector sent no credentials at all"
     text = str(info.value) + repr(info.value)
-    for value in secret_headers:
+    for value in [*secret_values, *case.secrets]:
         assert value not in text
-    for word in ("secret", "wallet-key-conformance", "tk-conformance"):
+    for word in ("wallet-key-conformance", "tk-conformance"):
         assert word not in text
