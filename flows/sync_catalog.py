@@ -24,10 +24,11 @@ from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
 from canonical import Sku, now_utc
-from connectors.erp import ErpClient, ErpSettings, format_q_date
+from connectors.erp import ErpClient, format_q_date
 from connectors.errors import FatalError, NotFoundError
 from connectors.redact import scrub
 from connectors.wallet import WalletClient, WalletSiteSettings, load_sites
+from flows.credentials import erp_settings
 from flows.deadletters import replay_handler
 from flows.delivery import DeliveryReport, deliver
 from flows.runtime import (
@@ -123,8 +124,8 @@ class CatalogRun:
     force: bool = False
 
     @classmethod
-    def open(cls, *, site_codes: Sequence[str] | None, since: datetime | None,
-             key: str, force: bool = False) -> CatalogRun:
+    async def open(cls, *, site_codes: Sequence[str] | None, since: datetime | None,
+                   key: str, force: bool = False) -> CatalogRun:
         all_sites = load_sites()
         unknown = sorted(set(site_codes or ()) - set(all_sites))
         if unknown:
@@ -132,7 +133,7 @@ class CatalogRun:
         chosen = {c: s for c, s in all_sites.items() if not site_codes or c in site_codes}
         return cls(
             engine=state_engine(),
-            erp=ErpClient(ErpSettings()),
+            erp=ErpClient(await erp_settings()),
             sites=all_sites,
             wallets={code: WalletClient(site) for code, site in chosen.items()},
             since=since,
@@ -418,7 +419,7 @@ async def sync_catalog(
             high = datetime.fromisoformat(started["high"])
         ledger_start(session, FLOW, key, "run")
     since = None if full or watermark is None else watermark - timedelta(minutes=lookback_minutes)
-    run = CatalogRun.open(site_codes=sites, since=since, key=key, force=full)
+    run = await CatalogRun.open(site_codes=sites, since=since, key=key, force=full)
     totals = CatalogCounts()
     try:
         ids = await list_changed_items(run)
@@ -490,7 +491,7 @@ async def publish_artifacts(summary: dict[str, Any]) -> None:
 async def replay_items(engine: Engine, letters: Sequence[DeadLetter]) -> set[int]:
     """Read the items again from the ERP (an operator may have fixed them there) and run them
     through mapping and push; an item that maps now resolves its dead letter."""
-    run = CatalogRun.open(site_codes=None, since=None, key=run_key())
+    run = await CatalogRun.open(site_codes=None, since=None, key=run_key())
     try:
         ids = [d.entity_key for d in letters]
         await sync_chunk(run, ids, force=True)
@@ -526,7 +527,7 @@ async def replay_products(engine: Engine, letters: Sequence[DeadLetter]) -> set[
             for row in session.scalars(select(OutboxMessage).where(
                 OutboxMessage.id.in_(list(outbox_of))))
         }
-    run = CatalogRun.open(site_codes=sorted(by_site), since=None, key=run_key())
+    run = await CatalogRun.open(site_codes=sorted(by_site), since=None, key=run_key())
     try:
         for site, outbox_ids in by_site.items():
             await push_site_products(run, site, [keys[i] for i in outbox_ids if i in keys])
