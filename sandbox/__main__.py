@@ -30,6 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sites-file", type=Path, default=os.environ.get("VOUCHFLOW_SITES_FILE"),
                         help="TOML file of [sites.<code>] (default: $VOUCHFLOW_SITES_FILE or "
                              "connectors/wallet/sites.default.toml)")
+    parser.add_argument("--erp-concurrency", type=int, default=None,
+                        help="the ERP account's concurrency limit (default 5)")
+    parser.add_argument("--erp-write-latency-ms", type=float, default=0.0,
+                        help="time every record write (PUT) takes in the ERP")
     parser.add_argument("--print-env", action="store_true",
                         help="also print `export VOUCHFLOW_...` lines for the connectors")
     args = parser.parse_args(argv)
@@ -39,7 +43,12 @@ def main(argv: list[str] | None = None) -> int:
         seed_skus=args.seed_skus, invalid=args.invalid, host=args.host, seed=args.seed,
         modified_at=args.modified_at,
         sites=load_sites(args.sites_file) if args.sites_file else None,
+        erp_options=({"concurrency_limit": args.erp_concurrency}
+                     if args.erp_concurrency is not None else None),
     )  # fmt: skip
+    if args.erp_write_latency_ms:
+        group.erp.faults.set(latency_ms=args.erp_write_latency_ms, method="PUT",
+                             path_prefix="/services/rest/record/")
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

@@ -705,6 +705,13 @@ class _SandboxMiddleware:
         async def tracked_send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 entry["status"] = message["status"]
+                # an answer without a body is complete once its headers leave: account for it
+                # now, or a client reading the stats right after a 204 could still see it
+                if message["status"] in (204, 304) or any(
+                    bytes(k).lower() == b"content-length" and bytes(v).strip() == b"0"
+                    for k, v in message.get("headers", ())
+                ):
+                    finish()
             elif message["type"] == "http.response.body" and not message.get("more_body", False):
                 finish()
             await send(message)

@@ -24,6 +24,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 __all__ = [
@@ -222,6 +223,12 @@ class _Parser:
         if op in EMPTY_OPERATORS:
             empty = op == "EMPTY"
             return lambda rec: _is_empty(rec.get(field)) is empty
+        if field_type in ("ref", "sublist"):
+            what = "a reference" if field_type == "ref" else "a sublist"
+            raise QueryError(
+                f"Invalid search query: {op} is not supported on {field} ({what} field); "
+                f"use EMPTY or EMPTY_NOT"
+            )
         val = self.peek()
         if val is None or val.kind not in ("string", "number", "word") or val.value in ("AND", "OR"):
             raise QueryError(f"Invalid search query: missing value after {field} {op}")
@@ -240,12 +247,20 @@ class _Parser:
         return self.field_types[field]
 
     def _date(self, field: str, field_type: str | None, op: str, val: _Tok) -> Predicate:
-        if field_type not in (None, "datetime"):
+        if field_type not in (None, "datetime", "date"):
             raise QueryError(f"Invalid search query: {op} needs a date field, {field} is {field_type}")
         if val.kind != "string":
             raise QueryError(f"Invalid search query: the date after {field} {op} must be quoted")
         start, end = parse_date_literal(val.value, self.tz)
-        lo, hi = format_datetime(start), format_datetime(end)
+        if field_type == "date":
+            # a date field holds a calendar day (YYYY-MM-DD): compare whole days
+            if (start.hour, start.minute, start.second) != (0, 0, 0) or end - start < timedelta(hours=23):
+                raise QueryError(
+                    f"Invalid search query: {field} is a date field; give a date without a time"
+                )
+            lo, hi = start.date().isoformat(), end.date().isoformat()
+        else:
+            lo, hi = format_datetime(start), format_datetime(end)
 
         def get(rec: Mapping[str, Any]) -> str | None:
             v = rec.get(field)
@@ -265,17 +280,17 @@ class _Parser:
         if field_type not in (None, "number"):
             raise QueryError(f"Invalid search query: {op} needs a number field, {field} is {field_type}")
         try:
-            target = float(val.value)
-        except ValueError:
+            target = Decimal(val.value)
+        except InvalidOperation:
             raise QueryError(f"Invalid search query: {val.value!r} after {field} {op} is not a number") from None
 
-        def num(rec: Mapping[str, Any]) -> float | None:
+        def num(rec: Mapping[str, Any]) -> int | float | Decimal | None:
             v = rec.get(field)
-            if isinstance(v, bool) or not isinstance(v, int | float):
+            if isinstance(v, bool) or not isinstance(v, int | float | Decimal):
                 return None
-            return float(v)
+            return v
 
-        compare: Callable[[float], bool] = {
+        compare: Callable[[Any], bool] = {
             "EQUAL": lambda x: x == target,
             "GREATER": lambda x: x > target,
             "GREATER_OR_EQUAL": lambda x: x >= target,
@@ -313,6 +328,8 @@ class _Parser:
 
 
 def _is_empty(value: Any) -> bool:
+    if isinstance(value, dict) and "items" in value:
+        return not value["items"]
     return value is None or value == "" or value == []
 
 
@@ -321,6 +338,7 @@ def compile_query(
     tz: tzinfo,
     field_types: Mapping[str, str] | None = None,
 ) -> Predicate:
-    """Compile ``q``; ``field_types`` (name -> string|boolean|number|datetime) makes unknown
-    fields and type mismatches errors, as they are for a record type with a known schema."""
+    """Compile ``q``; ``field_types`` (name -> string|boolean|number|date|datetime|ref|sublist)
+    makes unknown fields and type mismatches errors, as they are for a record type with a
+    known schema. Date fields (``YYYY-MM-DD``) compare whole days."""
     return _Parser(q, tz, field_types).parse()

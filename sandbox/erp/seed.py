@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from sandbox.money import MINOR_UNITS
@@ -146,8 +147,10 @@ def generate_inventory_items(
     # several times more and seeding 250k records must take seconds, not tens of seconds.
     currency_pool = [c for c, w in zip(currencies, currency_weights, strict=True) for _ in range(w)]
     kind_pool = [k for k, w in zip(KINDS, _KIND_WEIGHTS, strict=True) for _ in range(w)]
+    # face values are stored as Decimal, as the ERP keeps every number (exact, no float)
     faces = {
-        c: [(f, _face_label(f), _face_display(f, c)) for f in _face_values(c)] for c in currencies
+        c: [(Decimal(repr(f)), _face_label(f), _face_display(f, c)) for f in _face_values(c)]
+        for c in currencies
     }
     two_decimal = [c for c in currencies if MINOR_UNITS.get(c, 2) >= 2] or currencies
     records: list[dict[str, Any]] = []
@@ -197,14 +200,14 @@ def generate_inventory_items(
     return records, invalid_ids
 
 
-def _spoil(record: dict[str, Any], reason: str, face: float, currency: str) -> None:
+def _spoil(record: dict[str, Any], reason: str, face: Decimal, currency: str) -> None:
     """Make a valid record invalid in exactly one way (and keep it otherwise sellable)."""
     record["isInactive"] = False
     record["custitem_vf_status"] = "normal"
     if reason == "face_value_precision":
         # one digit past the minor unit, not zero: 18.155 for a two-decimal currency
         digits = MINOR_UNITS.get(currency, 2) + 1
-        record["custitem_vf_face_value"] = round(face + 5 / 10**digits, digits)
+        record["custitem_vf_face_value"] = face + Decimal(5).scaleb(-digits)
     elif reason == "unknown_currency":
         record["custitem_vf_currency"] = UNKNOWN_CURRENCY
     elif reason == "unknown_kind":

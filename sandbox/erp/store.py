@@ -9,45 +9,40 @@ same tables.
 from __future__ import annotations
 
 import bisect
-import re
+import itertools
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["EXTERNAL_ID_RE", "READ_ONLY_FIELDS", "RECORD_SCHEMAS", "RecordStore", "RecordTable"]
+from sandbox.erp.schema import (
+    EXTERNAL_ID_RE,
+    READ_ONLY_FIELDS,
+    RECORD_SCHEMAS,
+    TRANSACTION_TYPES,
+    from_snapshot,
+    to_snapshot,
+)
 
-EXTERNAL_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
-INTERNAL_ID_RE = re.compile(r"^[1-9][0-9]{0,17}$")
-TYPE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,99}$")
+__all__ = [
+    "EXTERNAL_ID_RE",
+    "READ_ONLY_FIELDS",
+    "RECORD_SCHEMAS",
+    "IdSequence",
+    "RecordStore",
+    "RecordTable",
+]
 
-#: Fields the server maintains; a client sending them is ignored for these (as a GET-then-PUT
-#: round trip would send them back).
-READ_ONLY_FIELDS = frozenset({"id", "links", "createdDate", "lastModifiedDate"})
+#: Every change of any table takes a new number from here, so a (table, version) pair never
+#: comes back after a reset: caches keyed on versions cannot serve stale results.
+_VERSIONS = itertools.count(1)
 
-#: Record types whose fields are known (docs/erp-records.md). For these, unknown fields and
-#: wrongly typed values are refused, in writes and in ``q``; other types are schemaless.
-RECORD_SCHEMAS: dict[str, dict[str, str]] = {
-    "inventoryItem": {
-        "id": "string",
-        "externalId": "string",
-        "itemId": "string",
-        "displayName": "string",
-        "isInactive": "boolean",
-        "lastModifiedDate": "datetime",
-        "createdDate": "datetime",
-        "custitem_vf_kind": "string",
-        "custitem_vf_face_value": "number",
-        "custitem_vf_currency": "string",
-        "custitem_vf_sales_areas": "string",
-        "custitem_vf_issuance_mode": "string",
-        "custitem_vf_write_off_type": "string",
-        "custitem_vf_status": "string",
-        "custitem_vf_code_format": "string",
-    },
-}
 
-#: Fields NetSuite insists on when a record of the type is created.
-REQUIRED_ON_CREATE: dict[str, tuple[str, ...]] = {"inventoryItem": ("itemId",)}
+@dataclass
+class IdSequence:
+    """Internal ids of one or more record types (NetSuite's transactions share one)."""
+
+    next_id: int = 1
+
 
 _FILTER_CACHE_SIZE = 32
 
@@ -59,12 +54,20 @@ class RecordTable:
     records: dict[str, dict[str, Any]] = field(default_factory=dict)
     order: list[int] = field(default_factory=list)
     by_eid: dict[str, str] = field(default_factory=dict)
-    next_id: int = 1
+    sequence: IdSequence = field(default_factory=IdSequence)
     version: int = 0
     _filters: dict[str, tuple[int, list[str]]] = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
         return len(self.records)
+
+    @property
+    def next_id(self) -> int:
+        return self.sequence.next_id
+
+    @next_id.setter
+    def next_id(self, value: int) -> None:
+        self.sequence.next_id = value
 
     def put(self, record: dict[str, Any]) -> None:
         """Insert or replace by ``record["id"]``, keeping the indexes right."""
@@ -80,12 +83,13 @@ class RecordTable:
                 self.order.append(num)
             else:
                 bisect.insort(self.order, num)
-            self.next_id = max(self.next_id, num + 1)
+            if num >= self.sequence.next_id:
+                self.sequence.next_id = num + 1
         self.records[rid] = record
         eid = record.get("externalId")
         if eid:
             self.by_eid[eid] = rid
-        self.version += 1
+        self.version = next(_VERSIONS)
 
     def remove(self, rid: str) -> dict[str, Any] | None:
         record = self.records.pop(rid, None)
@@ -98,12 +102,12 @@ class RecordTable:
         eid = record.get("externalId")
         if eid and self.by_eid.get(eid) == rid:
             del self.by_eid[eid]
-        self.version += 1
+        self.version = next(_VERSIONS)
         return record
 
     def allocate_id(self) -> str:
-        rid = str(self.next_id)
-        self.next_id += 1
+        rid = str(self.sequence.next_id)
+        self.sequence.next_id += 1
         return rid
 
     def ids(self) -> list[str]:
@@ -126,12 +130,22 @@ class RecordTable:
 class RecordStore:
     def __init__(self) -> None:
         self.tables: dict[str, RecordTable] = {}
+        #: one id sequence for every transaction type, as in NetSuite
+        self.transaction_ids = IdSequence()
 
     def table(self, record_type: str) -> RecordTable:
         table = self.tables.get(record_type)
         if table is None:
-            table = self.tables[record_type] = RecordTable()
+            if record_type in TRANSACTION_TYPES:
+                table = RecordTable(sequence=self.transaction_ids)
+            else:
+                table = RecordTable()
+            self.tables[record_type] = table
         return table
+
+    def exists(self, record_type: str, rid: str) -> bool:
+        table = self.tables.get(record_type)
+        return table is not None and rid in table.records
 
     @property
     def records(self) -> dict[str, dict[str, dict[str, Any]]]:
@@ -152,20 +166,25 @@ class RecordStore:
 
     def clear(self) -> None:
         self.tables.clear()
+        self.transaction_ids = IdSequence()
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.tables)
 
     def snapshot(self) -> dict[str, Any]:
+        """JSON-ready (``Decimal`` numbers as raw JSON numbers for core's ``dumps``)."""
         return {
-            t: {"next_id": table.next_id, "records": [table.records[str(i)] for i in table.order]}
+            t: {
+                "next_id": table.next_id,
+                "records": [to_snapshot(table.records[str(i)]) for i in table.order],
+            }
             for t, table in self.tables.items()
         }
 
     def restore(self, data: Mapping[str, Any]) -> None:
-        self.tables.clear()
+        self.clear()
         for record_type, saved in data.items():
             table = self.table(record_type)
             for record in saved["records"]:
-                table.put(record)
+                table.put(from_snapshot(record))
             table.next_id = max(table.next_id, int(saved.get("next_id", 1)))

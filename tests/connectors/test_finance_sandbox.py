@@ -71,7 +71,7 @@ def test_posting_the_same_document_twice_books_it_once(finance):
 
 
 def test_every_kind_books_and_lists_with_totals(finance):
-    sandbox, url = finance
+    _sandbox, url = finance
     invoice = posting("inv-V1-0042", PostingKind.PROCUREMENT_INVOICE, vendor_id="V1",
                       invoice_no="0042", invoice_date="2026-11-20",
                       tax_amount=Decimal("0.70"))
@@ -121,7 +121,7 @@ def test_answer_lost_after_booking_then_retry_is_a_duplicate_not_a_second_bookin
 
 
 def test_a_field_the_service_refuses_is_named(finance):
-    sandbox, url = finance
+    _sandbox, url = finance
 
     async def go():
         async with client(url) as c:

@@ -129,13 +129,16 @@ def test_create_validation(
     assert erp.effects.count() == 0
 
 
-def test_generic_record_types(erp: ErpSandbox, erp_client: httpx.Client) -> None:
-    url = f"{RECORDS}/customrecord_vf_batch"
-    r = erp_client.post(url, json={"custrecord_anything": 5, "name": "B-1"})
+def test_types_without_a_schema_are_stored_as_sent(erp: ErpSandbox, erp_client: httpx.Client) -> None:
+    url = f"{RECORDS}/customrecord_other"
+    r = erp_client.post(url, json={"custrecord_anything": 5, "name": "B-1", "rate": 0.1})
     assert r.status_code == 204
     rid = r.headers["Location"].rsplit("/", 1)[1]
-    assert erp.effects.keys("customrecord_vf_batch.created") == {rid: 1}
-    assert erp_client.get(f"{url}/{rid}").json()["custrecord_anything"] == 5
+    assert erp.effects.keys("customrecord_other.created") == {rid: 1}
+    got = erp_client.get(f"{url}/{rid}")
+    assert got.json()["custrecord_anything"] == 5
+    assert b'"rate":0.1' in got.content  # numbers come back exactly as sent
+    assert erp.get_record("customrecord_other", rid)["rate"] == Decimal("0.1")  # type: ignore[index]
     assert erp_client.get(url).json()["totalResults"] == 1
     assert erp_client.get(f"{RECORDS}/vendor").json()["totalResults"] == 0
 
@@ -551,7 +554,8 @@ def test_seeded_skus_are_realistic_and_invalid_ones_counted() -> None:
         cur = rec["custitem_vf_currency"]
         areas = rec["custitem_vf_sales_areas"].split(",")
         assert areas and all(site_currency[a] == cur for a in areas)
-        face = Decimal(repr(rec["custitem_vf_face_value"]))
+        face = rec["custitem_vf_face_value"]
+        assert isinstance(face, Decimal)
         assert face > 0
         if cur in ("VND", "IDR", "TWD"):
             assert face == face.to_integral_value()
@@ -569,7 +573,7 @@ def test_seeded_skus_are_realistic_and_invalid_ones_counted() -> None:
     for rid, reason in report.invalid.items():
         rec = records[rid]
         if reason == "face_value_precision":
-            face = Decimal(repr(rec["custitem_vf_face_value"]))
+            face = rec["custitem_vf_face_value"]
             assert -face.as_tuple().exponent > MINOR_UNITS[rec["custitem_vf_currency"]]  # type: ignore[operator]
         elif reason == "unknown_currency":
             assert rec["custitem_vf_currency"] not in MINOR_UNITS
