@@ -50,6 +50,9 @@ class ErpSettings(BaseSettings):
         "integrations).",
     )
     timezone: str = Field(default="UTC", description="The account's time zone preference.")
+    job_seconds_base: float = Field(
+        default=0.02, ge=0, description="First wait before reading a batch job's results.")
+    job_seconds_per_record: float = Field(default=0.0002, ge=0)
     page_size: int = Field(default=1000, ge=1, le=1000)
     q_time_precision: Literal["minute", "day"] = Field(
         default="minute",
