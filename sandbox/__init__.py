@@ -14,13 +14,16 @@ from typing import TYPE_CHECKING, Any, Self
 if TYPE_CHECKING:
     from sandbox.core import ServedSandbox
     from sandbox.erp import ErpSandbox
+    from sandbox.finance import FinanceSandbox
     from sandbox.sites import Site
     from sandbox.wallet import WalletSandbox
 
-__all__ = ["DEFAULT_ERP_PORT", "DEFAULT_WALLET_PORT", "SandboxSet", "serve_all", "state_dir"]
+__all__ = ["DEFAULT_ERP_PORT", "DEFAULT_FINANCE_PORT", "DEFAULT_WALLET_PORT", "SandboxSet",
+           "serve_all", "state_dir"]
 
 DEFAULT_ERP_PORT = 8701
 DEFAULT_WALLET_PORT = 8702
+DEFAULT_FINANCE_PORT = 8703
 
 
 def state_dir(home: Path) -> Path:
@@ -38,9 +41,12 @@ class SandboxSet:
         erp_served: ServedSandbox,
         wallet_served: ServedSandbox,
         home: Path | None,
+        finance: FinanceSandbox | None = None,
+        finance_served: ServedSandbox | None = None,
     ) -> None:
         self.erp, self.wallet = erp, wallet
         self.erp_served, self.wallet_served = erp_served, wallet_served
+        self.finance, self.finance_served = finance, finance_served
         self.home = home
         self._stopped = False
 
@@ -51,6 +57,13 @@ class SandboxSet:
     @property
     def wallet_url(self) -> str:
         return self.wallet_served.base_url
+
+    @property
+    def finance_url(self) -> str | None:
+        """The group finance SOAP endpoint (``.../soap/groupfinance``)."""
+        if self.finance is None or self.finance_served is None:
+            return None
+        return self.finance.endpoint_url(self.finance_served.base_url)
 
     def site_urls(self) -> dict[str, str]:
         """Each site's base URL (the API is under ``{base}/api/v1``)."""
@@ -72,6 +85,10 @@ class SandboxSet:
         }
         for code in self.wallet.sites:
             out[f"VOUCHFLOW_WALLET_{code.upper()}_API_KEY"] = self.wallet.api_key(code)
+        if self.finance is not None and self.finance_url:
+            out["VOUCHFLOW_FINANCE_URL"] = self.finance_url
+            out["VOUCHFLOW_FINANCE_USERNAME"] = self.finance.username
+            out["VOUCHFLOW_FINANCE_PASSWORD"] = self.finance.password
         return out
 
     def save(self) -> None:
@@ -79,6 +96,8 @@ class SandboxSet:
             return
         self.erp.save()
         self.wallet.save()
+        if self.finance is not None:
+            self.finance.save()
 
     def stop(self) -> None:
         if self._stopped:
@@ -87,6 +106,8 @@ class SandboxSet:
         try:
             self.erp_served.stop()
             self.wallet_served.stop()
+            if self.finance_served is not None:
+                self.finance_served.stop()
         finally:
             self.save()
 
@@ -109,12 +130,15 @@ def serve_all(
     seed: int = 0,
     modified_at: str | None = None,
     erp_options: Mapping[str, Any] | None = None,
+    finance_port: int | None = None,
 ) -> SandboxSet:
     """Build, load (from ``home``, when saved before) or seed, and serve both sandboxes.
 
     The ERP is seeded only when it holds no inventory items, so running the demo twice, in two
     processes, sees the same ERP and wallet data the second time. ``sites=None`` reads the
-    default site file (``connectors/wallet/sites.default.toml``) as data.
+    default site file (``connectors/wallet/sites.default.toml``) as data. The group finance
+    service is served too unless ``finance_port`` is negative (0 picks a free port; None
+    means the same as erp_port being 0: free when the others are, else 8703).
     """
     from sandbox.core import serve
     from sandbox.erp import ErpSandbox
@@ -134,12 +158,25 @@ def serve_all(
         wallet.load_state(directory / "wallet.json")
     if erp.count("inventoryItem") == 0 and (seed_skus or invalid):
         erp.seed_inventory_items(seed_skus, invalid, seed=seed, modified_at=modified_at)
-    erp_served = serve(erp, host=host, port=erp_port)
+    from sandbox.finance import FinanceSandbox
+
+    finance = FinanceSandbox(state_path=directory / "finance.json" if directory else None)
+    if directory is not None:
+        finance.load_state(directory / "finance.json")
+    if finance_port is None:
+        finance_port = 0 if erp_port == 0 else DEFAULT_FINANCE_PORT
+    served: list[ServedSandbox] = []
     try:
-        wallet_served = serve(wallet, host=host, port=wallet_port)
+        served.append(serve(erp, host=host, port=erp_port))
+        served.append(serve(wallet, host=host, port=wallet_port))
+        if finance_port >= 0:
+            served.append(serve(finance, host=host, port=finance_port))
     except BaseException:
-        erp_served.stop()
+        for one in served:
+            one.stop()
         raise
-    group = SandboxSet(erp, wallet, erp_served, wallet_served, Path(home) if home else None)
+    group = SandboxSet(erp, wallet, served[0], served[1], Path(home) if home else None,
+                       finance=finance if finance_port >= 0 else None,
+                       finance_served=served[2] if finance_port >= 0 else None)
     group.save()
     return group

@@ -60,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ERP     {group.erp_url}  (account {creds.account}, "
           f"{group.erp.count('inventoryItem')} inventory items)")
     print(f"wallet  {group.wallet_url}")
+    if group.finance_url:
+        print(f"finance {group.finance_url}  (WSDL: {group.finance_url}?wsdl)")
     for code, url in group.site_urls().items():
         print(f"  {code:<4} {url}/api/v1  X-Api-Key: {group.wallet.api_key(code)}")
     if args.home is not None:

@@ -194,3 +194,43 @@ def test_invalid_login_fails_at_once_naming_the_account(erp):
     with pytest.raises(AuthError, match=DEFAULT_CREDENTIALS.account):
         asyncio.run(go())
     assert sandbox.stats.requests == 1  # no retry storm
+
+
+@pytest.mark.parametrize("alg", ["PS256", "ES256"])
+def test_oauth2_client_credentials_with_a_jwt_assertion(erp, alg):
+    from sandbox.erp import generate_key_pair
+
+    sandbox, base = erp
+    keys = generate_key_pair(alg)
+    sandbox.register_oauth2_client("vf-client-1", "cert-1", keys.public_pem)
+    oauth = settings(base, auth_method="oauth2", client_id=SecretStr("vf-client-1"),
+                     certificate_id="cert-1", private_key=SecretStr(keys.private_pem),
+                     jwt_algorithm=alg, consumer_key=SecretStr(""))
+
+    async def go():
+        async with ErpClient(oauth, retry=FAST) as client:
+            await client.upsert("inventoryItem", "OA-1", item(1, "OA") | {"externalId": "OA-1",
+                                                                          "itemId": "OA-1"})
+            record = await client.get_by_external_id("inventoryItem", "OA-1")
+            return record, client._client.auth
+
+    record, auth = asyncio.run(go())
+    assert record["itemId"] == "OA-1"
+    assert auth.tokens_fetched == 1  # one token served both calls
+
+
+def test_oauth2_with_an_unregistered_certificate_is_an_auth_error(erp):
+    from sandbox.erp import generate_key_pair
+
+    sandbox, base = erp
+    keys = generate_key_pair("PS256")
+    oauth = settings(base, auth_method="oauth2", client_id=SecretStr("nobody"),
+                     certificate_id="cert-x", private_key=SecretStr(keys.private_pem))
+
+    async def go():
+        async with ErpClient(oauth, retry=FAST) as client:
+            await client.get("inventoryItem", "1")
+
+    with pytest.raises(AuthError, match="invalid_client"):
+        asyncio.run(go())
+    assert keys.private_pem not in "".join(sandbox.auth_failures)

@@ -163,3 +163,19 @@ def test_a_request_with_a_dtd_or_entity_is_refused(finance, tmp_path):
     assert b"soap:Client" in answer.content and b"DTD" in answer.content
     assert b"FINANCE-SECRET" not in answer.content
     assert sandbox.count() == 0
+
+
+def test_the_sandbox_set_points_the_settings_at_its_finance_service(monkeypatch):
+    from sandbox import serve_all
+
+    with serve_all(None, erp_port=0, wallet_port=0, seed_skus=0, invalid=0) as group:
+        for name, value in group.env().items():
+            monkeypatch.setenv(name, value)
+
+        async def go():
+            async with FinanceClient(FinanceSettings(), retry=FAST) as c:
+                return await c.post(posting("env-1"))
+
+        assert run(go()).status is PostingStatus.BOOKED
+        assert group.finance is not None
+        assert group.finance.effects.count("posting.booked", "env-1") == 1
