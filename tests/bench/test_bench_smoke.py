@@ -26,4 +26,17 @@ def test_sync_catalog_bench_prints_its_json_line(tmp_path):
 def test_unknown_benchmark_is_a_clear_error():
     out = subprocess.run([sys.executable, "-m", "bench", "nope"], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
-    assert out.returncode == 2 and "available: sync_catalog" in out.stderr
+    assert out.returncode == 2 and "sync_catalog" in out.stderr and "unknown benchmark" in out.stderr
+
+
+def test_erp_upsert_bench_prints_its_json_line():
+    out = subprocess.run(
+        [sys.executable, "-m", "bench", "erp_upsert", "--records", "300", "--latency-ms", "5",
+         "--single-records", "20"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert {"single_records_per_s", "batch_records_per_s", "ceiling_records_per_s",
+            "ceiling_fraction"} <= set(result)
+    assert result["failed"] == 0 and result["sandbox_max_in_flight"] <= 5
