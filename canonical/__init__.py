@@ -6,6 +6,7 @@ Imports nothing of vouchflow's own; everything else may import it.
 from canonical._base import BearerValue, CanonicalModel, mask, now_utc
 from canonical.batch import Batch, BatchStatus, ExpiryType
 from canonical.money import Money, MoneyError, RoundingMode, minor_unit
+from canonical.order import Order, OrderLine, OrderStatus, Payment, PaymentMethod, Refund
 from canonical.site import Site
 from canonical.sku import IssuanceMode, Sku, SkuKind, SkuStatus, WriteOffType
 from canonical.voucher import CodeEvent, CodeStatus, InvalidTransition, VoucherCode
@@ -22,6 +23,12 @@ __all__ = [
     "IssuanceMode",
     "Money",
     "MoneyError",
+    "Order",
+    "OrderLine",
+    "OrderStatus",
+    "Payment",
+    "PaymentMethod",
+    "Refund",
     "RoundingMode",
     "Site",
     "Sku",

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from canonical.batch import Batch
 from canonical.money import Money
+from canonical.order import Order, Refund
 from canonical.site import Site
 from canonical.sku import Sku
 from canonical.voucher import CodeEvent, VoucherCode
@@ -32,6 +33,8 @@ MODELS: dict[str, type[BaseModel]] = {
     "Batch": Batch,
     "VoucherCode": VoucherCode,
     "CodeEvent": CodeEvent,
+    "Order": Order,
+    "Refund": Refund,
 }
 
 

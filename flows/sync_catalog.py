@@ -24,7 +24,12 @@ from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
 from canonical import Sku, now_utc
-from connectors.erp import ErpClient, format_q_date
+from connectors.erp import ErpClient, format_q_date, suiteql_time
+from connectors.erp.records import (
+    INVENTORY_ITEM_COLUMNS,
+    inventory_item_select,
+    suiteql_row_to_record,
+)
 from connectors.errors import FatalError, NotFoundError
 from connectors.redact import scrub
 from connectors.wallet import WalletClient, WalletSiteSettings, load_sites
@@ -149,10 +154,9 @@ class CatalogRun:
 
 # the steps --------------------------------------------------------------------------------
 async def list_changed_ids(erp: ErpClient, since: datetime | None) -> list[str]:
-    """Internal ids of items modified since ``since`` (all items when None).
-
-    The ERP filters in its own time zone, to the minute (or the day, by setting); the exact cut
-    happens on ``lastModifiedDate`` after the read.
+    """Internal ids of items modified since ``since`` (all items when None), from the record
+    collection. The ERP filters in its own time zone, to the minute (or the day, by setting);
+    the exact cut happens on ``lastModifiedDate`` after the read.
     """
     q = None
     if since is not None:
@@ -163,6 +167,19 @@ async def list_changed_ids(erp: ErpClient, since: datetime | None) -> list[str]:
     async for page in erp.list_ids(RECORD_TYPE, q=q):
         ids.extend(page)
     return list(dict.fromkeys(ids))
+
+
+async def read_changed_items(erp: ErpClient, since: datetime | None) -> list[dict[str, Any]]:
+    """Items modified since ``since`` with all their fields, in one SuiteQL query read in key
+    ranges (no GET per item), as REST-shaped records."""
+    where = "itemtype = 'InvtPart'"
+    if since is not None:
+        where += f" AND lastmodifieddate >= {suiteql_time(since, erp.settings.timezone)}"
+    items: list[dict[str, Any]] = []
+    async for rows in erp.suiteql_by_key(inventory_item_select(), "item", where=where):
+        items.extend(suiteql_row_to_record(r, INVENTORY_ITEM_COLUMNS, erp.settings.timezone)
+                     for r in rows)
+    return items
 
 
 def _modified_since(raw: dict[str, Any], since: datetime | None) -> bool:
@@ -296,29 +313,41 @@ def source_digest(raw: dict[str, Any]) -> str:
     return fingerprint({k: v for k, v in raw.items() if k not in VOLATILE_FIELDS})
 
 
-async def sync_chunk(run: CatalogRun, ids: Sequence[str], *, force: bool = False) -> CatalogCounts:
-    """Read, map, plan and push one chunk of items. Items whose content is the same as when
-    they were last processed are skipped before mapping (unless ``force``); their fingerprints
-    are saved only after the chunk's pushes, so a crash before that re-processes them."""
+async def sync_chunk(
+    run: CatalogRun, work: Sequence[str] | Sequence[dict[str, Any]], *, force: bool = False,
+) -> CatalogCounts:
+    """Map, plan and push one chunk of items (``work`` is records already read, or ids to
+    GET). Items whose content is the same as when they were last processed are skipped before
+    mapping (unless ``force``); their fingerprints are saved only after the chunk's pushes, so
+    a crash before that re-processes them."""
     counts = CatalogCounts()
-    async with system_slot(limit_name("erp", run.erp.account)):
-        fetched = await run.erp.get_many(RECORD_TYPE, ids)
     candidates: list[dict[str, Any]] = []
     failures: list[DeadLetterItem] = []
-    for record_id, result in zip(ids, fetched, strict=True):
-        if isinstance(result, NotFoundError):
-            counts.gone += 1  # deleted between the listing and the read
-        elif isinstance(result, FatalError):
-            failures.append(DeadLetterItem(
-                flow=FLOW, source=SOURCE, entity_type=RECORD_TYPE, entity_key=record_id,
-                reason=f"inventoryItem {record_id}: {result}", payload=None,
-            ))
-        elif isinstance(result, BaseException):
-            raise result  # transient after all retries: fail the chunk, the retry resumes
-        elif _modified_since(result, run.since):
-            candidates.append(result)
-        else:
-            counts.not_modified += 1
+    if work and isinstance(work[0], dict):
+        for raw in work:
+            assert isinstance(raw, dict)
+            if _modified_since(raw, run.since):
+                candidates.append(raw)
+            else:
+                counts.not_modified += 1
+    else:
+        ids = [str(i) for i in work]
+        async with system_slot(limit_name("erp", run.erp.account)):
+            fetched = await run.erp.get_many(RECORD_TYPE, ids)
+        for record_id, result in zip(ids, fetched, strict=True):
+            if isinstance(result, NotFoundError):
+                counts.gone += 1  # deleted between the listing and the read
+            elif isinstance(result, FatalError):
+                failures.append(DeadLetterItem(
+                    flow=FLOW, source=SOURCE, entity_type=RECORD_TYPE, entity_key=record_id,
+                    reason=f"inventoryItem {record_id}: {result}", payload=None,
+                ))
+            elif isinstance(result, BaseException):
+                raise result  # transient after all retries: fail the chunk, the retry resumes
+            elif _modified_since(result, run.since):
+                candidates.append(result)
+            else:
+                counts.not_modified += 1
     counts.read = len(candidates) + counts.not_modified
     digests = {str(raw["id"]): source_digest(raw) for raw in candidates}
     if not force and digests:
@@ -347,21 +376,25 @@ async def sync_chunk(run: CatalogRun, ids: Sequence[str], *, force: bool = False
     return counts
 
 
-def _step(ids: Sequence[str]) -> str:
+def _step(work: Sequence[str] | Sequence[dict[str, Any]]) -> str:
+    ids = [str(w["id"]) if isinstance(w, dict) else str(w) for w in work]
     digest = hashlib.sha256(",".join(ids).encode()).hexdigest()[:16]
     return f"chunk-{digest}"
 
 
 # Prefect tasks and flow ---------------------------------------------------------------------
 @task(name="list-changed-items", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
-async def list_changed_items(run: CatalogRun) -> list[str]:
+async def list_changed_items(run: CatalogRun) -> list[str] | list[dict[str, Any]]:
+    """What changed: whole records (SuiteQL) or ids to read (record collection)."""
     async with system_slot(limit_name("erp", run.erp.account)):
+        if run.erp.settings.catalog_read == "suiteql":
+            return await read_changed_items(run.erp, run.since)
         return await list_changed_ids(run.erp, run.since)
 
 
 @task(name="sync-catalog-chunk", retries=2, retry_delay_seconds=[2, 10],
       cache_policy=NO_CACHE)
-async def sync_catalog_chunk(run: CatalogRun, ids: list[str], index: int) -> dict[str, Any]:
+async def sync_catalog_chunk(run: CatalogRun, ids: list[Any], index: int) -> dict[str, Any]:
     step = _step(ids)
     with session_scope(run.engine) as session:
         done = ledger_done_steps(session, FLOW, run.run_key)
@@ -428,7 +461,7 @@ async def sync_catalog(
                     since.isoformat() if since else "the beginning", len(chunks))
         gate = asyncio.Semaphore(max(chunk_concurrency, 1))
 
-        async def one(index: int, chunk: list[str]) -> dict[str, Any]:
+        async def one(index: int, chunk: list[Any]) -> dict[str, Any]:
             async with gate:
                 return await sync_catalog_chunk(run, chunk, index)
 

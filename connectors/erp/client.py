@@ -89,6 +89,12 @@ def external_id_ref(external_id: str) -> str:
     return f"eid:{external_id}"
 
 
+def suiteql_time(at: datetime, timezone: str) -> str:
+    """A SuiteQL timestamp literal in the account's time zone (seconds, rounded down)."""
+    local = at.astimezone(ZoneInfo(timezone))
+    return f"TO_TIMESTAMP('{local:%Y-%m-%d %H:%M:%S}', 'YYYY-MM-DD HH24:MI:SS')"
+
+
 def format_q_date(at: datetime, timezone: str, *, precision: str = "day") -> str:
     """A date (``M/D/YYYY``) or date and time (``M/D/YYYY h:mm am``) in the account's format
     preference and time zone. With minute precision the time is rounded down, so the filter

@@ -54,6 +54,11 @@ class ErpSettings(BaseSettings):
         default=0.02, ge=0, description="First wait before reading a batch job's results.")
     job_seconds_per_record: float = Field(default=0.0002, ge=0)
     page_size: int = Field(default=1000, ge=1, le=1000)
+    catalog_read: Literal["suiteql", "records"] = Field(
+        default="suiteql",
+        description="How the catalogue is read: one SuiteQL query (NetSuite's way for bulk "
+        "reads), or the record collection and one GET per item.",
+    )
     q_time_precision: Literal["minute", "day"] = Field(
         default="minute",
         description="Whether lastModifiedDate filters carry a time (M/D/YYYY h:mm am) or only "

@@ -206,3 +206,72 @@ RECORD_TYPES: dict[str, type[ErpRecord]] = {
 def parse_record(record_type: str, raw: dict[str, Any]) -> ErpRecord:
     """A raw record as its typed model (unknown types as the generic ErpRecord)."""
     return RECORD_TYPES.get(record_type, ErpRecord).model_validate(raw)
+
+
+# SuiteQL ------------------------------------------------------------------------------------
+# SuiteQL answers every value as a string (numbers as decimal text, checkboxes T/F) and uses
+# lower-case column names; these tables turn a row back into the REST record's shape so one
+# mapping serves both read paths.
+SUITEQL_TIME_FORMAT = 'YYYY-MM-DD"T"HH24:MI:SS'
+
+INVENTORY_ITEM_COLUMNS: dict[str, tuple[str, str]] = {
+    # column -> (REST field, kind)
+    "id": ("id", "text"),
+    "externalid": ("externalId", "text"),
+    "itemid": ("itemId", "text"),
+    "displayname": ("displayName", "text"),
+    "isinactive": ("isInactive", "bool"),
+    "created": ("createdDate", "time"),
+    "modified": ("lastModifiedDate", "time"),
+    "custitem_vf_kind": ("custitem_vf_kind", "text"),
+    "custitem_vf_face_value": ("custitem_vf_face_value", "number"),
+    "custitem_vf_currency": ("custitem_vf_currency", "text"),
+    "custitem_vf_sales_areas": ("custitem_vf_sales_areas", "text"),
+    "custitem_vf_issuance_mode": ("custitem_vf_issuance_mode", "text"),
+    "custitem_vf_write_off_type": ("custitem_vf_write_off_type", "text"),
+    "custitem_vf_status": ("custitem_vf_status", "text"),
+    "custitem_vf_code_format": ("custitem_vf_code_format", "text"),
+}
+
+
+def inventory_item_select() -> str:
+    """The SELECT list that reads inventory items with every field the mappings use."""
+    parts = []
+    for column in INVENTORY_ITEM_COLUMNS:
+        if column == "created":
+            parts.append(f"TO_CHAR(createddate, '{SUITEQL_TIME_FORMAT}') AS created")
+        elif column == "modified":
+            parts.append(f"TO_CHAR(lastmodifieddate, '{SUITEQL_TIME_FORMAT}') AS modified")
+        else:
+            parts.append(column)
+    return ", ".join(parts)
+
+
+def suiteql_row_to_record(row: dict[str, Any], columns: dict[str, tuple[str, str]],
+                          timezone: str) -> dict[str, Any]:
+    """A SuiteQL row in the REST record's shape: numbers as Decimal, checkboxes as bool,
+    local times (the account's zone) as aware ISO timestamps. Absent columns were NULL."""
+    from zoneinfo import ZoneInfo
+
+    zone = ZoneInfo(timezone)
+    record: dict[str, Any] = {}
+    for column, value in row.items():
+        field, kind = columns.get(column, (column, "text"))
+        if kind == "bool":
+            record[field] = value == "T"
+        elif kind == "number":
+            try:
+                record[field] = Decimal(value)
+            except (ArithmeticError, ValueError, TypeError):
+                record[field] = value  # let validation name it
+        elif kind == "time":
+            try:
+                record[field] = datetime.fromisoformat(value).replace(tzinfo=zone).isoformat()
+            except (ValueError, TypeError):
+                record[field] = value
+        else:
+            record[field] = value
+    for field, kind in columns.values():
+        if kind == "bool" and field not in record:
+            record[field] = False
+    return record

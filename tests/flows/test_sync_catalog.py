@@ -233,3 +233,14 @@ def test_artifacts_show_the_counts(sandboxes):
     by_measure = {row["measure"]: row["count"] for row in table}
     assert by_measure["pushed"] == summary["pushed"]
     assert by_measure["dead-lettered"] == 6
+
+
+@pytest.mark.parametrize("mode", ["suiteql", "records"])
+def test_both_read_paths_give_the_same_listings(sandboxes, monkeypatch, mode):
+    monkeypatch.setenv("VOUCHFLOW_ERP_CATALOG_READ", mode)
+    summary = run()
+    assert created(sandboxes) == expected_listings(sandboxes)
+    paths = {r["path"] for r in sandboxes.erp.request_log}
+    uses_suiteql = any("suiteql" in p for p in paths)
+    assert uses_suiteql == (mode == "suiteql")
+    assert summary["dead_lettered"] == 6
