@@ -53,7 +53,9 @@ from state.store import (
     DeadLetterItem,
     OutboxItem,
     enqueue,
+    external_ids,
     fingerprint,
+    forget_fingerprints,
     get_watermark,
     ledger_done_steps,
     ledger_finish,
@@ -127,6 +129,10 @@ class CatalogRun:
     since: datetime | None
     run_key: str
     force: bool = False
+    extra_ids: list[str] = field(default_factory=list)
+    since_override: set[str] = field(default_factory=set)
+    """Items to process in this run whatever their modification time (the ERP's version must
+    go back to a site that changed it locally)."""
 
     @classmethod
     async def open(cls, *, site_codes: Sequence[str] | None, since: datetime | None,
@@ -182,8 +188,9 @@ async def read_changed_items(erp: ErpClient, since: datetime | None) -> list[dic
     return items
 
 
-def _modified_since(raw: dict[str, Any], since: datetime | None) -> bool:
-    if since is None:
+def _modified_since(raw: dict[str, Any], since: datetime | None,
+                    always: set[str] | frozenset[str] = frozenset()) -> bool:
+    if since is None or str(raw.get("id")) in always:
         return True
     stamp = raw.get("lastModifiedDate")
     try:
@@ -326,7 +333,7 @@ async def sync_chunk(
     if work and isinstance(work[0], dict):
         for raw in work:
             assert isinstance(raw, dict)
-            if _modified_since(raw, run.since):
+            if _modified_since(raw, run.since, run.since_override):
                 candidates.append(raw)
             else:
                 counts.not_modified += 1
@@ -344,7 +351,7 @@ async def sync_chunk(
                 ))
             elif isinstance(result, BaseException):
                 raise result  # transient after all retries: fail the chunk, the retry resumes
-            elif _modified_since(result, run.since):
+            elif _modified_since(result, run.since, run.since_override):
                 candidates.append(result)
             else:
                 counts.not_modified += 1
@@ -380,6 +387,90 @@ def _step(work: Sequence[str] | Sequence[dict[str, Any]]) -> str:
     ids = [str(w["id"]) if isinstance(w, dict) else str(w) for w in work]
     digest = hashlib.sha256(",".join(ids).encode()).hexdigest()[:16]
     return f"chunk-{digest}"
+
+
+# the site's own changes, back to the ERP -----------------------------------------------------
+PRODUCT_FIELDS = ("sku", "name", "kind", "face_value", "status", "issuance_mode",
+                  "write_off_type")
+LOCAL_STATUSES = {"frozen", "inactive", "normal"}
+
+
+@dataclass
+class FlowBack:
+    written_back: int = 0
+    erp_won: int = 0
+    checked: int = 0
+
+
+async def flow_back_site_changes(run: CatalogRun, lookback: timedelta) -> FlowBack:
+    """A site may freeze or deactivate a SKU (or lift its own freeze). The rule: the ERP is
+    master, so such a change is written to the ERP when it is newer than the ERP's last change
+    to the item, and then reaches every site of the SKU through the normal sync; when the ERP
+    changed the item after the site did, the ERP's version is pushed back to the site."""
+    report = FlowBack()
+    for site, wallet in run.wallets.items():
+        target = site_target(site)
+        with session_scope(run.engine) as session:
+            since = get_watermark(session, FLOW, target, "product")
+        high = now_utc()
+        seen: list[dict[str, Any]] = []
+        async for page in wallet.list_products(
+                updated_since=since - lookback if since else None):
+            seen.extend(page)
+        if not seen:
+            with session_scope(run.engine) as session:
+                set_watermark(session, FLOW, target, high, "product")
+            continue
+        with session_scope(run.engine) as session:
+            pushed = load_fingerprints(session, target, ENTITY, [p["sku"] for p in seen])
+            erp_ids = external_ids(session, SOURCE, RECORD_TYPE, [p["sku"] for p in seen])
+        local_changes = []
+        for product in seen:
+            digest = pushed.get(product["sku"])
+            if digest is None:
+                continue  # never ours
+            current = {k: product.get(k) for k in PRODUCT_FIELDS}
+            if fingerprint(current) != digest and product.get("status") in LOCAL_STATUSES:
+                local_changes.append(product)
+        report.checked += len(seen)
+        repush: list[str] = []
+        for product in local_changes:
+            erp_id = erp_ids.get(product["sku"])
+            if erp_id is None:
+                continue
+            item = await run.erp.get(RECORD_TYPE, erp_id)
+            erp_modified = datetime.fromisoformat(
+                str(item.get("lastModifiedDate")).replace("Z", "+00:00"))
+            site_changed = datetime.fromisoformat(
+                str(product.get("updated_at")).replace("Z", "+00:00"))
+            erp_status = "inactive" if item.get("isInactive") else item.get("custitem_vf_status")
+            # the ERP keeps whole seconds: within the same second the master wins
+            if (site_changed.replace(microsecond=0) > erp_modified
+                    and product["status"] != erp_status):
+                await run.erp.patch(RECORD_TYPE, erp_id,
+                                    {"custitem_vf_status": product["status"]})
+                report.written_back += 1
+            else:
+                repush.append(product["sku"])
+        if repush:
+            # forget what the site was sent: the next plan sends the ERP's version again
+            with session_scope(run.engine) as session:
+                forget_fingerprints(session, target, ENTITY, repush)
+                forget_fingerprints(session, SOURCE_TARGET, RECORD_TYPE,
+                                    [erp_ids[s] for s in repush if s in erp_ids])
+                touch_erp = [erp_ids[s] for s in repush if s in erp_ids]
+            report.erp_won += len(repush)
+            run.extra_ids.extend(touch_erp)
+        with session_scope(run.engine) as session:
+            set_watermark(session, FLOW, target, high, "product")
+    return report
+
+
+@task(name="flow-back-site-changes", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+async def flow_back(run: CatalogRun, lookback_minutes: float) -> dict[str, int]:
+    report = await flow_back_site_changes(run, timedelta(minutes=lookback_minutes))
+    return {"written_back": report.written_back, "erp_won": report.erp_won,
+            "checked": report.checked}
 
 
 # Prefect tasks and flow ---------------------------------------------------------------------
@@ -455,8 +546,20 @@ async def sync_catalog(
     run = await CatalogRun.open(site_codes=sites, since=since, key=key, force=full)
     totals = CatalogCounts()
     try:
-        ids = await list_changed_items(run)
-        chunks = [ids[i:i + chunk_size] for i in range(0, len(ids), chunk_size)]
+        back = await flow_back(run, lookback_minutes)
+        ids: list[Any] = list(await list_changed_items(run))
+        if run.extra_ids:
+            present = {str(i["id"]) if isinstance(i, dict) else str(i) for i in ids}
+            extra = [i for i in dict.fromkeys(run.extra_ids) if i not in present]
+            if extra:  # read these by id; they may be older than the watermark
+                run.since_override.update(extra)
+                chunks_extra = [extra[i:i + chunk_size] for i in range(0, len(extra),
+                                                                      chunk_size)]
+            else:
+                chunks_extra = []
+        else:
+            chunks_extra = []
+        chunks = [ids[i:i + chunk_size] for i in range(0, len(ids), chunk_size)] + chunks_extra
         logger.info("sync-catalog: %d item(s) changed since %s in %d chunk(s)", len(ids),
                     since.isoformat() if since else "the beginning", len(chunks))
         gate = asyncio.Semaphore(max(chunk_concurrency, 1))
@@ -486,6 +589,8 @@ async def sync_catalog(
                       counts=totals.as_dict())
     summary = totals.as_dict()
     summary["watermark"] = high.isoformat()
+    summary["flowed_back"] = back["written_back"]
+    summary["site_changes_overruled"] = back["erp_won"]
     await publish_artifacts(summary)
     logger.info("sync-catalog: %s", {k: v for k, v in summary.items() if k != "outcomes"})
     return summary

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, select, tuple_, update
+from sqlalchemy import and_, delete, func, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -159,6 +159,19 @@ def load_fingerprints(
 ) -> dict[str, str]:
     return _lookup(session, Fingerprint.entity_key, Fingerprint.digest,
                    [Fingerprint.target == target, Fingerprint.entity_type == entity_type], keys)
+
+
+def forget_fingerprints(
+    session: Session, target: str, entity_type: str, keys: Iterable[str]
+) -> None:
+    """Drop fingerprints so the next run sends these records again."""
+    for part in _chunks(list(keys)):
+        session.execute(
+            delete(Fingerprint).where(
+                Fingerprint.target == target, Fingerprint.entity_type == entity_type,
+                Fingerprint.entity_key.in_(part),
+            )
+        )
 
 
 def save_fingerprints(

@@ -70,11 +70,15 @@ def test_first_run_pushes_everything_once_and_quarantines_the_invalid(sandboxes,
 @pytest.mark.parametrize("engine", BOTH_DATABASES, indirect=True)
 def test_second_run_pushes_nothing_and_does_not_double_dead_letters(sandboxes):
     first = run()
-    requests_after_first = len(sandboxes.wallet.request_log)
+
+    def writes() -> int:
+        return sum(1 for r in sandboxes.wallet.request_log if r["method"] != "GET")
+
+    writes_after_first = writes()
     second = run()
     assert second["pushed"] == 0 and second["changed"] == 0
     assert second["dead_lettered"] == 0
-    assert len(sandboxes.wallet.request_log) == requests_after_first  # not one wallet call
+    assert writes() == writes_after_first  # not one write to any site
     assert len(open_dead_letters()) == first["dead_lettered"] == 6
     assert all(d.occurrences == 1 for d in open_dead_letters())
 
@@ -244,3 +248,42 @@ def test_both_read_paths_give_the_same_listings(sandboxes, monkeypatch, mode):
     uses_suiteql = any("suiteql" in p for p in paths)
     assert uses_suiteql == (mode == "suiteql")
     assert summary["dead_lettered"] == 6
+
+
+def multi_site_item(sandboxes):
+    table = sandboxes.erp.store.table("inventoryItem")
+    return next(r for r in table.records.values()
+                if r["id"] not in sandboxes.erp.invalid_seeds()
+                and r["custitem_vf_status"] == "normal" and not r["isInactive"]
+                and len(r["custitem_vf_sales_areas"].split(",")) >= 2)
+
+
+def test_a_sites_freeze_flows_back_to_the_erp_and_on_to_the_other_sites(sandboxes):
+    run()
+    item = multi_site_item(sandboxes)
+    origin, *others = item["custitem_vf_sales_areas"].split(",")
+    sandboxes.wallet.freeze(origin, item["itemId"], "fraud suspected")
+    summary = run()
+    assert summary["flowed_back"] == 1
+    assert sandboxes.erp.get_record("inventoryItem", item["id"])["custitem_vf_status"] == "frozen"
+    for site in others:
+        assert sandboxes.wallet.get_product(site, item["itemId"])["status"] == "frozen"
+    assert sandboxes.wallet.get_product(origin, item["itemId"])["status"] == "frozen"
+    again = run()  # settled: nothing flows back twice
+    assert again["flowed_back"] == 0 and again["pushed"] == 0
+
+
+def test_an_erp_change_after_the_sites_freeze_wins(sandboxes):
+    run()
+    item = multi_site_item(sandboxes)
+    origin = item["custitem_vf_sales_areas"].split(",")[0]
+    sandboxes.wallet.freeze(origin, item["itemId"], "local")
+    import time
+
+    time.sleep(0.01)
+    sandboxes.erp.touch("inventoryItem", item["id"], displayName="Renamed after the freeze")
+    summary = run()
+    assert summary["flowed_back"] == 0 and summary["site_changes_overruled"] == 1
+    assert sandboxes.erp.get_record("inventoryItem", item["id"])["custitem_vf_status"] == "normal"
+    product = sandboxes.wallet.get_product(origin, item["itemId"])
+    assert product["status"] == "normal" and product["name"] == "Renamed after the freeze"
