@@ -13,17 +13,26 @@ from sandbox.wallet.app import (
     WalletSandbox,
     validate_product,
 )
+from sandbox.wallet.base import default_webhook_secret
+from sandbox.wallet.orders import ORDER_STATUSES, PAYMENT_METHODS, PROVIDERS
+from sandbox.wallet.webhooks import EVENT_TYPES, signature_header
 
 __all__ = [
     "API_PREFIX",
+    "EVENT_TYPES",
     "MAX_BATCH",
     "MAX_PAGE",
+    "ORDER_STATUSES",
+    "PAYMENT_METHODS",
     "PRODUCT_FIELDS",
+    "PROVIDERS",
     "Site",
     "SiteState",
     "WalletError",
     "WalletSandbox",
     "default_api_key",
+    "default_webhook_secret",
     "load_sites",
+    "signature_header",
     "validate_product",
 ]

@@ -1,33 +1,48 @@
-"""The wallet sites sandbox (CONTRACTS.md "Wallet site API"): products, for now.
+"""The wallet sites sandbox (CONTRACTS.md "Wallet site API"): products, inventory, batches,
+orders, code deliveries, refunds, webhooks to vouchflow, and a sales generator.
 
 One ASGI app hosts every site: site ``{code}`` answers under ``/{code}/api/v1``. Each site
 keeps its own products, API key, currency, timezone and clock-stamped ``updated_at``, so a
 client that mixes up sites, keys or currencies fails here as it would against the real ones.
+The parts live in their own modules (``inventory``, ``orders``, ``sales``, ``webhooks``);
+this one adds the products and puts the routes and the snapshot together.
 """
 
 from __future__ import annotations
 
-import base64
 import bisect
-import json
 import re
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from collections.abc import Mapping
+from datetime import datetime
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from sandbox.core import Sandbox, json_response
-from sandbox.money import MINOR_UNITS, decimals_of, parse_amount
-from sandbox.sites import Site, normalize_sites
+from sandbox.core import json_response
+from sandbox.money import decimals_of, parse_amount
+from sandbox.wallet.common import (
+    API_PREFIX,
+    MAX_BATCH,
+    MAX_PAGE,
+    LineState,
+    SiteState,
+    WalletError,
+    decode_cursor,
+    encode_cursor,
+    json_body,
+    micros,
+    page_limit,
+    parse_since,
+    parse_time,
+)
+from sandbox.wallet.inventory import InventoryMixin
+from sandbox.wallet.sales import SalesMixin
 
 __all__ = [
+    "API_PREFIX",
     "MAX_BATCH",
     "MAX_PAGE",
     "PRODUCT_FIELDS",
@@ -37,9 +52,6 @@ __all__ = [
     "validate_product",
 ]
 
-API_PREFIX = "/api/v1"
-MAX_BATCH = 500
-MAX_PAGE = 500
 STATUSES = ("normal", "frozen", "inactive")
 ISSUANCE_MODES = ("code_pool", "api")
 PRODUCT_FIELDS = (
@@ -47,41 +59,6 @@ PRODUCT_FIELDS = (
 )  # fmt: skip
 _SKU_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _CURRENCY_RE = re.compile(r"^[A-Z]{3}$")
-
-
-class WalletError(Exception):
-    def __init__(
-        self, status: int, code: str, message: str, details: list[Any] | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.details = status, code, message, details
-
-
-@dataclass
-class SiteState:
-    site: Site
-    tz: ZoneInfo
-    products: dict[str, dict[str, Any]] = field(default_factory=dict)
-    #: (updated_at in microseconds since the epoch, sku), sorted: the list order
-    index: list[tuple[int, str]] = field(default_factory=list)
-    stamps: dict[str, int] = field(default_factory=dict)
-    last_stamp: int = 0
-
-    def put(self, product: dict[str, Any], stamp: int) -> None:
-        sku = product["sku"]
-        old = self.stamps.get(sku)
-        if old is not None:
-            i = bisect.bisect_left(self.index, (old, sku))
-            if i < len(self.index) and self.index[i] == (old, sku):
-                del self.index[i]
-        entry = (stamp, sku)
-        if not self.index or entry > self.index[-1]:
-            self.index.append(entry)
-        else:
-            bisect.insort(self.index, entry)
-        self.stamps[sku] = stamp
-        self.products[sku] = product
-        self.last_stamp = max(self.last_stamp, stamp)
 
 
 def validate_product(
@@ -163,59 +140,16 @@ def _content_key(product: Mapping[str, Any]) -> tuple[Any, ...]:
     )  # fmt: skip
 
 
-def _encode_cursor(stamp: int, sku: str) -> str:
-    raw = json.dumps([stamp, sku], separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+class WalletSandbox(SalesMixin, InventoryMixin):
+    """All wallet sites in one app, each under ``/{code}``.
 
+    ``WalletSandbox(sites=None, *, minor_units=None, clock=None, state_path=None,
+    request_log_size=10_000, webhook_url=None, webhook_secrets=None, duplicate_rate=0.1,
+    shuffle_window=5, webhook_seed=None, webhook_backoff_s=(0.05, 5.0),
+    webhook_max_attempts=None, webhook_timeout_s=5.0)``; see ``sandbox/README.md``.
+    """
 
-def _decode_cursor(cursor: str) -> tuple[int, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        stamp, sku = json.loads(raw)
-        if not isinstance(stamp, int) or not isinstance(sku, str):
-            raise ValueError
-        return stamp, sku
-    except (ValueError, TypeError):
-        raise WalletError(400, "bad_request", "cursor is not valid") from None
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def _micros(dt: datetime) -> int:
-    delta = dt - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
-class WalletSandbox(Sandbox):
-    """All wallet sites in one app, each under ``/{code}``."""
-
-    name = "wallet"
-
-    def __init__(
-        self,
-        sites: Iterable[Site | Mapping[str, Any]] | None = None,
-        *,
-        minor_units: Mapping[str, int] | None = None,
-        clock: Callable[[], datetime] | None = None,
-        state_path: Path | str | None = None,
-        request_log_size: int = 10_000,
-    ) -> None:
-        super().__init__(clock=clock, state_path=state_path, request_log_size=request_log_size)
-        self.sites: dict[str, SiteState] = {
-            s.code: SiteState(s, ZoneInfo(s.timezone)) for s in normalize_sites(sites)
-        }
-        self.minor_units = {**MINOR_UNITS, **(minor_units or {})}
-
-    # ---- helpers (tests and the demo) ---------------------------------------------------------
-
-    def site_url(self, server_base_url: str, code: str) -> str:
-        """The site's base URL (the connector appends ``/api/v1/...``)."""
-        self._site(code)
-        return f"{server_base_url.rstrip('/')}/{code}"
-
-    def api_key(self, code: str) -> str:
-        return self._site(code).site.api_key
+    # ---- products (tests and the demo) --------------------------------------------------------
 
     def products(self, code: str) -> list[dict[str, Any]]:
         """The site's products in list order (updated_at, sku)."""
@@ -229,13 +163,14 @@ class WalletSandbox(Sandbox):
             return dict(product) if product is not None else None
 
     def count(self, code: str | None = None) -> int:
+        """Products on a site (or on all)."""
         with self.lock:
             if code is not None:
                 return len(self._site(code).products)
             return sum(len(s.products) for s in self.sites.values())
 
     def set_product(self, code: str, product: Mapping[str, Any]) -> dict[str, Any]:
-        """Put a product on a site directly (validated; no effect recorded)."""
+        """Put a product on a site directly (validated; no effect, no event)."""
         with self.lock:
             state = self._site(code)
             problems = validate_product(dict(product), state.site.currency, self.minor_units)
@@ -249,25 +184,37 @@ class WalletSandbox(Sandbox):
             return dict(stored)
 
     def freeze(self, code: str, sku: str, reason: str) -> dict[str, Any]:
-        """The site freezes a SKU on its own (the change vouchflow must pick up). Like the
-        ERP's ``touch``, the far end's own change is not recorded as an effect: effects count
-        what clients did."""
+        """The site freezes a SKU on its own (the change vouchflow must pick up): bumps
+        ``updated_at`` and creates ``product.status_changed``. Like the ERP's ``touch``, the
+        far end's own change is not recorded as an effect: effects count what clients did."""
         return self.set_status(code, sku, "frozen", reason)
+
+    def deactivate(self, code: str, sku: str, reason: str) -> dict[str, Any]:
+        """The site deactivates a SKU on its own (``inactive``); as ``freeze``."""
+        return self.set_status(code, sku, "inactive", reason)
 
     def set_status(
         self, code: str, sku: str, status: str, reason: str | None = None
     ) -> dict[str, Any]:
+        """A local status change: ``product.status_changed`` event, no effect."""
         with self.lock:
-            return self._set_status(self._site(code), sku, status, reason, record=False)
+            return self._set_status(self._site(code), sku, status, reason, local=True)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the background sales and the webhook deliverer (data is kept)."""
+        self.stop_sales(timeout)
+        self.stop_webhooks(timeout)
 
     # ---- Sandbox hooks ----------------------------------------------------------------------
 
+    def reset(self) -> None:
+        self.stop_sales()
+        super().reset()
+
     def snapshot(self) -> dict[str, Any]:
         return {
-            "sites": {
-                code: {"products": [state.products[sku] for _, sku in state.index]}
-                for code, state in self.sites.items()
-            }
+            "sites": {code: _site_snapshot(state) for code, state in self.sites.items()},
+            "webhooks": self.outbox.snapshot(),
         }
 
     def restore(self, data: dict[str, Any]) -> None:
@@ -275,23 +222,19 @@ class WalletSandbox(Sandbox):
             state = self.sites.get(code)
             if state is None:
                 continue  # a site no longer configured
-            for product in saved["products"]:
-                stamp = _micros(datetime.fromisoformat(product["updated_at"]))
-                state.put(dict(product), stamp)
+            _site_restore(state, saved)
+        webhooks = data.get("webhooks")
+        if webhooks is not None:
+            configured = set(self.sites)
+            self.outbox.restore({
+                "seq": webhooks.get("seq", 0),
+                "events": [e for e in webhooks.get("events", []) if e["site"] in configured],
+            })  # fmt: skip
 
     def reset_data(self) -> None:
         for code, state in list(self.sites.items()):
             self.sites[code] = SiteState(state.site, state.tz)
-
-    async def authenticate(self, request: Request) -> Response | None:
-        parts = request.url.path.split("/", 2)
-        code = parts[1] if len(parts) > 1 else ""
-        state = self.sites.get(code)
-        if state is None:
-            return self.error_response(404, "not_found", f"no site {code!r}")
-        if request.headers.get("x-api-key") != state.site.api_key:
-            return self.error_response(401, "unauthorized", "missing or wrong X-Api-Key")
-        return None
+        self.outbox.clear()
 
     def routes(self) -> list[BaseRoute]:
         base = "/{site}" + API_PREFIX
@@ -299,20 +242,32 @@ class WalletSandbox(Sandbox):
             Route(base + "/products:batch", self._put_batch, methods=["PUT"]),
             Route(base + "/products", self._list, methods=["GET"]),
             Route(base + "/products/{sku}", self._patch, methods=["PATCH"]),
+            Route(base + "/inventory:batch", self._put_inventory, methods=["PUT"]),
+            Route(base + "/batches:batch", self._put_batches, methods=["PUT"]),
+            Route(base + "/orders", self._list_orders, methods=["GET"]),
+            Route(base + "/orders/{order_id}", self._get_order, methods=["GET"]),
+            Route(base + "/orders/{order_id}/deliveries", self._post_delivery, methods=["POST"]),
+            Route(base + "/refunds", self._list_refunds, methods=["GET"]),
         ]
 
     def admin_routes(self) -> list[BaseRoute]:
         return [
             Route("/wallet/{site}/products", self._admin_products, methods=["GET"]),
             Route("/wallet/{site}/status/{sku}", self._admin_status, methods=["POST"]),
+            Route("/wallet/{site}/inventory", self._admin_inventory, methods=["GET"]),
+            Route("/wallet/{site}/orders", self._admin_orders, methods=["GET"]),
+            Route("/wallet/{site}/refunds", self._admin_refund, methods=["POST"]),
+            Route("/wallet/sales", self._admin_sales, methods=["POST"]),
+            Route("/wallet/events", self._admin_events, methods=["GET"]),
+            Route("/wallet/webhooks", self._admin_webhooks, methods=["GET"]),
         ]
 
-    # ---- handlers ----------------------------------------------------------------------------
+    # ---- product handlers ---------------------------------------------------------------------
 
     async def _put_batch(self, request: Request) -> Response:
         try:
             state = self._site(request.path_params["site"])
-            body = await _json_body(request)
+            body = await json_body(request)
             items = body.get("items") if isinstance(body, dict) else None
             if not isinstance(items, list):
                 raise WalletError(422, "invalid", 'body must be {"items": [Product, ...]}')
@@ -365,19 +320,19 @@ class WalletSandbox(Sandbox):
         try:
             state = self._site(request.path_params["site"])
             params = request.query_params
-            limit = _limit(params.get("limit"))
-            start = 0
+            limit = page_limit(params.get("limit"))
+            since = parse_since(params["updated_since"]) if params.get("updated_since") else None
             with self.lock:
-                since = params.get("updated_since")
-                if since:
-                    start = bisect.bisect_left(state.index, (_parse_since(since), ""))
+                start = 0
+                if since is not None:
+                    start = bisect.bisect_left(state.index, (since, ""))
                 cursor = params.get("cursor")
                 if cursor:
-                    start = max(start, bisect.bisect_right(state.index, _decode_cursor(cursor)))
+                    start = max(start, bisect.bisect_right(state.index, decode_cursor(cursor)))
                 page = state.index[start : start + limit]
                 items = [dict(state.products[sku]) for _, sku in page]
                 more = start + limit < len(state.index)
-            next_cursor = _encode_cursor(*page[-1]) if page and more else None
+            next_cursor = encode_cursor(*page[-1]) if page and more else None
             return json_response({"items": items, "next_cursor": next_cursor})
         except WalletError as exc:
             return self._error(exc)
@@ -385,7 +340,7 @@ class WalletSandbox(Sandbox):
     async def _patch(self, request: Request) -> Response:
         try:
             state = self._site(request.path_params["site"])
-            body = await _json_body(request)
+            body = await json_body(request)
             if not isinstance(body, dict):
                 raise WalletError(422, "invalid", "body must be a JSON object")
             details = []
@@ -405,6 +360,8 @@ class WalletSandbox(Sandbox):
         except WalletError as exc:
             return self._error(exc)
 
+    # ---- admin routes -------------------------------------------------------------------------
+
     async def _admin_products(self, request: Request) -> Response:
         try:
             items = self.products(request.path_params["site"])
@@ -414,7 +371,7 @@ class WalletSandbox(Sandbox):
 
     async def _admin_status(self, request: Request) -> Response:
         try:
-            body = await _json_body(request)
+            body = await json_body(request)
             product = self.set_status(
                 request.path_params["site"], request.path_params["sku"],
                 str(body.get("status", "frozen")), body.get("reason"),
@@ -423,17 +380,74 @@ class WalletSandbox(Sandbox):
             return self._error(exc)
         return json_response(product)
 
+    async def _admin_inventory(self, request: Request) -> Response:
+        try:
+            code = request.path_params["site"]
+            return json_response({"inventory": self.inventory(code),
+                                  "batches": self.batches(code),
+                                  "oversold": self.oversold(code)})  # fmt: skip
+        except WalletError as exc:
+            return self._error(exc)
+
+    async def _admin_orders(self, request: Request) -> Response:
+        try:
+            code = request.path_params["site"]
+            orders, refunds = self.orders(code), self.refunds(code)
+        except WalletError as exc:
+            return self._error(exc)
+        return json_response({"orders": orders, "refunds": refunds, "count": len(orders)})
+
+    async def _admin_refund(self, request: Request) -> Response:
+        """``{order_id, line_id, quantity}``: the customer is refunded."""
+        try:
+            body = await json_body(request)
+            refunds = self.refund(request.path_params["site"], str(body.get("order_id")),
+                                  str(body.get("line_id")), body.get("quantity", 1))
+        except WalletError as exc:
+            return self._error(exc)
+        except (ValueError, AttributeError) as exc:
+            return self.error_response(422, "invalid", str(exc))
+        return json_response({"refunds": refunds}, status=201)
+
+    async def _admin_sales(self, request: Request) -> Response:
+        """``{n, seed, start, end, sites?, refund_rate?, cancel_rate?, respect_availability?}``
+        (times RFC 3339): ``generate_sales``."""
+        try:
+            body = await json_body(request)
+            if not isinstance(body, dict):
+                raise ValueError("body must be a JSON object")
+            orders = self.generate_sales(
+                int(body.get("n", 10)), seed=int(body.get("seed", 0)),
+                start=parse_time(body.get("start"), "start"),
+                end=parse_time(body.get("end"), "end"), sites=body.get("sites"),
+                refund_rate=float(body.get("refund_rate", 0.05)),
+                cancel_rate=float(body.get("cancel_rate", 0.0)),
+                respect_availability=bool(body.get("respect_availability", True)),
+            )  # fmt: skip
+        except WalletError as exc:
+            return self._error(exc)
+        except (ValueError, TypeError) as exc:
+            return self.error_response(422, "invalid", str(exc))
+        return json_response({"orders": len(orders),
+                              "order_ids": [o["order_id"] for o in orders]})  # fmt: skip
+
+    async def _admin_events(self, request: Request) -> Response:
+        site = request.query_params.get("site") or None
+        events = [
+            {k: v for k, v in e.items() if k != "body"} for e in self.events(site)
+        ]
+        return json_response({"events": events, "count": len(events)})
+
+    async def _admin_webhooks(self, request: Request) -> Response:
+        return json_response(self.webhook_stats())
+
     # ---- internals ----------------------------------------------------------------------------
 
-    def _site(self, code: str) -> SiteState:
-        state = self.sites.get(code)
-        if state is None:
-            raise WalletError(404, "not_found", f"no site {code!r}")
-        return state
-
     def _set_status(
-        self, state: SiteState, sku: str, status: str, reason: str | None, record: bool = True
+        self, state: SiteState, sku: str, status: str, reason: str | None, local: bool = False
     ) -> dict[str, Any]:
+        """``local``: the site's own change (an event, no effect); else a client's PATCH (an
+        effect, no event: vouchflow knows what it asked for)."""
         if status not in STATUSES:
             raise WalletError(422, "invalid", f"status must be one of {', '.join(STATUSES)}")
         product = state.products.get(sku)
@@ -445,7 +459,9 @@ class WalletSandbox(Sandbox):
         stamp = self._stamp(state)
         new["updated_at"] = self._format(state, stamp)
         state.put(new, stamp)
-        if not record:
+        if local:
+            self._emit(state, "product.status_changed",
+                       {"sku": sku, "status": status, "reason": reason}, stamp)  # fmt: skip
             return dict(new)
         self.effects.record(
             "product.status_changed", f"{state.site.code}:{sku}", site=state.site.code, sku=sku,
@@ -453,49 +469,48 @@ class WalletSandbox(Sandbox):
         )  # fmt: skip
         return dict(new)
 
-    def _stamp(self, state: SiteState) -> int:
-        """The site's clock in microseconds, strictly increasing per site so that a later
-        change always lists after an earlier one."""
-        return max(_micros(self.clock()), state.last_stamp + 1)
 
-    @staticmethod
-    def _format(state: SiteState, stamp: int) -> str:
-        dt = datetime.fromtimestamp(stamp // 1_000_000, tz=state.tz).replace(
-            microsecond=stamp % 1_000_000
-        )
-        return dt.isoformat(timespec="microseconds")
-
-    def _error(self, exc: WalletError) -> Response:
-        return self.error_response(exc.status, exc.code, exc.message, details=exc.details)
+# ---- snapshot -----------------------------------------------------------------------------------
 
 
-async def _json_body(request: Request) -> Any:
-    raw = await request.body()
-    try:
-        return json.loads(raw) if raw else {}
-    except ValueError as exc:
-        raise WalletError(400, "bad_request", f"body is not valid JSON: {exc}") from None
+def _site_snapshot(state: SiteState) -> dict[str, Any]:
+    return {
+        "products": [state.products[sku] for _, sku in state.index],
+        "inventory": state.inventory,
+        "batches": [state.batches[k] for k in sorted(state.batches)],
+        "orders": [state.orders[k] for _, k in state.order_index.entries],
+        "lines": [
+            {"order_id": order_id, "line_id": line_id, **line.as_dict()}
+            for (order_id, line_id), line in state.lines.items()
+        ],
+        "refunds": [state.refunds[k] for _, k in state.refund_index.entries],
+        "deliveries": list(state.deliveries.values()),
+        "counters": dict(state.counters),
+        "oversold": dict(state.oversold),
+    }
 
 
-def _limit(raw: str | None) -> int:
-    if raw is None or raw == "":
-        return MAX_PAGE
-    try:
-        value = int(raw)
-    except ValueError:
-        raise WalletError(400, "bad_request", f"limit must be an integer, got {raw!r}") from None
-    if not 1 <= value <= MAX_PAGE:
-        raise WalletError(400, "bad_request", f"limit must be between 1 and {MAX_PAGE}")
-    return value
-
-
-def _parse_since(raw: str) -> int:
-    try:
-        dt = datetime.fromisoformat(raw)
-    except ValueError:
-        raise WalletError(
-            400, "bad_request", f"updated_since must be RFC 3339, got {raw!r}"
-        ) from None
-    if dt.tzinfo is None:
-        raise WalletError(400, "bad_request", "updated_since must carry a UTC offset")
-    return _micros(dt)
+def _site_restore(state: SiteState, saved: Mapping[str, Any]) -> None:
+    for product in saved.get("products", []):
+        state.put(dict(product), micros(datetime.fromisoformat(product["updated_at"])))
+    state.inventory = {sku: dict(e) for sku, e in saved.get("inventory", {}).items()}
+    state.batches = {(b["sku"], b["batch_no"]): dict(b) for b in saved.get("batches", [])}
+    for order in saved.get("orders", []):
+        state.orders[order["order_id"]] = order
+        state.order_index.put(order["order_id"],
+                              micros(datetime.fromisoformat(order["updated_at"])))
+    for line in saved.get("lines", []):
+        ls = LineState(line["quantity"], line["delivered"], line["refunded_delivered"],
+                       line["refunded_undelivered"], [dict(c) for c in line["codes"]])
+        state.lines[(line["order_id"], line["line_id"])] = ls
+        state.delivered_codes.update(c["code"] for c in ls.codes)
+    for refund in saved.get("refunds", []):
+        state.refunds[refund["refund_id"]] = refund
+        state.refund_index.put(refund["refund_id"],
+                               micros(datetime.fromisoformat(refund["created_at"])))
+    for entry in saved.get("deliveries", []):
+        delivery_id = entry["delivery"]["delivery_id"]
+        state.deliveries[delivery_id] = {"delivery": entry["delivery"], "key": entry["key"]}
+        state.idempotency[entry["key"]] = delivery_id
+    state.counters.update(saved.get("counters", {}))
+    state.oversold = dict(saved.get("oversold", {}))
