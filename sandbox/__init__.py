@@ -85,6 +85,8 @@ class SandboxSet:
         }
         for code in self.wallet.sites:
             out[f"VOUCHFLOW_WALLET_{code.upper()}_API_KEY"] = self.wallet.api_key(code)
+            out[f"VOUCHFLOW_WALLET_{code.upper()}_WEBHOOK_SECRET"] = \
+                self.wallet.webhook_secret(code)
         if self.finance is not None and self.finance_url:
             out["VOUCHFLOW_FINANCE_URL"] = self.finance_url
             out["VOUCHFLOW_FINANCE_USERNAME"] = self.finance.username
