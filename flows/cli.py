@@ -23,11 +23,29 @@ sandbox_app = typer.Typer(help="Simulated external systems on loopback.", no_arg
 dead_app = typer.Typer(help="Quarantined records: list, inspect, replay.", no_args_is_help=True)
 sync_app = typer.Typer(help="Run sync flows now (through Prefect).", no_args_is_help=True)
 db_app = typer.Typer(help="The state database.", no_args_is_help=True)
+portal_app = typer.Typer(help="vouchflow's HTTP API (webhooks, vendor portal).",
+                         no_args_is_help=True)
 app.add_typer(schema_app, name="schema")
 app.add_typer(sandbox_app, name="sandbox")
 app.add_typer(dead_app, name="deadletters")
 app.add_typer(sync_app, name="sync")
 app.add_typer(db_app, name="db")
+app.add_typer(portal_app, name="portal")
+
+
+@portal_app.command("serve")
+def portal_serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8700,
+) -> None:
+    """Serve the HTTP API: wallet webhooks at /wallet/{site}/events (and the vendor portal)."""
+    import uvicorn
+
+    from connectors.redact import install_log_redaction
+    from portal.app import create_app
+
+    install_log_redaction()
+    uvicorn.run(create_app(), host=host, port=port, log_level="warning", access_log=False)
 
 
 def home() -> Path:

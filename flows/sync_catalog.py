@@ -47,6 +47,7 @@ from flows.runtime import (
 )
 from mappings.catalog import inventory_item_to_sku, sku_to_wallet_product
 from mappings.errors import MappingError
+from state.catalog import remember_skus
 from state.db import session_scope
 from state.models import DeadLetter, DeadLetterStatus, LedgerStatus, OutboxMessage, OutboxStatus
 from state.store import (
@@ -300,6 +301,8 @@ async def process_records(
         record_dead_letters(session, dead)
         resolve_dead_letters(session, FLOW, SOURCE, RECORD_TYPE, xrefs.keys())
         upsert_xrefs(session, SOURCE, RECORD_TYPE, xrefs)
+        erp_ids = {code: raw_id for raw_id, code in xrefs.items()}
+        remember_skus(session, [(s, erp_ids.get(s.sku)) for s in skus])
         items, unchanged, _ = plan_products(session, skus, list(run.wallets))
         enqueue(session, items)
     counts.changed += len(items)

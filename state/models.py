@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
+from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Column, Index, Integer, String, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    Date,
+    ForeignKey,
+    Index,
+    Integer,
+    Numeric,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
 from state.types import JSONText, UTCDateTime
@@ -154,3 +170,231 @@ class RunLedger(SQLModel, table=True):
 
 
 ALL_TABLES = [Watermark, Xref, Fingerprint, OutboxMessage, DeadLetter, RunLedger]
+
+
+# code pool ----------------------------------------------------------------------------------
+# vouchflow is the operational truth for what may be sold (``available``) and for which code
+# went where. The functions that keep these tables consistent live in ``state.pool``.
+
+NO_EXPIRY_RANK = 2147483647
+"""``pool_code.expiry_rank`` of a code that never expires: it sorts after every real date."""
+
+
+class ExactDecimal(TypeDecorator[Decimal]):
+    """Money and unit costs: NUMERIC(18,4) on PostgreSQL, exact text on SQLite.
+
+    SQLite's NUMERIC affinity would store a Decimal as a binary float; text keeps every digit
+    (the amounts are only compared and summed in Python, never in SQL, on SQLite).
+    """
+
+    impl = Numeric(18, 4)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Any) -> Any:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(String(40))
+        return dialect.type_descriptor(Numeric(18, 4))
+
+    def process_bind_param(self, value: Any, dialect: Any) -> Any:
+        if value is None:
+            return None
+        value = Decimal(value) if not isinstance(value, Decimal) else value
+        return str(value) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Any) -> Decimal | None:
+        if value is None:
+            return None
+        return value if isinstance(value, Decimal) else Decimal(str(value))
+
+
+def _bigint_pk() -> Any:
+    # SQLite only auto-numbers an INTEGER PRIMARY KEY (the rowid); BIGINT elsewhere.
+    return Field(default=None, sa_column=Column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True))
+
+
+class PoolBatch(SQLModel, table=True):
+    """One purchase receipt's batch, with the quantities that say what may still be sold.
+
+    ``available`` (what may still be sold) drops at the moment of sale and rises only when a
+    sold unit comes back to stock. ``remaining`` is the ERP's book quantity. ``unposted`` is
+    the signed number of units vouchflow has moved that the ERP has not booked yet (sales +n,
+    refunds to stock -n), so ``0 <= available <= remaining - unposted`` holds at all times and,
+    for a code-pool batch, ``available`` never exceeds its codes in stock.
+    """
+
+    __tablename__ = "pool_batch"
+    __table_args__ = (
+        Index("ix_pool_batch_sku", "sku", "status"),
+        UniqueConstraint("seq", name="uq_pool_batch_seq"),
+        CheckConstraint("available >= 0", name="ck_pool_batch_available"),
+    )
+
+    batch_no: str = Field(primary_key=True, max_length=64)
+    sku: str = Field(max_length=64)
+    issuance_mode: str = Field(max_length=16)
+    quantity: int = Field(default=0, sa_column=Column(Integer, nullable=False, default=0))
+    available: int = Field(default=0, sa_column=Column(Integer, nullable=False, default=0))
+    remaining: int = Field(default=0, sa_column=Column(Integer, nullable=False, default=0))
+    unposted: int = Field(default=0, sa_column=Column(Integer, nullable=False, default=0))
+    status: str = Field(max_length=16)
+    unit_cost: Decimal = Field(sa_column=Column(ExactDecimal(), nullable=False))
+    currency: str = Field(max_length=3)
+    expiry_type: str = Field(max_length=16)
+    expires_on: date | None = Field(default=None, sa_column=Column(Date, nullable=True))
+    expiry_days: int | None = Field(default=None, sa_column=Column(Integer, nullable=True))
+    purchase_order: str | None = Field(default=None, sa_column=Column(String(64)))
+    sites: str = Field(default="", max_length=1000)
+    seq: int = Field(sa_column=Column(BigInteger, nullable=False))
+    received_at: datetime = _ts(nullable=False)
+    updated_at: datetime = _ts(nullable=False)
+
+
+class PoolCode(SQLModel, table=True):
+    """One voucher code: bearer value, so only its keyed hash, ciphertext and last 4 are kept.
+
+    ``expiry_rank`` and ``batch_seq`` are copies that let one index serve the allocation order
+    (earliest expiry, then oldest batch, then id) without a join. ``(line_ref, unit)`` names the
+    order line and unit a code went to; its uniqueness is the backstop against a double sale.
+    """
+
+    __tablename__ = "pool_code"
+    __table_args__ = (
+        UniqueConstraint("code_hash", name="uq_pool_code_hash"),
+        UniqueConstraint("line_ref", "unit", name="uq_pool_code_line_unit"),
+        Index("ix_pool_code_alloc", "sku", "status", "expiry_rank", "batch_seq", "id"),
+        Index("ix_pool_code_in_stock", "sku", "expiry_rank", "batch_seq", "id",
+              postgresql_where=text("status = 'in_stock'"),
+              sqlite_where=text("status = 'in_stock'")),
+    )
+
+    id: int | None = _bigint_pk()
+    code_hash: str = Field(max_length=64)
+    code_enc: str = Field(sa_column=Column(Text, nullable=False))
+    pin_enc: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    last4: str = Field(max_length=4)
+    sku: str = Field(max_length=64)
+    batch_no: str = Field(sa_column=Column(String(64), ForeignKey("pool_batch.batch_no"),
+                                           nullable=False))
+    status: str = Field(max_length=16)
+    expiry_rank: int = Field(sa_column=Column(Integer, nullable=False))
+    batch_seq: int = Field(sa_column=Column(BigInteger, nullable=False))
+    line_ref: str | None = Field(default=None, sa_column=Column(String(200), nullable=True))
+    unit: int | None = Field(default=None, sa_column=Column(Integer, nullable=True))
+    allocated_at: datetime | None = _ts(nullable=True)
+    updated_at: datetime = _ts(nullable=False)
+
+
+class PoolCodeEvent(SQLModel, table=True):
+    """A code's append-only chronology: who did what, when, from which system.
+
+    No foreign key to ``pool_code``: the log is written in bulk beside every status change and
+    must never block or be blocked by it.
+    """
+
+    __tablename__ = "code_event"
+    __table_args__ = (Index("ix_code_event_code", "code_id", "id"),)
+
+    id: int | None = _bigint_pk()
+    code_id: int = Field(sa_column=Column(BigInteger, nullable=False))
+    at: datetime = _ts(nullable=False)
+    actor: str = Field(max_length=128)
+    system: str = Field(max_length=64)
+    action: str = Field(max_length=64)
+    from_status: str | None = Field(default=None, sa_column=Column(String(16), nullable=True))
+    to_status: str | None = Field(default=None, sa_column=Column(String(16), nullable=True))
+    detail: str | None = Field(default=None, sa_column=Column(String(1000), nullable=True))
+
+
+class SalesOrder(SQLModel, table=True):
+    """The newest version of a site's order that vouchflow has seen (by the site's updated_at)."""
+
+    __tablename__ = "sales_order"
+
+    site: str = Field(primary_key=True, max_length=32)
+    order_id: str = Field(primary_key=True, max_length=128)
+    status: str = Field(max_length=32)
+    currency: str = Field(max_length=3)
+    customer_ref: str | None = Field(default=None, sa_column=Column(String(255), nullable=True))
+    created_at: datetime = _ts(nullable=False)
+    site_updated_at: datetime = _ts(nullable=False)
+    total: Decimal = Field(sa_column=Column(ExactDecimal(), nullable=False))
+    payment: Any = Field(default=None, sa_column=Column(JSONText(), nullable=True))
+    held_reason: str | None = Field(default=None, sa_column=Column(String(2000), nullable=True))
+    erp_id: str | None = Field(default=None, sa_column=Column(String(64), nullable=True))
+    received_at: datetime = _ts(nullable=False)
+    updated_at: datetime = _ts(nullable=False)
+
+
+class OrderLine(SQLModel, table=True):
+    """One line of a sales order and where it stands: pending, allocated, held or cancelled."""
+
+    __tablename__ = "order_line"
+    __table_args__ = (
+        Index("ix_order_line_queue", "status", "order_created_at", "site", "order_id"),
+    )
+
+    site: str = Field(primary_key=True, max_length=32)
+    order_id: str = Field(primary_key=True, max_length=128)
+    line_id: str = Field(primary_key=True, max_length=64)
+    sku: str = Field(max_length=64)
+    quantity: int = Field(sa_column=Column(Integer, nullable=False))
+    unit_price: Decimal = Field(sa_column=Column(ExactDecimal(), nullable=False))
+    currency: str = Field(max_length=3)
+    issuance_mode: str | None = Field(default=None, sa_column=Column(String(16), nullable=True))
+    status: str = Field(max_length=16)
+    held_reason: str | None = Field(default=None, sa_column=Column(String(1000), nullable=True))
+    refunded: int = Field(default=0, sa_column=Column(Integer, nullable=False, default=0))
+    order_created_at: datetime = _ts(nullable=False)
+    allocated_at: datetime | None = _ts(nullable=True)
+    updated_at: datetime = _ts(nullable=False)
+
+
+class ApiAllocation(SQLModel, table=True):
+    """What an API-issued sale took from which batch (FIFO), and how much came back."""
+
+    __tablename__ = "api_allocation"
+
+    site: str = Field(primary_key=True, max_length=32)
+    order_id: str = Field(primary_key=True, max_length=128)
+    line_id: str = Field(primary_key=True, max_length=64)
+    batch_no: str = Field(primary_key=True, max_length=64)
+    sku: str = Field(max_length=64)
+    quantity: int = Field(sa_column=Column(Integer, nullable=False))
+    returned: int = Field(default=0, sa_column=Column(Integer, nullable=False, default=0))
+    at: datetime = _ts(nullable=False)
+
+
+class LineRefund(SQLModel, table=True):
+    """A refund applied to an order line, kept by its id so applying it again changes nothing."""
+
+    __tablename__ = "line_refund"
+
+    refund_id: str = Field(primary_key=True, max_length=128)
+    site: str = Field(max_length=32)
+    order_id: str = Field(max_length=128)
+    line_id: str = Field(max_length=64)
+    quantity: int = Field(sa_column=Column(Integer, nullable=False))
+    delivered: bool = Field(sa_column=Column(Boolean, nullable=False))
+    result: Any = Field(default=None, sa_column=Column(JSONText(), nullable=True))
+    at: datetime = _ts(nullable=False)
+
+
+class InboundEvent(SQLModel, table=True):
+    """A webhook received from a site, kept by its event id: duplicates are dropped on arrival,
+    and events are processed in the order the site created them."""
+
+    __tablename__ = "inbound_event"
+    __table_args__ = (Index("ix_inbound_event_queue", "processed_at", "created_at"),)
+
+    event_id: str = Field(primary_key=True, max_length=128)
+    site: str = Field(max_length=32)
+    type: str = Field(max_length=64)
+    created_at: datetime = _ts(nullable=False)
+    received_at: datetime = _ts(nullable=False)
+    payload: Any = Field(sa_column=Column(JSONText(), nullable=False))
+    processed_at: datetime | None = _ts(nullable=True)
+
+
+POOL_TABLES = [PoolBatch, PoolCode, PoolCodeEvent, SalesOrder, OrderLine, ApiAllocation,
+               LineRefund, InboundEvent]

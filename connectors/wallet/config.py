@@ -31,6 +31,8 @@ class WalletSiteSettings(BaseModel):
     timezone: str
     base_url: str
     api_key: SecretStr = SecretStr("")
+    webhook_secret: SecretStr = SecretStr("")
+    """Shared secret of the site's signed webhooks (HMAC-SHA256 over ``t.body``)."""
     concurrency: int = Field(default=4, ge=1)
     batch_size: int = Field(default=500, ge=1, le=500)
 
@@ -60,8 +62,12 @@ def load_sites(path: str | Path | None = None) -> dict[str, WalletSiteSettings]:
     for code, entry in (data.get("sites") or {}).items():
         base_url = _env(code, "BASE_URL") or entry.get("base_url") or f"{default_base}/{code}"
         api_key = _env(code, "API_KEY") or ""
+        webhook_secret = _env(code, "WEBHOOK_SECRET") or ""
         register_secret(api_key)
-        fields = {k: v for k, v in entry.items() if k not in {"base_url", "api_key"}}
+        register_secret(webhook_secret)
+        fields = {k: v for k, v in entry.items()
+                  if k not in {"base_url", "api_key", "webhook_secret"}}
         sites[code] = WalletSiteSettings(code=code, base_url=base_url,
-                                         api_key=SecretStr(api_key), **fields)
+                                         api_key=SecretStr(api_key),
+                                         webhook_secret=SecretStr(webhook_secret), **fields)
     return sites

@@ -6,7 +6,8 @@ from alembic import context
 from sqlalchemy import engine_from_config, pool
 from sqlmodel import SQLModel
 
-import state.models  # noqa: F401  (registers the tables on SQLModel.metadata)
+import state.catalog
+import state.models  # noqa: F401
 
 config = context.config
 target_metadata = SQLModel.metadata

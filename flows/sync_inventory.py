@@ -1,0 +1,318 @@
+"""sync_inventory: batches and available quantities reach each wallet site.
+
+The ERP is the book: batch records changed there (received, corrected, closed) are read into
+vouchflow's pool, whose ``available`` is the operational truth (it drops at the moment of
+sale). Each SKU's sellable units (active, unexpired batches) are then split among the sites
+that may sell them by the quota policy (``mappings.inventory``), so the sites together never
+show more than can be delivered; only quotas that changed since a site last confirmed them
+are sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from sqlalchemy import Engine, func, select
+
+from canonical import now_utc
+from connectors.erp import ErpClient, suiteql_time
+from connectors.wallet import WalletClient, WalletSiteSettings, load_sites
+from flows.credentials import erp_settings
+from flows.delivery import deliver
+from flows.runtime import (
+    limit_name,
+    markdown_artifact,
+    run_logger,
+    state_engine,
+    system_slot,
+    table_artifact,
+)
+from mappings.inventory import batch_item, inventory_item, site_quotas
+from state import pool
+from state.catalog import load_skus
+from state.db import session_scope
+from state.models import OrderLine
+from state.store import (
+    DeadLetterItem,
+    OutboxItem,
+    canonical_ids,
+    enqueue,
+    fingerprint,
+    get_watermark,
+    load_fingerprints,
+    pending_outbox,
+    record_dead_letters,
+    save_fingerprints,
+    set_watermark,
+)
+
+FLOW = "sync_inventory"
+BATCH_TYPE = "customrecord_vf_batch"
+INVENTORY_OP = "inventory.set"
+BATCHES_OP = "batches.set"
+
+BATCH_SELECT = ", ".join([
+    "id", "name", "custrecord_vf_batch_sku", "custrecord_vf_batch_quantity",
+    "custrecord_vf_batch_remaining", "custrecord_vf_batch_status",
+    "custrecord_vf_batch_unit_cost", "custrecord_vf_batch_currency",
+    "custrecord_vf_batch_expiry_type",
+    "TO_CHAR(custrecord_vf_batch_expires_on, 'YYYY-MM-DD') AS expires_on",
+    "custrecord_vf_batch_po", "custrecord_vf_batch_sites",
+])
+
+
+@dataclass
+class InventoryCounts:
+    erp_batches: int = 0
+    dead_lettered: int = 0
+    skus: int = 0
+    quotas_changed: int = 0
+    batches_changed: int = 0
+    pushed: int = 0
+    rejected: int = 0
+    by_site: Counter[str] = field(default_factory=Counter)
+
+
+async def import_erp_batches(engine: Engine, erp: ErpClient, since: datetime | None,
+                             counts: InventoryCounts) -> None:
+    """Batch records changed in the ERP (the book) into the pool."""
+    where = f"lastmodifieddate >= {suiteql_time(since, erp.settings.timezone)}" if since else None
+    rows: list[dict[str, Any]] = []
+    async for page in erp.suiteql_by_key(BATCH_SELECT, BATCH_TYPE, where=where):
+        rows.extend(page)
+    if not rows:
+        return
+    with session_scope(engine) as session:
+        skus = canonical_ids(session, "erp", "inventoryItem",
+                             [r["custrecord_vf_batch_sku"] for r in rows
+                              if r.get("custrecord_vf_batch_sku")])
+        catalog = load_skus(session, skus.values())
+    dead: list[DeadLetterItem] = []
+    for row in rows:
+        label = f"{BATCH_TYPE} {row.get('id')} ({row.get('name', '?')})"
+        sku = skus.get(row.get("custrecord_vf_batch_sku", ""))
+        entry = catalog.get(sku) if sku else None
+        try:
+            if entry is None:
+                raise ValueError("custrecord_vf_batch_sku: the item is not in the catalogue "
+                                 "(run sync-catalog first)")
+            mode = entry.issuance_mode.value
+            expires = row.get("expires_on")
+            with session_scope(engine) as session:
+                pool.upsert_batch(
+                    session, batch_no=row["name"], sku=sku, issuance_mode=mode,
+                    unit_cost=Decimal(row.get("custrecord_vf_batch_unit_cost", "0")),
+                    currency=row.get("custrecord_vf_batch_currency") or
+                    entry.face_value.currency,
+                    status=row.get("custrecord_vf_batch_status") or None,
+                    expiry_type=row.get("custrecord_vf_batch_expiry_type") or "none",
+                    expires_on=date.fromisoformat(expires) if expires else None,
+                    purchase_order=row.get("custrecord_vf_batch_po"),
+                    sites=[s for s in (row.get("custrecord_vf_batch_sites") or "").split(",")
+                           if s],
+                    quantity=(int(row["custrecord_vf_batch_quantity"])
+                              if mode == "api" and row.get("custrecord_vf_batch_quantity")
+                              else None),
+                    remaining=(int(row["custrecord_vf_batch_remaining"])
+                               if row.get("custrecord_vf_batch_remaining") else None),
+                )
+            counts.erp_batches += 1
+        except (ValueError, InvalidOperation, KeyError, pool.PoolError) as exc:
+            dead.append(DeadLetterItem(flow=FLOW, source="erp", entity_type=BATCH_TYPE,
+                                       entity_key=str(row.get("id", "?")),
+                                       reason=f"{label}: {exc}", payload=row))
+    if dead:
+        with session_scope(engine) as session:
+            record_dead_letters(session, dead)
+        counts.dead_lettered += len(dead)
+
+
+def recent_sales(engine: Engine, days: int) -> dict[str, dict[str, float]]:
+    """Units sold per SKU per site over the last ``days`` (the quota policy's weights)."""
+    ol = OrderLine.__table__
+    since = now_utc() - timedelta(days=days)
+    with session_scope(engine) as session:
+        rows = session.execute(
+            select(ol.c.sku, ol.c.site, func.sum(ol.c.quantity))
+            .where(ol.c.order_created_at >= since, ol.c.status == "allocated")
+            .group_by(ol.c.sku, ol.c.site))
+        out: dict[str, dict[str, float]] = {}
+        for sku, site, units in rows:
+            out.setdefault(sku, {})[site] = float(units or 0)
+    return out
+
+
+def plan(engine: Engine, sites: dict[str, WalletSiteSettings], as_of: datetime,
+         weights_days: int, counts: InventoryCounts) -> list[OutboxItem]:
+    """Quota per (site, SKU) and per (site, batch); outbox items for what changed."""
+    on = as_of.date()
+    stamp = as_of.isoformat()
+    weights = recent_sales(engine, weights_days)
+    with session_scope(engine) as session:
+        catalog = load_skus(session)
+        stock = {s.sku: s for s in pool.stock(session, on=on)}
+    items: list[OutboxItem] = []
+    per_site_inv: dict[str, dict[str, dict[str, Any]]] = {s: {} for s in sites}
+    per_site_batch: dict[str, dict[str, dict[str, Any]]] = {s: {} for s in sites}
+    for code, sku in catalog.items():
+        selling = [s for s in sku.sales_areas if s in sites]
+        if sku.status.value != "normal":
+            selling = []
+        batches = stock[code].batches if code in stock else ()
+        quotas = site_quotas(batches, sites=selling, weights=weights.get(code, {}), on=on)
+        for site in selling:
+            per_site_inv[site][code] = inventory_item(code, quotas[site], stamp)
+            for share in quotas[site]:
+                per_site_batch[site][f"{code}:{share.batch_no}"] = batch_item(code, share)
+    counts.skus = len(catalog)
+    with session_scope(engine) as session:
+        for site in sites:
+            target = f"wallet:{site}"
+            inv = per_site_inv[site]
+            known = load_fingerprints(session, target, "inventory", list(inv))
+            # SKUs the site was shown before but no longer sells go to zero
+            gone = _shown_skus(session, target) - set(inv)
+            for code in gone:
+                inv[code] = {"sku": code, "available": 0, "as_of": stamp}
+            known.update(load_fingerprints(session, target, "inventory", list(gone)))
+            for code, item in inv.items():
+                digest = fingerprint({"sku": code, "available": item["available"]})
+                if known.get(code) == digest:
+                    continue
+                items.append(OutboxItem(
+                    target=target, operation=INVENTORY_OP,
+                    idempotency_key=f"inv-{site}-{code}-{digest[:12]}",
+                    entity_type="inventory", entity_key=code, payload=item))
+                counts.quotas_changed += 1
+            batch_items = per_site_batch[site]
+            known_b = load_fingerprints(session, target, "batch", list(batch_items))
+            for key, item in batch_items.items():
+                digest = fingerprint(item)
+                if known_b.get(key) == digest:
+                    continue
+                items.append(OutboxItem(
+                    target=target, operation=BATCHES_OP,
+                    idempotency_key=f"bat-{site}-{key.replace(':', '-')}-{digest[:12]}",
+                    entity_type="batch", entity_key=key, payload=item))
+                counts.batches_changed += 1
+        enqueue(session, items)
+    return items
+
+
+def _shown_skus(session: Any, target: str) -> set[str]:
+    from state.models import Fingerprint
+
+    return set(session.scalars(select(Fingerprint.entity_key).where(
+        Fingerprint.target == target, Fingerprint.entity_type == "inventory")))
+
+
+async def push_site(engine: Engine, wallet: WalletClient, site: str,
+                    counts: InventoryCounts) -> None:
+    target = f"wallet:{site}"
+    for operation, entity, send, key_of in (
+        (INVENTORY_OP, "inventory", wallet.put_inventory, lambda p: p["sku"]),
+        (BATCHES_OP, "batch", wallet.put_batches, lambda p: f"{p['sku']}:{p['batch_no']}"),
+    ):
+        with session_scope(engine) as session:
+            rows = pending_outbox(session, target, operation=operation)
+        if not rows:
+            continue
+
+        def remember(session: Any, sent: Any, _: Any, entity: str = entity,
+                     key_of: Any = key_of) -> None:
+            save_fingerprints(session, target, entity, {
+                key_of(r.payload): fingerprint(
+                    {"sku": r.payload["sku"], "available": r.payload["available"]}
+                    if entity == "inventory" else r.payload)
+                for r in sent})
+
+        async with system_slot(limit_name("wallet", site)):
+            report = await deliver(engine, rows, send, flow=FLOW,
+                                   batch_size=wallet.site.batch_size, on_sent=remember)
+        counts.pushed += report.sent
+        counts.rejected += report.dead_lettered
+        counts.by_site[site] += report.sent
+
+
+@task(name="import-erp-batches", retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
+async def import_batches_task(engine: Engine, erp: ErpClient, since: datetime | None
+                              ) -> InventoryCounts:
+    counts = InventoryCounts()
+    async with system_slot(limit_name("erp", erp.account)):
+        await import_erp_batches(engine, erp, since, counts)
+    return counts
+
+
+@task(name="plan-quotas", cache_policy=NO_CACHE)
+def plan_task(engine: Engine, sites: dict[str, WalletSiteSettings], as_of: datetime,
+              weights_days: int) -> InventoryCounts:
+    counts = InventoryCounts()
+    plan(engine, sites, as_of, weights_days, counts)
+    return counts
+
+
+@task(name="push-quotas", retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
+async def push_task(engine: Engine, wallets: dict[str, WalletClient]) -> InventoryCounts:
+    counts = InventoryCounts()
+    await asyncio.gather(*(push_site(engine, w, s, counts) for s, w in wallets.items()))
+    return counts
+
+
+@flow(name="sync-inventory", log_prints=False)
+async def sync_inventory(
+    sites: list[str] | None = None,
+    lookback_minutes: float = 10.0,
+    weights_days: int = 7,
+    full: bool = False,
+) -> dict[str, Any]:
+    """Read changed ERP batch records into the pool, then show each site its quota of every
+    SKU (and of every batch) it sells."""
+    logger = run_logger()
+    engine = state_engine()
+    all_sites = load_sites()
+    chosen = {c: s for c, s in all_sites.items() if not sites or c in sites}
+    high = now_utc()
+    with session_scope(engine) as session:
+        wm = get_watermark(session, FLOW, "erp", BATCH_TYPE)
+    since = None if full or wm is None else wm - timedelta(minutes=lookback_minutes)
+    erp = ErpClient(await erp_settings())
+    wallets = {c: WalletClient(s) for c, s in chosen.items()}
+    totals = InventoryCounts()
+    try:
+        imported = await import_batches_task(engine, erp, since)
+        totals.erp_batches = imported.erp_batches
+        totals.dead_lettered = imported.dead_lettered
+        planned = plan_task(engine, chosen, high, weights_days)
+        totals.skus = planned.skus
+        totals.quotas_changed = planned.quotas_changed
+        totals.batches_changed = planned.batches_changed
+        pushed = await push_task(engine, wallets)
+        totals.pushed, totals.rejected, totals.by_site = (pushed.pushed, pushed.rejected,
+                                                          pushed.by_site)
+        with session_scope(engine) as session:
+            set_watermark(session, FLOW, "erp", high, BATCH_TYPE)
+    finally:
+        await erp.aclose()
+        for w in wallets.values():
+            await w.aclose()
+    summary = {k: v for k, v in totals.__dict__.items() if k != "by_site"}
+    summary["pushed_by_site"] = dict(totals.by_site)
+    await table_artifact("sync-inventory-counts",
+                         [{"measure": k.replace("_", " "), "count": v}
+                          for k, v in summary.items() if isinstance(v, int)],
+                         "Inventory sync: counts of this run")
+    await markdown_artifact(
+        "sync-inventory-summary",
+        f"# Inventory sync\n- {summary['erp_batches']} batch record(s) read from the ERP\n"
+        f"- {summary['quotas_changed']} SKU quota(s) and {summary['batches_changed']} batch "
+        f"share(s) changed; {summary['pushed']} sent, {summary['rejected']} refused\n",
+        "Inventory sync summary")
+    logger.info("sync-inventory: %s", summary)
+    return summary

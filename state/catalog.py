@@ -1,0 +1,57 @@
+"""The catalogue as vouchflow last mapped it from the ERP: what every flow needs to know
+about a SKU without asking the ERP again (its sales areas, issuance mode, status)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Column, Index, String, select
+from sqlalchemy.orm import Session
+from sqlmodel import Field, SQLModel
+
+from canonical import Sku, now_utc
+from state.store import _chunks, _upsert_many
+from state.types import JSONText, UTCDateTime
+
+
+class CatalogSku(SQLModel, table=True):
+    __tablename__ = "catalog_sku"
+    __table_args__ = (Index("ix_catalog_sku_updated", "updated_at"),)
+
+    sku: str = Field(primary_key=True, max_length=64)
+    erp_id: str | None = Field(default=None, sa_column=Column(String(64), nullable=True))
+    issuance_mode: str = Field(max_length=16)
+    status: str = Field(max_length=16)
+    sales_areas: str = Field(sa_column=Column(String(1000), nullable=False, default=""))
+    data: Any = Field(sa_column=Column(JSONText(), nullable=False))
+    erp_modified_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    updated_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+
+
+def remember_skus(session: Session, skus: Sequence[tuple[Sku, str | None]]) -> None:
+    """Keep the canonical SKUs just mapped (with their ERP internal ids)."""
+    now = now_utc()
+    rows = [{"sku": s.sku, "erp_id": erp_id, "issuance_mode": s.issuance_mode.value,
+             "status": s.status.value, "sales_areas": ",".join(s.sales_areas),
+             "data": s.model_dump(mode="json"), "erp_modified_at": s.updated_at,
+             "updated_at": now}
+            for s, erp_id in skus]
+    _upsert_many(session, CatalogSku, rows, ["sku"],
+                 update=["erp_id", "issuance_mode", "status", "sales_areas", "data",
+                         "erp_modified_at", "updated_at"])
+
+
+def load_skus(session: Session, skus: Iterable[str] | None = None) -> dict[str, Sku]:
+    table = CatalogSku.__table__
+    found: dict[str, Sku] = {}
+    if skus is None:
+        for row in session.execute(select(table.c.sku, table.c.data)):
+            found[row.sku] = Sku.model_validate(row.data)
+        return found
+    for part in _chunks(list(dict.fromkeys(skus))):
+        for row in session.execute(select(table.c.sku, table.c.data)
+                                   .where(table.c.sku.in_(part))):
+            found[row.sku] = Sku.model_validate(row.data)
+    return found
