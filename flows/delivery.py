@@ -1,6 +1,9 @@
-"""Delivering outbox rows to a batch endpoint, exactly once in effect.
+"""Delivering writes to a batch endpoint, exactly once in effect.
 
-A batch that the far end accepts is marked sent, together with whatever the caller records
+The writes are outbox rows (announcing a state change of vouchflow's, delivered later) or
+plain in-memory items (pushing the current state of a record that the far end upserts, where
+the fingerprint saved on success is all the bookkeeping resuming needs). A batch that the
+far end accepts is marked sent (for outbox rows), together with whatever the caller records
 on success (fingerprints), in one transaction. A batch refused as invalid is split: the items
 the far end names (or, if it names none, the halves found by bisection) go to the dead-letter
 table and the rest are sent again, so one bad record never holds back its neighbours.
@@ -22,10 +25,18 @@ from connectors.errors import InvalidRecordError
 from connectors.redact import scrub
 from state.db import session_scope
 from state.models import OutboxMessage
-from state.store import DeadLetterItem, mark_attempt_failed, mark_sent, record_dead_letters
+from state.store import (
+    DeadLetterItem,
+    OutboxItem,
+    mark_attempt_failed,
+    mark_sent,
+    record_dead_letters,
+)
 
 SendBatch = Callable[[list[Any]], Awaitable[list[Any]]]
-OnSent = Callable[[Session, Sequence[OutboxMessage], Sequence[Any]], None]
+Write = OutboxMessage | OutboxItem | Any
+"""An outbox row (with ``id``) or an in-memory ``OutboxItem`` (without)."""
+OnSent = Callable[[Session, Sequence[Write], Sequence[Any]], None]
 
 
 @dataclass
@@ -54,7 +65,7 @@ def _bad_indices(error: InvalidRecordError, size: int) -> dict[int, str]:
 
 async def deliver(
     engine: Engine,
-    rows: Sequence[OutboxMessage],
+    rows: Sequence[Write],
     send: SendBatch,
     *,
     flow: str,
@@ -71,7 +82,7 @@ async def deliver(
 
 async def _deliver_batch(
     engine: Engine,
-    batch: list[OutboxMessage],
+    batch: list[Write],
     send: SendBatch,
     *,
     flow: str,
@@ -101,7 +112,8 @@ async def _deliver_batch(
         return report
 
     with session_scope(engine) as session:
-        mark_sent(session, [row.id for row in batch if row.id is not None])
+        mark_sent(session, [i for i in (getattr(row, "id", None) for row in batch)
+                            if i is not None])
         if on_sent is not None:
             on_sent(session, batch, responses)
     report.sent += len(batch)
@@ -111,17 +123,18 @@ async def _deliver_batch(
 
 
 def _dead_letter(
-    engine: Engine, items: list[tuple[OutboxMessage, str]], flow: str, error: InvalidRecordError
+    engine: Engine, items: list[tuple[Write, str]], flow: str, error: InvalidRecordError
 ) -> None:
     with session_scope(engine) as session:
-        mark_attempt_failed(session, [row.id for row, _ in items if row.id is not None],
-                            str(error), give_up=True)
+        mark_attempt_failed(session, [i for i in (getattr(row, "id", None) for row, _ in items)
+                                      if i is not None], str(error), give_up=True)
         record_dead_letters(session, [
             DeadLetterItem(
                 flow=flow, source=row.target, entity_type=row.entity_type,
                 entity_key=row.entity_key,
                 reason=f"{row.target} refused {row.entity_type} {row.entity_key}: {reason}",
-                payload={"outbox_id": row.id, "idempotency_key": row.idempotency_key,
+                payload={"outbox_id": getattr(row, "id", None),
+                         "idempotency_key": row.idempotency_key,
                          "operation": row.operation, "payload": scrub(row.payload)},
             )
             for row, reason in items

@@ -20,7 +20,7 @@ from typing import Any
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from canonical import Sku, now_utc
@@ -47,13 +47,12 @@ from flows.runtime import (
 )
 from mappings.catalog import inventory_item_to_sku, sku_to_wallet_product
 from mappings.errors import MappingError
-from state.catalog import remember_skus
+from state.catalog import load_skus, remember_skus
 from state.db import session_scope
-from state.models import DeadLetter, DeadLetterStatus, LedgerStatus, OutboxMessage, OutboxStatus
+from state.models import DeadLetter, DeadLetterStatus, LedgerStatus
 from state.store import (
     DeadLetterItem,
     OutboxItem,
-    enqueue,
     external_ids,
     fingerprint,
     forget_fingerprints,
@@ -62,7 +61,7 @@ from state.store import (
     ledger_finish,
     ledger_start,
     load_fingerprints,
-    pending_outbox,
+    load_fingerprints_for_targets,
     record_dead_letters,
     resolve_dead_letters,
     save_fingerprints,
@@ -205,56 +204,55 @@ def _modified_since(raw: dict[str, Any], since: datetime | None,
 
 def plan_products(
     session: Session, skus: Sequence[Sku], wallets: Sequence[str]
-) -> tuple[list[OutboxItem], int, dict[str, dict[str, str]]]:
-    """Outbox items for every (site, SKU) whose product differs from what the site has.
-
-    A site that is no longer in a SKU's sales areas but once received it gets the SKU as
-    inactive, so it stops selling it. Returns (items, unchanged count, digests by site).
-    """
-    items: list[OutboxItem] = []
+) -> tuple[dict[str, list[OutboxItem]], int]:
+    """The product writes every site needs: each (site, SKU) whose product differs from what
+    the site last confirmed. A site that is no longer in a SKU's sales areas but once received
+    it gets the SKU as inactive, so it stops selling it. Returns (writes by site, unchanged)."""
+    writes: dict[str, list[OutboxItem]] = {}
     unchanged = 0
-    digests: dict[str, dict[str, str]] = {}
-    keys = [s.sku for s in skus]
-    for site in wallets:
-        known = load_fingerprints(session, site_target(site), ENTITY, keys)
-        site_digests: dict[str, str] = {}
+    targets = {site: site_target(site) for site in wallets}
+    known = load_fingerprints_for_targets(session, list(targets.values()), ENTITY,
+                                          [s.sku for s in skus])
+    for site, target in targets.items():
+        site_known = known[target]
+        site_writes: list[OutboxItem] = []
         for sku in skus:
             listed = site in sku.sales_areas
-            if not listed and sku.sku not in known:
+            if not listed and sku.sku not in site_known:
                 continue
             product = sku_to_wallet_product(sku, listed=listed)
             digest = fingerprint(product)
-            if known.get(sku.sku) == digest:
+            if site_known.get(sku.sku) == digest:
                 unchanged += 1
                 continue
-            site_digests[sku.sku] = digest
-            items.append(OutboxItem(
-                target=site_target(site), operation=OPERATION,
+            site_writes.append(OutboxItem(
+                target=target, operation=OPERATION,
                 idempotency_key=product_key(site, sku.sku, digest), entity_type=ENTITY,
                 entity_key=sku.sku, payload=product,
             ))
-        digests[site] = site_digests
-    return items, unchanged, digests
+        if site_writes:
+            writes[site] = site_writes
+    return writes, unchanged
 
 
 async def push_site_products(
-    run: CatalogRun, site: str, keys: Sequence[str] | None = None
+    run: CatalogRun, site: str, writes: Sequence[OutboxItem]
 ) -> DeliveryReport:
-    """Send pending product upserts of one site (those with ``keys``, or all pending)."""
+    """Upsert products on one site; what it confirms becomes its fingerprint. The upsert is
+    by SKU and the site answers a repeat of the same content as unchanged, so pushing again
+    after a crash (before the fingerprints were saved) does no harm: no outbox is needed."""
+    if not writes:
+        return DeliveryReport()
     wallet = run.wallets[site]
     target = site_target(site)
-    with session_scope(run.engine) as session:
-        rows = pending_outbox(session, target, operation=OPERATION, keys=keys)
-    if not rows:
-        return DeliveryReport()
 
-    def remember(session: Session, sent: Sequence[OutboxMessage], _: Sequence[Any]) -> None:
+    def remember(session: Session, sent: Sequence[Any], _: Sequence[Any]) -> None:
         save_fingerprints(session, target, ENTITY,
                           {row.entity_key: fingerprint(row.payload) for row in sent})
 
     async with system_slot(limit_name("wallet", site)):
         return await deliver(
-            run.engine, rows, wallet.upsert_products, flow=FLOW,
+            run.engine, writes, wallet.upsert_products, flow=FLOW,
             batch_size=wallet.site.batch_size, on_sent=remember,
             outcome_of=lambda r: str(r.get("outcome", "unknown")) if isinstance(r, dict)
             else "unknown",
@@ -263,8 +261,8 @@ async def push_site_products(
 
 async def process_records(
     run: CatalogRun, raws: Sequence[dict[str, Any]], counts: CatalogCounts
-) -> dict[str, list[str]]:
-    """Map, quarantine, plan and enqueue one chunk's records; returns outbox keys by site."""
+) -> dict[str, list[OutboxItem]]:
+    """Map, quarantine and plan one chunk's records; returns the product writes by site."""
     skus: list[Sku] = []
     xrefs: dict[str, str] = {}
     dead: list[DeadLetterItem] = []
@@ -303,14 +301,10 @@ async def process_records(
         upsert_xrefs(session, SOURCE, RECORD_TYPE, xrefs)
         erp_ids = {code: raw_id for raw_id, code in xrefs.items()}
         remember_skus(session, [(s, erp_ids.get(s.sku)) for s in skus])
-        items, unchanged, _ = plan_products(session, skus, list(run.wallets))
-        enqueue(session, items)
-    counts.changed += len(items)
+        writes, unchanged = plan_products(session, skus, list(run.wallets))
+    counts.changed += sum(len(w) for w in writes.values())
     counts.skipped += unchanged
-    by_site: dict[str, list[str]] = {}
-    for item in items:
-        by_site.setdefault(item.target.removeprefix("wallet:"), []).append(item.idempotency_key)
-    return by_site
+    return writes
 
 
 SOURCE_TARGET = "source:erp"
@@ -374,7 +368,7 @@ async def sync_chunk(
     by_site = await process_records(run, raws, counts)
     if by_site:
         reports = await asyncio.gather(*(
-            push_site_products(run, site, site_keys) for site, site_keys in by_site.items()
+            push_site_products(run, site, writes) for site, writes in by_site.items()
         ))
         for report in reports:
             counts.pushed += report.sent
@@ -507,18 +501,6 @@ def after_chunk_hook(index: int, counts: CatalogCounts) -> None:
     """Called after each chunk is pushed; tests replace it to crash a run midway."""
 
 
-@task(name="push-leftover-products", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
-async def push_leftovers(run: CatalogRun) -> dict[str, Any]:
-    """Deliver anything still pending for the sites (left by a run that crashed after
-    enqueueing), so a re-run finishes what an earlier one started."""
-    reports = await asyncio.gather(*(push_site_products(run, site) for site in run.wallets))
-    total = DeliveryReport()
-    for report in reports:
-        total.add(report)
-    return {"pushed": total.sent, "rejected": total.dead_lettered,
-            "outcomes": dict(total.outcomes)}
-
-
 @flow(name="sync-catalog", log_prints=False)
 async def sync_catalog(
     sites: list[str] | None = None,
@@ -574,10 +556,6 @@ async def sync_catalog(
         results = await asyncio.gather(*(one(i, c) for i, c in enumerate(chunks)))
         for result in results:
             totals.add(CatalogCounts.from_dict(result))
-        leftovers = await push_leftovers(run)
-        totals.pushed += leftovers["pushed"]
-        totals.rejected += leftovers["rejected"]
-        totals.outcomes.update(leftovers["outcomes"])
     except BaseException as exc:
         with session_scope(engine) as session:
             ledger_finish(session, FLOW, key, "run", status=LedgerStatus.FAILED,
@@ -649,32 +627,36 @@ async def replay_items(engine: Engine, letters: Sequence[DeadLetter]) -> set[int
 
 @replay_handler(FLOW, "wallet", ENTITY)
 async def replay_products(engine: Engine, letters: Sequence[DeadLetter]) -> set[int]:
-    """Send refused product upserts again (after the site or the data was fixed)."""
-    by_site: dict[str, list[int]] = {}
-    outbox_of: dict[int, int] = {}
-    for d in letters:
-        payload = d.payload or {}
-        if d.id is not None and isinstance(payload.get("outbox_id"), int):
-            outbox_of[payload["outbox_id"]] = d.id
-            by_site.setdefault(d.source.removeprefix("wallet:"), []).append(payload["outbox_id"])
+    """Send refused product upserts again (after the site or the data was fixed): the listing
+    as the catalogue has it now, or the stored one if the SKU is no longer known."""
+    by_site: dict[str, list[tuple[int, OutboxItem]]] = {}
     with session_scope(engine) as session:
-        session.execute(
-            update(OutboxMessage).where(OutboxMessage.id.in_(list(outbox_of)))
-            .where(OutboxMessage.status == OutboxStatus.FAILED)
-            .values(status=OutboxStatus.PENDING)
-        )
-        keys = {
-            row.id: row.idempotency_key
-            for row in session.scalars(select(OutboxMessage).where(
-                OutboxMessage.id.in_(list(outbox_of))))
-        }
+        catalog = load_skus(session, [d.entity_key for d in letters])
+    for d in letters:
+        site = d.source.removeprefix("wallet:")
+        sku = catalog.get(d.entity_key)
+        stored = (d.payload or {}).get("payload")
+        if sku is not None:
+            product = sku_to_wallet_product(sku, listed=site in sku.sales_areas)
+        elif isinstance(stored, dict):
+            product = stored
+        else:
+            continue
+        digest = fingerprint(product)
+        by_site.setdefault(site, []).append((d.id or 0, OutboxItem(
+            target=site_target(site), operation=OPERATION,
+            idempotency_key=product_key(site, d.entity_key, digest), entity_type=ENTITY,
+            entity_key=d.entity_key, payload=product)))
     run = await CatalogRun.open(site_codes=sorted(by_site), since=None, key=run_key())
+    succeeded: set[int] = set()
     try:
-        for site, outbox_ids in by_site.items():
-            await push_site_products(run, site, [keys[i] for i in outbox_ids if i in keys])
+        for site, items in by_site.items():
+            await push_site_products(run, site, [item for _, item in items])
+            with session_scope(engine) as session:
+                done = load_fingerprints(session, site_target(site), ENTITY,
+                                         [i.entity_key for _, i in items])
+            succeeded.update(letter_id for letter_id, item in items
+                             if done.get(item.entity_key) == fingerprint(item.payload))
     finally:
         await run.aclose()
-    with session_scope(engine) as session:
-        sent = set(session.scalars(select(OutboxMessage.id).where(
-            OutboxMessage.id.in_(list(outbox_of)), OutboxMessage.status == OutboxStatus.SENT)))
-    return {outbox_of[i] for i in sent}
+    return succeeded

@@ -43,11 +43,9 @@ from state.store import (
     DeadLetterItem,
     OutboxItem,
     canonical_ids,
-    enqueue,
     fingerprint,
     get_watermark,
-    load_fingerprints,
-    pending_outbox,
+    load_fingerprints_for_targets,
     record_dead_letters,
     save_fingerprints,
     set_watermark,
@@ -149,96 +147,101 @@ def recent_sales(engine: Engine, days: int) -> dict[str, dict[str, float]]:
     return out
 
 
+@dataclass
+class SiteWrites:
+    inventory: list[OutboxItem] = field(default_factory=list)
+    batches: list[OutboxItem] = field(default_factory=list)
+
+
 def plan(engine: Engine, sites: dict[str, WalletSiteSettings], as_of: datetime,
-         weights_days: int, counts: InventoryCounts) -> list[OutboxItem]:
-    """Quota per (site, SKU) and per (site, batch); outbox items for what changed."""
+         weights_days: int, counts: InventoryCounts) -> dict[str, SiteWrites]:
+    """Quota per (site, SKU) and per (site, batch), and the writes for what changed since the
+    site last confirmed it. Quotas are the current state the site upserts (a repeat is
+    harmless), so no outbox: the fingerprint saved on confirmation is the bookkeeping."""
     on = as_of.date()
     stamp = as_of.isoformat()
     weights = recent_sales(engine, weights_days)
     with session_scope(engine) as session:
         catalog = load_skus(session)
         stock = {s.sku: s for s in pool.stock(session, on=on)}
-    items: list[OutboxItem] = []
-    per_site_inv: dict[str, dict[str, dict[str, Any]]] = {s: {} for s in sites}
-    per_site_batch: dict[str, dict[str, dict[str, Any]]] = {s: {} for s in sites}
+    per_site: dict[str, dict[str, tuple[dict[str, Any], list[dict[str, Any]]]]] = {
+        s: {} for s in sites}
     for code, sku in catalog.items():
-        selling = [s for s in sku.sales_areas if s in sites]
-        if sku.status.value != "normal":
-            selling = []
+        selling = [s for s in sku.sales_areas if s in sites] if sku.status.value == "normal" \
+            else []
         batches = stock[code].batches if code in stock else ()
         quotas = site_quotas(batches, sites=selling, weights=weights.get(code, {}), on=on)
         for site in selling:
-            per_site_inv[site][code] = inventory_item(code, quotas[site], stamp)
-            for share in quotas[site]:
-                per_site_batch[site][f"{code}:{share.batch_no}"] = batch_item(code, share)
+            per_site[site][code] = (inventory_item(code, quotas[site], stamp),
+                                    [batch_item(code, share) for share in quotas[site]])
     counts.skus = len(catalog)
+    writes: dict[str, SiteWrites] = {}
+    targets = {site: f"wallet:{site}" for site in sites}
     with session_scope(engine) as session:
-        for site in sites:
-            target = f"wallet:{site}"
-            inv = per_site_inv[site]
-            known = load_fingerprints(session, target, "inventory", list(inv))
-            # SKUs the site was shown before but no longer sells go to zero
-            gone = _shown_skus(session, target) - set(inv)
-            for code in gone:
-                inv[code] = {"sku": code, "available": 0, "as_of": stamp}
-            known.update(load_fingerprints(session, target, "inventory", list(gone)))
-            for code, item in inv.items():
-                digest = fingerprint({"sku": code, "available": item["available"]})
-                if known.get(code) == digest:
-                    continue
-                items.append(OutboxItem(
-                    target=target, operation=INVENTORY_OP,
-                    idempotency_key=f"inv-{site}-{code}-{digest[:12]}",
-                    entity_type="inventory", entity_key=code, payload=item))
-                counts.quotas_changed += 1
-            batch_items = per_site_batch[site]
-            known_b = load_fingerprints(session, target, "batch", list(batch_items))
-            for key, item in batch_items.items():
-                digest = fingerprint(item)
-                if known_b.get(key) == digest:
-                    continue
-                items.append(OutboxItem(
+        shown_before = _shown(session, list(targets.values()))
+        for site, target in targets.items():
+            wanted = per_site[site]
+            for code in shown_before.get(target, set()) - set(wanted):
+                # no longer sold there (area, status, stock gone): show zero
+                wanted[code] = ({"sku": code, "available": 0, "as_of": stamp}, [])
+        known = load_fingerprints_for_targets(session, list(targets.values()), "quota",
+                                              {c for w in per_site.values() for c in w})
+    for site, target in targets.items():
+        site_writes = SiteWrites()
+        for code, (item, batch_items) in per_site[site].items():
+            digest = fingerprint({"available": item["available"], "batches": batch_items})
+            if known[target].get(code) == digest:
+                continue
+            site_writes.inventory.append(OutboxItem(
+                target=target, operation=INVENTORY_OP,
+                idempotency_key=f"inv-{site}-{code}-{digest[:12]}", entity_type="quota",
+                entity_key=code, payload={**item, "_digest": digest}))
+            counts.quotas_changed += 1
+            for b in batch_items:
+                site_writes.batches.append(OutboxItem(
                     target=target, operation=BATCHES_OP,
-                    idempotency_key=f"bat-{site}-{key.replace(':', '-')}-{digest[:12]}",
-                    entity_type="batch", entity_key=key, payload=item))
+                    idempotency_key=f"bat-{site}-{code}-{b['batch_no']}-{digest[:12]}",
+                    entity_type="batch", entity_key=f"{code}:{b['batch_no']}", payload=b))
                 counts.batches_changed += 1
-        enqueue(session, items)
-    return items
+        if site_writes.inventory:
+            writes[site] = site_writes
+    return writes
 
 
-def _shown_skus(session: Any, target: str) -> set[str]:
+def _shown(session: Any, targets: list[str]) -> dict[str, set[str]]:
     from state.models import Fingerprint
 
-    return set(session.scalars(select(Fingerprint.entity_key).where(
-        Fingerprint.target == target, Fingerprint.entity_type == "inventory")))
+    out: dict[str, set[str]] = {}
+    for target, key in session.execute(select(Fingerprint.target, Fingerprint.entity_key).where(
+            Fingerprint.target.in_(targets), Fingerprint.entity_type == "quota")):
+        out.setdefault(target, set()).add(key)
+    return out
 
 
-async def push_site(engine: Engine, wallet: WalletClient, site: str,
+async def push_site(engine: Engine, wallet: WalletClient, site: str, writes: SiteWrites,
                     counts: InventoryCounts) -> None:
+    """Batch shares first, then the SKU quotas; a SKU's quota is remembered (fingerprinted)
+    only once its quota is confirmed, so a crash in between sends both again."""
     target = f"wallet:{site}"
-    for operation, entity, send, key_of in (
-        (INVENTORY_OP, "inventory", wallet.put_inventory, lambda p: p["sku"]),
-        (BATCHES_OP, "batch", wallet.put_batches, lambda p: f"{p['sku']}:{p['batch_no']}"),
-    ):
-        with session_scope(engine) as session:
-            rows = pending_outbox(session, target, operation=operation)
-        if not rows:
-            continue
+    async with system_slot(limit_name("wallet", site)):
+        if writes.batches:
+            report = await deliver(engine, writes.batches, wallet.put_batches, flow=FLOW,
+                                   batch_size=wallet.site.batch_size)
+            counts.rejected += report.dead_lettered
 
-        def remember(session: Any, sent: Any, _: Any, entity: str = entity,
-                     key_of: Any = key_of) -> None:
-            save_fingerprints(session, target, entity, {
-                key_of(r.payload): fingerprint(
-                    {"sku": r.payload["sku"], "available": r.payload["available"]}
-                    if entity == "inventory" else r.payload)
-                for r in sent})
+        def remember(session: Any, sent: Any, _: Any) -> None:
+            save_fingerprints(session, target, "quota",
+                              {r.entity_key: r.payload["_digest"] for r in sent})
 
-        async with system_slot(limit_name("wallet", site)):
-            report = await deliver(engine, rows, send, flow=FLOW,
-                                   batch_size=wallet.site.batch_size, on_sent=remember)
-        counts.pushed += report.sent
-        counts.rejected += report.dead_lettered
-        counts.by_site[site] += report.sent
+        async def send_inventory(items: list[dict[str, Any]]) -> list[Any]:
+            return await wallet.put_inventory(
+                [{k: v for k, v in i.items() if k != "_digest"} for i in items])
+
+        report = await deliver(engine, writes.inventory, send_inventory, flow=FLOW,
+                               batch_size=wallet.site.batch_size, on_sent=remember)
+    counts.pushed += report.sent
+    counts.rejected += report.dead_lettered
+    counts.by_site[site] += report.sent
 
 
 @task(name="import-erp-batches", retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
@@ -250,18 +253,15 @@ async def import_batches_task(engine: Engine, erp: ErpClient, since: datetime | 
     return counts
 
 
-@task(name="plan-quotas", cache_policy=NO_CACHE)
-def plan_task(engine: Engine, sites: dict[str, WalletSiteSettings], as_of: datetime,
-              weights_days: int) -> InventoryCounts:
+@task(name="plan-and-push-quotas", retries=2, retry_delay_seconds=[2, 10],
+      cache_policy=NO_CACHE)
+async def quotas_task(engine: Engine, sites: dict[str, WalletSiteSettings],
+                      wallets: dict[str, WalletClient], as_of: datetime,
+                      weights_days: int) -> InventoryCounts:
     counts = InventoryCounts()
-    plan(engine, sites, as_of, weights_days, counts)
-    return counts
-
-
-@task(name="push-quotas", retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
-async def push_task(engine: Engine, wallets: dict[str, WalletClient]) -> InventoryCounts:
-    counts = InventoryCounts()
-    await asyncio.gather(*(push_site(engine, w, s, counts) for s, w in wallets.items()))
+    writes = await asyncio.to_thread(plan, engine, sites, as_of, weights_days, counts)
+    await asyncio.gather(*(push_site(engine, wallets[s], s, w, counts)
+                           for s, w in writes.items()))
     return counts
 
 
@@ -289,13 +289,11 @@ async def sync_inventory(
         imported = await import_batches_task(engine, erp, since)
         totals.erp_batches = imported.erp_batches
         totals.dead_lettered = imported.dead_lettered
-        planned = plan_task(engine, chosen, high, weights_days)
-        totals.skus = planned.skus
-        totals.quotas_changed = planned.quotas_changed
-        totals.batches_changed = planned.batches_changed
-        pushed = await push_task(engine, wallets)
-        totals.pushed, totals.rejected, totals.by_site = (pushed.pushed, pushed.rejected,
-                                                          pushed.by_site)
+        done = await quotas_task(engine, chosen, wallets, high, weights_days)
+        totals.skus, totals.quotas_changed, totals.batches_changed = (
+            done.skus, done.quotas_changed, done.batches_changed)
+        totals.pushed, totals.rejected, totals.by_site = (done.pushed, done.rejected,
+                                                          done.by_site)
         with session_scope(engine) as session:
             set_watermark(session, FLOW, "erp", high, BATCH_TYPE)
     finally:

@@ -176,6 +176,7 @@ ALL_TABLES = [Watermark, Xref, Fingerprint, OutboxMessage, DeadLetter, RunLedger
 # vouchflow is the operational truth for what may be sold (``available``) and for which code
 # went where. The functions that keep these tables consistent live in ``state.pool``.
 
+_SCALE = Decimal("0.0001")
 NO_EXPIRY_RANK = 2147483647
 """``pool_code.expiry_rank`` of a code that never expires: it sorts after every real date."""
 
@@ -184,7 +185,8 @@ class ExactDecimal(TypeDecorator[Decimal]):
     """Money and unit costs: NUMERIC(18,4) on PostgreSQL, exact text on SQLite.
 
     SQLite's NUMERIC affinity would store a Decimal as a binary float; text keeps every digit
-    (the amounts are only compared and summed in Python, never in SQL, on SQLite).
+    (the amounts are only compared and summed in Python, never in SQL, on SQLite). A value
+    with more than four decimals is refused rather than rounded, on both databases.
     """
 
     impl = Numeric(18, 4)
@@ -198,8 +200,11 @@ class ExactDecimal(TypeDecorator[Decimal]):
     def process_bind_param(self, value: Any, dialect: Any) -> Any:
         if value is None:
             return None
-        value = Decimal(value) if not isinstance(value, Decimal) else value
-        return str(value) if dialect.name == "sqlite" else value
+        value = value if isinstance(value, Decimal) else Decimal(str(value))
+        exact = value.quantize(_SCALE)
+        if exact != value:
+            raise ValueError(f"{value} has more than 4 decimals")
+        return str(exact) if dialect.name == "sqlite" else exact
 
     def process_result_value(self, value: Any, dialect: Any) -> Decimal | None:
         if value is None:

@@ -99,6 +99,7 @@ CODE_POOL = IssuanceMode.CODE_POOL.value
 API = IssuanceMode.API.value
 DELIVERY_OPERATION = "order.delivery"
 LINE_ENTITY = "order_line"
+OrderKey = tuple[str, str]
 _KEY_PART = re.compile(r"^[A-Za-z0-9_]+$")
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
@@ -209,15 +210,15 @@ def _custom_plans(session: Session, *, keyed: bool = False) -> None:
     each costs nothing in comparison.
 
     ``keyed``: every statement of the transaction looks up a few thousand keys (ids, order
-    lines, the allocation order) in large tables, so each key is probed through its index:
-    sequential scans and hash or merge joins are ruled out. Left to itself the planner
-    (whose statistics lag behind tables that change this fast) hashes or walks a whole table
-    to join 2,000 keys against it, which costs more the bigger the pool."""
+    lines, the allocation order) in large tables, each through an index; sequential and
+    bitmap scans are ruled out. Left to itself the planner (whose statistics lag behind
+    tables that change this fast) walks or hashes a whole table to join 2,000 keys against
+    it, which costs more the bigger the pool."""
     if _is_pg(session):
         session.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
         if keyed:
-            session.execute(text("SET LOCAL enable_seqscan = off; SET LOCAL enable_hashjoin = off;"
-                                 " SET LOCAL enable_mergejoin = off"))
+            session.execute(text("SET LOCAL enable_seqscan = off; "
+                                 "SET LOCAL enable_bitmapscan = off"))
 
 
 def _events(
@@ -248,6 +249,8 @@ class BatchStock:
     expires_on: date | None
     sites: tuple[str, ...]
     seq: int
+    unit_cost: Decimal
+    currency: str
 
     def sellable(self, on: date, site: str | None = None) -> int:
         if self.status != BatchStatus.ACTIVE:
@@ -280,7 +283,8 @@ def _batch_stock(row: Any) -> BatchStock:
         batch_no=row.batch_no, sku=row.sku, issuance_mode=row.issuance_mode, status=row.status,
         quantity=row.quantity, available=row.available, remaining=row.remaining,
         unposted=row.unposted, expires_on=row.expires_on,
-        sites=tuple(s for s in row.sites.split(",") if s), seq=row.seq)
+        sites=tuple(s for s in row.sites.split(",") if s), seq=row.seq,
+        unit_cost=row.unit_cost, currency=row.currency)
 
 
 def _codes_in_stock(session: Session, sku: str, batch_no: str) -> int:
@@ -421,6 +425,51 @@ def mark_posted(session: Session, batch_no: str, quantity: int) -> None:
         raise PoolError(f"unknown batch {batch_no}")
 
 
+def expire_codes(
+    session: Session, *, today: date | None = None, actor: str = "vouchflow",
+    system: str = "vouchflow",
+) -> dict[str, int]:
+    """Write off codes in stock whose expiry date has passed: status ``expired`` (with events),
+    their batches' ``available`` down and ``unposted`` up by as many (the ERP books the
+    write-off at the batch cost; ``mark_posted`` records it). Batches past their own expiry
+    date become ``expired``. Returns codes expired per batch."""
+    today = today or _today()
+    now = now_utc()
+    pc, bt = PoolCode.__table__, PoolBatch.__table__
+    query = (select(pc.c.id, pc.c.batch_no).where(
+        pc.c.status == CodeStatus.IN_STOCK.value, pc.c.expiry_rank < expiry_rank(today))
+        .order_by(pc.c.id))
+    if _is_pg(session):
+        query = query.with_for_update(skip_locked=True)  # codes being allocated right now
+    per_batch: dict[str, int] = defaultdict(int)
+    gone = session.execute(query).all()
+    for part in _chunks(gone, IN_CHUNK):
+        ids = [r.id for r in part]
+        session.execute(update(pc).where(pc.c.id.in_(ids))
+                        .values(status=CodeStatus.EXPIRED.value, updated_at=now))
+        _events(session, [(cid, CodeStatus.IN_STOCK.value, CodeStatus.EXPIRED.value,
+                           "expired in stock") for cid in ids],
+                at=now, actor=actor, system=system, action="expire")
+        for r in part:
+            per_batch[r.batch_no] += 1
+    pg = _is_pg(session)
+    if per_batch and pg:
+        _pg(session, _PG_LOCK_BATCHES, {"b": sorted(per_batch)})
+    lower, upper = (func.least, func.greatest) if pg else (func.min, func.max)
+    for batch_no in sorted(per_batch):
+        n = per_batch[batch_no]
+        # what the batch offered drops by what expired (never below 0); only that much is
+        # a write-off the book has yet to post
+        session.execute(update(bt).where(bt.c.batch_no == batch_no).values(
+            available=upper(bt.c.available - n, 0),
+            unposted=bt.c.unposted + lower(bt.c.available, n), updated_at=now))
+    session.execute(update(bt).where(
+        bt.c.expires_on < today,
+        bt.c.status.in_([BatchStatus.ACTIVE.value, BatchStatus.SOLD_OUT.value]))
+        .values(status=BatchStatus.EXPIRED.value, updated_at=now))
+    return dict(per_batch)
+
+
 def stock(session: Session, sku: str | None = None, *, on: date | None = None) -> list[SkuStock]:
     """Quantities per SKU and per batch (for inventory sync and operators)."""
     on = on or _today()
@@ -512,6 +561,7 @@ def add_codes(
             chunk = []
     if chunk:
         _add_chunk(engine, batch, batch_rank, chunk, keyring, report, ours, actor, system)
+    report.refusals.sort(key=lambda r: r.position)
     return report
 
 
@@ -745,18 +795,13 @@ def record_orders(
             newest[key] = order
     report.stale = report.received - len(newest)
     now = now_utc()
-    so, ol = SalesOrder.__table__, OrderLine.__table__
+    ol = OrderLine.__table__
+    pg = _is_pg(session)
+    if pg:
+        _custom_plans(session)
     # one lock order for every writer (sorted keys), so concurrent calls cannot deadlock
-    for part in _chunks([newest[k] for k in sorted(newest)], IN_CHUNK):
-        stmt = _insert(session, so)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["site", "order_id"],
-            set_={name: stmt.excluded[name] for name in (
-                "status", "currency", "customer_ref", "total", "payment", "site_updated_at",
-                "updated_at")},
-            where=so.c.site_updated_at < stmt.excluded.site_updated_at,
-        ).returning(so.c.site, so.c.order_id)
-        changed = {tuple(r) for r in session.execute(stmt, [
+    for part in _chunks([newest[k] for k in sorted(newest)], 5000 if pg else IN_CHUNK):
+        order_rows = [
             {"site": o.site, "order_id": o.order_id, "status": o.status,
              "currency": o.currency, "customer_ref": o.customer_ref,
              "created_at": o.created_at, "site_updated_at": o.updated_at,
@@ -764,7 +809,8 @@ def record_orders(
                  (line.unit_price * line.quantity for line in o.lines), Decimal(0)),
              "payment": o.payment, "held_reason": None, "received_at": now,
              "updated_at": now}
-            for o in part])}
+            for o in part]
+        changed = (_upsert_orders_pg if pg else _upsert_orders)(session, order_rows)
         report.changed += len(changed)
         report.stale += len(part) - len(changed)
         applied = [o for o in part if (o.site, o.order_id) in changed]
@@ -776,29 +822,111 @@ def record_orders(
                         else LineStatus.PENDING).value,
              "held_reason": None, "refunded": 0, "order_created_at": o.created_at,
              "updated_at": now}
-            for o in applied for line in sorted(o.lines, key=lambda x: x.line_id)
+            for o in applied
+            for line in sorted({ln.line_id: ln for ln in o.lines}.values(),
+                               key=lambda x: x.line_id)
         ]
         if line_rows:
-            stmt = _insert(session, ol)
-            stmt = stmt.on_conflict_do_update(
-                index_elements=["site", "order_id", "line_id"],
-                set_={name: stmt.excluded[name] for name in (
-                    "sku", "quantity", "unit_price", "currency", "issuance_mode", "updated_at")},
-                where=(ol.c.status == LineStatus.PENDING.value)
-                | (ol.c.status == LineStatus.HELD.value),
-            )
-            session.execute(stmt, line_rows)
+            (_upsert_lines_pg if pg else _upsert_lines)(session, line_rows)
             report.lines_written += len(line_rows)
         stopped = [(o.site, o.order_id) for o in applied
                    if o.status in CANCELLED_ORDER_STATUSES]
-        if stopped:
+        for stop in _chunks(stopped, IN_CHUNK):
             result = session.execute(
                 update(ol).where(
-                    tuple_(ol.c.site, ol.c.order_id).in_(stopped),
+                    tuple_(ol.c.site, ol.c.order_id).in_(stop),
                     ol.c.status.in_([LineStatus.PENDING.value, LineStatus.HELD.value]))
                 .values(status=LineStatus.CANCELLED.value, updated_at=now))
             report.lines_cancelled += result.rowcount or 0
     return report
+
+
+_ORDER_FIELDS = ("status", "currency", "customer_ref", "total", "payment", "site_updated_at",
+                 "updated_at")
+_LINE_FIELDS = ("sku", "quantity", "unit_price", "currency", "issuance_mode", "updated_at")
+
+
+def _upsert_orders(session: Session, rows: list[dict[str, Any]]) -> set[OrderKey]:
+    """Insert new orders, replace held ones by newer versions; the keys of rows written."""
+    so = SalesOrder.__table__
+    stmt = _insert(session, so)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["site", "order_id"],
+        set_={name: stmt.excluded[name] for name in _ORDER_FIELDS},
+        where=so.c.site_updated_at < stmt.excluded.site_updated_at,
+    ).returning(so.c.site, so.c.order_id)
+    return {(r[0], r[1]) for r in session.execute(stmt, rows)}
+
+
+def _upsert_lines(session: Session, rows: list[dict[str, Any]]) -> None:
+    ol = OrderLine.__table__
+    stmt = _insert(session, ol)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["site", "order_id", "line_id"],
+        set_={name: stmt.excluded[name] for name in _LINE_FIELDS},
+        where=(ol.c.status == LineStatus.PENDING.value) | (ol.c.status == LineStatus.HELD.value),
+    )
+    session.execute(stmt, rows)
+
+
+_PG_UPSERT_ORDERS = """
+INSERT INTO sales_order (site, order_id, status, currency, customer_ref, created_at,
+                         site_updated_at, total, payment, received_at, updated_at)
+SELECT v.*, :now, :now
+FROM unnest(CAST(:site AS text[]), CAST(:order_id AS text[]), CAST(:status AS text[]),
+            CAST(:currency AS text[]), CAST(:customer_ref AS text[]),
+            CAST(:created_at AS timestamptz[]), CAST(:site_updated_at AS timestamptz[]),
+            CAST(:total AS numeric[]), CAST(:payment AS text[]))
+  AS v(site, order_id, status, currency, customer_ref, created_at, site_updated_at, total,
+       payment)
+ON CONFLICT (site, order_id) DO UPDATE
+SET status = excluded.status, currency = excluded.currency,
+    customer_ref = excluded.customer_ref, total = excluded.total, payment = excluded.payment,
+    site_updated_at = excluded.site_updated_at, updated_at = excluded.updated_at
+WHERE sales_order.site_updated_at < excluded.site_updated_at
+RETURNING site, order_id
+"""
+_PG_UPSERT_LINES = """
+INSERT INTO order_line (site, order_id, line_id, sku, quantity, unit_price, currency,
+                        issuance_mode, status, refunded, order_created_at, updated_at)
+SELECT v.site, v.order_id, v.line_id, v.sku, v.quantity, v.unit_price, v.currency,
+       v.issuance_mode, v.status, 0, v.created, :now
+FROM unnest(CAST(:site AS text[]), CAST(:order_id AS text[]), CAST(:line_id AS text[]),
+            CAST(:sku AS text[]), CAST(:quantity AS int[]), CAST(:unit_price AS numeric[]),
+            CAST(:currency AS text[]), CAST(:issuance_mode AS text[]), CAST(:status AS text[]),
+            CAST(:order_created_at AS timestamptz[]))
+  AS v(site, order_id, line_id, sku, quantity, unit_price, currency, issuance_mode, status,
+       created)
+ON CONFLICT (site, order_id, line_id) DO UPDATE
+SET sku = excluded.sku, quantity = excluded.quantity, unit_price = excluded.unit_price,
+    currency = excluded.currency, issuance_mode = excluded.issuance_mode,
+    updated_at = excluded.updated_at
+WHERE order_line.status IN ('pending', 'held')
+"""
+
+
+def _json_text(value: Any) -> str | None:
+    """As ``state.types.JSONText`` stores it."""
+    if value is None:
+        return None
+    return json.dumps(value, sort_keys=True, default=str, separators=(",", ":"))
+
+
+def _upsert_orders_pg(session: Session, rows: list[dict[str, Any]]) -> set[OrderKey]:
+    params: dict[str, Any] = {name: [r[name] for r in rows] for name in (
+        "site", "order_id", "status", "currency", "customer_ref", "created_at",
+        "site_updated_at", "total")}
+    params["payment"] = [_json_text(r["payment"]) for r in rows]
+    params["now"] = rows[0]["updated_at"]
+    return {(r.site, r.order_id) for r in _pg(session, _PG_UPSERT_ORDERS, params)}
+
+
+def _upsert_lines_pg(session: Session, rows: list[dict[str, Any]]) -> None:
+    params: dict[str, Any] = {name: [r[name] for r in rows] for name in (
+        "site", "order_id", "line_id", "sku", "quantity", "unit_price", "currency",
+        "issuance_mode", "status", "order_created_at")}
+    params["now"] = rows[0]["updated_at"]
+    _pg(session, _PG_UPSERT_LINES, params)
 
 
 # allocation ---------------------------------------------------------------------------------
@@ -930,19 +1058,29 @@ WHERE status = 'pending'
 ORDER BY order_created_at, site, order_id
 LIMIT :n
 """
+# Statements that look up a list of keys in a big table reach each key through its primary
+# key: a LATERAL subquery with OFFSET 0 (which the planner may neither flatten nor push
+# other conditions into) fixes that plan, whatever the statistics say. Without it, a status
+# condition the planner misjudges (a freshly filled table: "12 pending lines" for 30,000)
+# turns 2,000 lookups into a scan of the whole queue for each key.
 _PG_ORDER_LINES = """
 SELECT l.site, l.order_id, l.line_id, l.sku, l.quantity, l.issuance_mode, l.held_reason
 FROM unnest(CAST(:sites AS text[]), CAST(:orders AS text[])) AS o(site, order_id)
-JOIN order_line l ON l.site = o.site AND l.order_id = o.order_id
+CROSS JOIN LATERAL (
+    SELECT * FROM order_line x WHERE x.site = o.site AND x.order_id = o.order_id OFFSET 0
+) l
 WHERE l.status = 'pending'
 """
 _PG_LOCK_LINES = """
 SELECT l.site, l.order_id, l.line_id
 FROM unnest(CAST(:sites AS text[]), CAST(:orders AS text[]), CAST(:lines AS text[]))
   AS o(site, order_id, line_id)
-JOIN order_line l ON l.site = o.site AND l.order_id = o.order_id AND l.line_id = o.line_id
+CROSS JOIN LATERAL (
+    SELECT x.site, x.order_id, x.line_id, x.status FROM order_line x
+    WHERE x.site = o.site AND x.order_id = o.order_id AND x.line_id = o.line_id
+    OFFSET 0 FOR UPDATE SKIP LOCKED
+) l
 WHERE l.status = 'pending'
-FOR UPDATE OF l SKIP LOCKED
 """
 _PG_CLAIM_CODES = """
 SELECT w.g, c.id, c.batch_no, c.expiry_rank, c.batch_seq
@@ -981,12 +1119,20 @@ WITH lines AS (
              || (CAST(:lines AS text[]))[c.n] AS ref
     FROM unnest(CAST(:ids AS bigint[]), CAST(:code_line AS int[]), CAST(:units AS int[]))
       AS c(id, n, unit)
+), code_rows AS (
+    -- this transaction holds these rows (claimed FOR UPDATE): their ctid cannot change
+    SELECT x.tid, codes.ref, codes.unit
+    FROM codes
+    CROSS JOIN LATERAL (
+        SELECT p.ctid AS tid, p.status FROM pool_code p WHERE p.id = codes.id OFFSET 0
+    ) x
+    WHERE x.status = 'in_stock'
 ), upd AS (
     UPDATE pool_code p
-    SET status = 'allocated', line_ref = codes.ref, unit = codes.unit, allocated_at = :now,
-        updated_at = :now
-    FROM codes
-    WHERE p.id = codes.id AND p.status = 'in_stock'
+    SET status = 'allocated', line_ref = code_rows.ref, unit = code_rows.unit,
+        allocated_at = :now, updated_at = :now
+    FROM code_rows
+    WHERE p.ctid = code_rows.tid
     RETURNING p.id, p.line_ref, p.unit
 ), ev AS (
     INSERT INTO code_event (code_id, at, actor, system, action, from_status, to_status,
@@ -995,13 +1141,22 @@ WITH lines AS (
            line_ref || ' unit ' || unit
     FROM upd
     RETURNING 1
+), line_rows AS (
+    SELECT x.tid, lines.mode
+    FROM lines
+    CROSS JOIN LATERAL (
+        SELECT o.ctid AS tid, o.status FROM order_line o
+        WHERE o.site = lines.site AND o.order_id = lines.order_id
+          AND o.line_id = lines.line_id
+        OFFSET 0
+    ) x
+    WHERE x.status = 'pending'
 ), done AS (
     UPDATE order_line o
     SET status = 'allocated', allocated_at = :now, updated_at = :now, held_reason = NULL,
-        issuance_mode = lines.mode
-    FROM lines
-    WHERE o.site = lines.site AND o.order_id = lines.order_id AND o.line_id = lines.line_id
-      AND o.status = 'pending'
+        issuance_mode = line_rows.mode
+    FROM line_rows
+    WHERE o.ctid = line_rows.tid
     RETURNING 1
 ), sent AS (
     -- the payload as state.types.JSONText writes it: sorted keys, no spaces
@@ -1045,8 +1200,11 @@ WHERE site = :site AND order_id = :order_id
 _PG_LOCK_ORDERS = """
 SELECT o.site, o.order_id
 FROM unnest(CAST(:sites AS text[]), CAST(:orders AS text[])) AS v(site, order_id)
-JOIN sales_order o ON o.site = v.site AND o.order_id = v.order_id
-FOR UPDATE OF o SKIP LOCKED
+CROSS JOIN LATERAL (
+    SELECT x.site, x.order_id FROM sales_order x
+    WHERE x.site = v.site AND x.order_id = v.order_id
+    OFFSET 0 FOR UPDATE SKIP LOCKED
+) o
 """
 _PG_LOCK_BATCHES = """
 SELECT batch_no FROM pool_batch WHERE batch_no = ANY(CAST(:b AS text[]))
@@ -1066,7 +1224,6 @@ SET available = available - :n, unposted = unposted + :n, updated_at = :now,
     status = CASE WHEN status = 'active' AND available = :n THEN 'sold_out' ELSE status END
 WHERE batch_no = :b AND available >= :n
 """
-OrderKey = tuple[str, str]
 
 
 class _Catalogue:

@@ -161,6 +161,26 @@ def load_fingerprints(
                    [Fingerprint.target == target, Fingerprint.entity_type == entity_type], keys)
 
 
+def load_fingerprints_for_targets(
+    session: Session, targets: Sequence[str], entity_type: str, keys: Iterable[str]
+) -> dict[str, dict[str, str]]:
+    """Fingerprints of the same keys at several targets, one query per chunk of keys."""
+    wanted = list(dict.fromkeys(keys))
+    found: dict[str, dict[str, str]] = {t: {} for t in targets}
+    if not wanted or not targets:
+        return found
+    for part in _chunks(wanted):
+        rows = session.execute(
+            select(Fingerprint.target, Fingerprint.entity_key, Fingerprint.digest).where(
+                Fingerprint.target.in_(list(targets)), Fingerprint.entity_type == entity_type,
+                Fingerprint.entity_key.in_(part),
+            )
+        )
+        for target, key, digest in rows:
+            found[target][key] = digest
+    return found
+
+
 def forget_fingerprints(
     session: Session, target: str, entity_type: str, keys: Iterable[str]
 ) -> None:

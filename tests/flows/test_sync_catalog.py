@@ -11,7 +11,7 @@ from sqlalchemy import select
 from flows import sync_catalog as sc
 from sandbox import SandboxSet
 from state.db import get_engine, session_scope
-from state.models import DeadLetter, OutboxMessage
+from state.models import DeadLetter
 from tests.flows.conftest import BOTH_DATABASES
 
 pytestmark = pytest.mark.usefixtures("prefect_harness", "state_url")
@@ -192,9 +192,14 @@ def test_a_listing_the_site_refuses_is_dead_lettered_and_its_batch_goes_on(sandb
     want = expected_listings(sandboxes)
     del want[f"my1:{victim['itemId']}"]
     assert created(sandboxes) == want
-    with session_scope(get_engine()) as s:
-        failed = s.scalars(select(OutboxMessage).where(OutboxMessage.status == "failed")).all()
-    assert [f.entity_key for f in failed] == [victim["itemId"]]
+    assert letters[0].payload["payload"]["sku"] == victim["itemId"]
+    # replayed while the data is still wrong: sent again, refused again, still open
+    from flows.deadletters import replay
+
+    before = len(sandboxes.wallet.request_log)
+    report = asyncio.run(replay(get_engine(), ids=[letters[0].id]))
+    assert report.still_failing == 1 and len(sandboxes.wallet.request_log) > before
+    assert open_dead_letters()[0].replay_count == 1
 
 
 def test_replay_after_the_item_is_fixed_in_the_erp(sandboxes):

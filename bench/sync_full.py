@@ -1,0 +1,198 @@
+"""Benchmark: the full catalogue and inventory sync to twelve sites, then a 1% change.
+
+vouchflow runs ``sync-catalog`` and ``sync-inventory`` through Prefect against sandboxes in a
+separate process: the ERP's items read by SuiteQL, mapped and validated, products pushed to
+the sites of their sales areas, every SKU's stock split into site quotas and sent with its
+batch shares. The baseline makes the same HTTP calls with plain httpx: the same SuiteQL pages,
+the same number of product, inventory and batch PUTs with the same items (the quotas it
+sends are the ones vouchflow computed, read back from the sandbox, so only the calls are
+timed, not the policy). Then 1% of the SKUs change in the ERP and vouchflow runs again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import tempfile
+import time
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.common import emit, peak_rss_mb, quiet_prefect, reset_wallet, sandbox_process
+
+BASELINE = ("plain httpx.AsyncClient with the same OAuth signing: the SuiteQL item pages, "
+            "then per site PUT /products:batch, /inventory:batch and /batches:batch with "
+            "500 items each, the same items vouchflow sent; no mapping, validation, state, "
+            "quota policy or Prefect")
+
+
+def stock_pool(skus: list[tuple[str, str, str]]) -> None:
+    """One API batch per SKU in vouchflow's pool (seeding, not timed)."""
+    from state import pool
+    from state.db import get_engine, session_scope
+
+    engine = get_engine()
+    with session_scope(engine) as session:
+        for sku, _mode, currency in skus:
+            pool.upsert_batch(session, batch_no=f"B-{sku}", sku=sku, issuance_mode="api",
+                              unit_cost=Decimal("1"), currency=currency, quantity=100)
+
+
+async def baseline(env: dict[str, str], sent: dict[str, dict[str, list[Any]]]) -> dict[str, int]:
+    from connectors.erp.auth import TokenAuth
+    from connectors.erp.config import ErpSettings
+    from connectors.erp.records import inventory_item_select
+
+    settings = ErpSettings()
+    calls = defaultdict(int)
+    async with httpx.AsyncClient(base_url=settings.url(), auth=TokenAuth(settings),
+                                 timeout=120) as erp:
+        last = None
+        while True:
+            where = "itemtype = 'InvtPart'" + (f" AND id > {last}" if last else "")
+            offset = 0
+            while offset < 100_000:
+                r = await erp.post("/services/rest/query/v1/suiteql",
+                                   params={"limit": 1000, "offset": offset},
+                                   json={"q": f"SELECT {inventory_item_select()} FROM item "
+                                              f"WHERE {where} ORDER BY id"},
+                                   headers={"Prefer": "transient"})
+                calls["suiteql"] += 1
+                page = r.json()
+                if page["items"]:
+                    last = page["items"][-1]["id"]
+                offset += page["count"]
+                if not page["hasMore"]:
+                    break
+            if not page["hasMore"]:
+                break
+
+    async def push(site: str) -> None:
+        key = env[f"VOUCHFLOW_WALLET_{site.upper()}_API_KEY"]
+        async with httpx.AsyncClient(base_url=f"{env['VOUCHFLOW_WALLET_BASE_URL']}/{site}"
+                                              "/api/v1", headers={"X-Api-Key": key},
+                                     timeout=120) as wallet:
+            for path in ("products:batch", "inventory:batch", "batches:batch"):
+                items = sent.get(site, {}).get(path, [])
+                for start in range(0, len(items), 500):
+                    r = await wallet.put(f"/{path}", json={"items": items[start:start + 500]})
+                    r.raise_for_status()
+                    calls[path] += 1
+
+    await asyncio.gather(*(push(site) for site in sent))
+    return dict(calls)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench sync_full", description=__doc__)
+    parser.add_argument("--skus", type=int, default=100_000)
+    parser.add_argument("--sites", type=int, default=12)
+    parser.add_argument("--changed", type=float, default=0.01)
+    args = parser.parse_args(argv)
+    quiet_prefect()
+    with tempfile.TemporaryDirectory(prefix="vf-bench-") as tmp:
+        home = Path(tmp)
+        os.environ.update({"VOUCHFLOW_HOME": str(home / "vouchflow"),
+                           "VOUCHFLOW_DATABASE_URL": f"sqlite:///{home / 'state.db'}",
+                           "VOUCHFLOW_GLOBAL_LIMITS": "0"})
+        yesterday = (datetime.now(UTC) - timedelta(days=1)).isoformat()
+        with sandbox_process(home, skus=args.skus, invalid=0,
+                             extra=["--modified-at", yesterday]) as env:
+            os.environ.update(env)
+            from prefect.testing.utilities import prefect_test_harness
+
+            from flows.sync_catalog import sync_catalog
+            from flows.sync_inventory import sync_inventory
+            from state.catalog import load_skus
+            from state.db import dispose_engines, get_engine, session_scope
+
+            sites = sorted(s for s in ("sg1", "sg2", "my1", "my2", "th1", "th2", "id1", "id2",
+                                       "ph1", "vn1", "tw1", "hk1"))[:args.sites]
+            with prefect_test_harness(server_startup_timeout=120):
+                # warm-up: register the flows and read the catalogue once into a scratch DB
+                asyncio.run(sync_catalog(sites=sites[:1], chunk_size=1000, lookback_minutes=0))
+                with session_scope(get_engine()) as s:
+                    catalog = load_skus(s)
+                os.environ["VOUCHFLOW_DATABASE_URL"] = f"sqlite:///{home / 'run.db'}"
+                dispose_engines()
+                stock_pool([(c, k.issuance_mode.value, k.face_value.currency)
+                            for c, k in catalog.items()])
+                reset_wallet(env)
+
+                started = time.perf_counter()
+                catalog_summary = asyncio.run(sync_catalog(sites=sites, chunk_size=2000))
+                inventory_summary = asyncio.run(sync_inventory(sites=sites))
+                vouchflow_s = time.perf_counter() - started
+
+                # what vouchflow sent, read back from the sites: the baseline sends the same
+                sent = read_sent(env, sites)
+                reset_wallet(env)
+                started = time.perf_counter()
+                calls = asyncio.run(baseline(env, sent))
+                baseline_s = time.perf_counter() - started
+
+                # 1% of the SKUs change in the ERP, then vouchflow again (incremental)
+                rng = random.Random(1)
+                ids = rng.sample(range(1, args.skus + 1), max(1, int(args.skus * args.changed)))
+                with httpx.Client(timeout=120) as c:
+                    for i in ids:
+                        c.post(f"{env['VOUCHFLOW_ERP_BASE_URL']}/_sandbox/erp/touch/"
+                               f"inventoryItem/{i}",
+                               json={"displayName": f"Changed {i}"}).raise_for_status()
+                started = time.perf_counter()
+                again = asyncio.run(sync_catalog(sites=sites, chunk_size=2000))
+                asyncio.run(sync_inventory(sites=sites))
+                incremental_s = time.perf_counter() - started
+    emit({
+        "bench": "sync_full",
+        "scale": {"skus": args.skus, "sites": len(sites),
+                  "listings": catalog_summary["pushed"],
+                  "quotas": inventory_summary["quotas_changed"],
+                  "changed": len(ids), "calls": calls},
+        "vouchflow_s": round(vouchflow_s, 3),
+        "baseline_s": round(baseline_s, 3),
+        "ratio": round(vouchflow_s / baseline_s, 3),
+        "incremental_s": round(incremental_s, 3),
+        "incremental_fraction": round(incremental_s / vouchflow_s, 4),
+        "incremental_pushed": again["pushed"],
+        "peak_rss_mb": peak_rss_mb(),
+        "baseline": BASELINE,
+    })
+    return 0
+
+
+def read_sent(env: dict[str, str], sites: list[str]) -> dict[str, dict[str, list[Any]]]:
+    """The products, quotas and batch shares the sites now hold, as the items of the PUTs."""
+    out: dict[str, dict[str, list[Any]]] = {}
+    with httpx.Client(timeout=300) as c:
+        for site in sites:
+            key = env[f"VOUCHFLOW_WALLET_{site.upper()}_API_KEY"]
+            products: list[Any] = []
+            cursor = None
+            while True:
+                params = {"limit": 500, **({"cursor": cursor} if cursor else {})}
+                page = c.get(f"{env['VOUCHFLOW_WALLET_BASE_URL']}/{site}/api/v1/products",
+                             params=params, headers={"X-Api-Key": key}).json()
+                products.extend({k: v for k, v in p.items() if k != "updated_at"}
+                                for p in page["items"])
+                cursor = page.get("next_cursor")
+                if not cursor:
+                    break
+            admin = c.get(f"{env['VOUCHFLOW_WALLET_BASE_URL']}/_sandbox/wallet/{site}/inventory"
+                          ).json()
+            stamp = datetime.now(UTC).isoformat()
+            inventory = [{"sku": sku, "available": v["shown"], "as_of": stamp}
+                         for sku, v in admin.get("inventory", {}).items()]
+            batches = [{k: v for k, v in b.items() if k in {"sku", "batch_no", "available",
+                                                             "expires_at", "status"}}
+                       for b in admin.get("batches", [])]
+            out[site] = {"products:batch": products, "inventory:batch": inventory,
+                         "batches:batch": batches}
+    return out

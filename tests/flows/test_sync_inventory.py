@@ -1,0 +1,97 @@
+"""sync_inventory: quotas never promise more than can be delivered, only changes are sent."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from datetime import date
+from decimal import Decimal
+
+import pytest
+
+from flows import sync_catalog as sc
+from flows import sync_inventory as si
+from state import pool
+from state.catalog import load_skus
+from state.crypto import Keyring
+from state.db import get_engine, session_scope
+from tests.flows.sales_world import stock_the_pool
+
+pytestmark = pytest.mark.usefixtures("prefect_harness", "state_url")
+
+
+def run(**kw):
+    return asyncio.run(si.sync_inventory(**kw))
+
+
+def shown(sandboxes) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = defaultdict(dict)
+    for site in sandboxes.wallet.sites:
+        for sku, v in sandboxes.wallet.inventory(site).items():
+            out[sku][site] = v["shown"]
+    return out
+
+
+@pytest.mark.seed(40, 0)
+def test_sites_together_never_show_more_than_the_pool_holds(sandboxes):
+    asyncio.run(sc.sync_catalog())
+    stock_the_pool(codes_per_sku=7, api_units=11)
+    summary = run()
+    assert summary["pushed"] > 0
+    with session_scope(get_engine()) as s:
+        catalog = load_skus(s)
+        stock = {x.sku: x for x in pool.stock(s)}
+    seen = shown(sandboxes)
+    for code, sku in catalog.items():
+        total = sum(seen.get(code, {}).values())
+        sellable = stock[code].available if code in stock else 0
+        assert total <= sellable, code
+        if sku.status.value == "normal" and sellable and any(
+                s in sandboxes.wallet.sites for s in sku.sales_areas):
+            assert total == sellable, code  # and nothing is hidden either
+        else:
+            assert total == 0, code
+    again = run()
+    assert again["pushed"] == 0 and again["quotas_changed"] == 0
+
+
+@pytest.mark.seed(20, 0)
+def test_a_batch_restricted_to_one_site_is_shown_only_there(sandboxes):
+    asyncio.run(sc.sync_catalog())
+    with session_scope(get_engine()) as s:
+        catalog = load_skus(s)
+    code, sku = next((c, k) for c, k in catalog.items()
+                     if len(k.sales_areas) >= 2 and k.status.value == "normal"
+                     and k.issuance_mode.value == "code_pool")
+    only = sku.sales_areas[0]
+    with session_scope(get_engine()) as s:
+        pool.upsert_batch(s, batch_no="B-ONLY", sku=code, issuance_mode="code_pool",
+                          unit_cost=Decimal("1"), currency=sku.face_value.currency,
+                          sites=[only], expiry_type="fixed_date",
+                          expires_on=date(2027, 12, 31))
+    pool.add_codes(get_engine(), "B-ONLY", [(f"ONLY-{i:03d}", None, None) for i in range(9)],
+                   Keyring.load(), actor="test", system="test")
+    run()
+    seen = shown(sandboxes)[code]
+    assert seen[only] == 9
+    assert all(n == 0 for site, n in seen.items() if site != only)
+    batches = [b for b in sandboxes.wallet.batches(only) if b["batch_no"] == "B-ONLY"]
+    assert batches and batches[0]["available"] == 9
+
+
+@pytest.mark.seed(20, 0)
+def test_a_frozen_sku_is_shown_as_zero(sandboxes):
+    asyncio.run(sc.sync_catalog())
+    stock_the_pool(codes_per_sku=5, api_units=5)
+    run()
+    with session_scope(get_engine()) as s:
+        catalog = load_skus(s)
+    code, _ = next((c, k) for c, k in catalog.items() if k.status.value == "normal"
+                     and sum(shown(sandboxes).get(c, {}).values()) > 0)
+    erp_id = next(r["id"] for r in sandboxes.erp.store.table("inventoryItem").records.values()
+                  if r["itemId"] == code)
+    sandboxes.erp.touch("inventoryItem", erp_id, custitem_vf_status="frozen")
+    asyncio.run(sc.sync_catalog())
+    summary = run()
+    assert summary["quotas_changed"] >= 1
+    assert sum(shown(sandboxes)[code].values()) == 0
