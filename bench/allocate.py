@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
+import queue
 import random
 import resource
 import shutil
@@ -168,19 +169,21 @@ def copy_data(kind: str, source_url: str, target_url: str) -> None:
 
 
 def prepare(kind: str, url: str) -> None:
+    """Fresh statistics (and on PostgreSQL a vacuumed table and a checkpoint), so both sides
+    start from the same state."""
     from sqlalchemy import text
 
     from state.db import make_engine
 
     engine = make_engine(url)
-    with engine.connect() as conn:
-        conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-        if kind == "postgresql":
+    if kind == "postgresql":
+        with engine.connect() as conn:
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
             conn.execute(text("VACUUM ANALYZE"))
             conn.execute(text("CHECKPOINT"))
-        else:
+    else:
+        with engine.begin() as conn:
             conn.exec_driver_sql("ANALYZE")
-            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
     engine.dispose()
 
 
@@ -291,10 +294,11 @@ def _sqlite_baseline_chunk(engine: Any, chunk: int) -> tuple[int, int]:
                 for (cid,), line in zip(ids, sku_lines, strict=False):
                     code_rows.append((f"{line.site}:{line.order_id}:{line.line_id}", cid))
                     line_rows.append((line.site, line.order_id, line.line_id))
-            conn.exec_driver_sql("UPDATE pool_code SET status = 'allocated', line_ref = ?, "
-                                 "unit = 1 WHERE id = ?", code_rows)
-            conn.exec_driver_sql("UPDATE order_line SET status = 'allocated' WHERE site = ? "
-                                 "AND order_id = ? AND line_id = ?", line_rows)
+            if code_rows:
+                conn.exec_driver_sql("UPDATE pool_code SET status = 'allocated', line_ref = ?, "
+                                     "unit = 1 WHERE id = ?", code_rows)
+                conn.exec_driver_sql("UPDATE order_line SET status = 'allocated' WHERE "
+                                     "site = ? AND order_id = ? AND line_id = ?", line_rows)
         conn.info.pop("vf_begin", None)
     return len(lines), len(code_rows)
 
@@ -311,7 +315,17 @@ def run_workers(target: Any, url: str, workers: int, chunk: int) -> tuple[float,
         ready.get(timeout=120)
     started = time.perf_counter()
     go.set()
-    results = [out.get() for _ in procs]
+    results = []
+    while len(results) < len(procs):
+        try:
+            results.append(out.get(timeout=1))
+        except queue.Empty:
+            # a worker that died sends nothing: fail instead of waiting for it forever
+            dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+            if dead:
+                for proc in procs:
+                    proc.kill()
+                raise SystemExit(f"a worker failed with exit code {dead[0]}") from None
     elapsed = time.perf_counter() - started
     for proc in procs:
         proc.join()

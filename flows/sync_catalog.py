@@ -49,6 +49,7 @@ from mappings.catalog import inventory_item_to_sku, sku_to_wallet_product
 from mappings.errors import MappingError
 from state.catalog import load_skus, remember_skus
 from state.db import session_scope
+from state.inbox import mark_processed, pending_events
 from state.models import DeadLetter, DeadLetterStatus, LedgerStatus
 from state.store import (
     DeadLetterItem,
@@ -399,12 +400,19 @@ class FlowBack:
     checked: int = 0
 
 
-async def flow_back_site_changes(run: CatalogRun, lookback: timedelta) -> FlowBack:
-    """A site may freeze or deactivate a SKU (or lift its own freeze). The rule: the ERP is
-    master, so such a change is written to the ERP when it is newer than the ERP's last change
-    to the item, and then reaches every site of the SKU through the normal sync; when the ERP
-    changed the item after the site did, the ERP's version is pushed back to the site."""
-    report = FlowBack()
+@dataclass(frozen=True)
+class LocalChange:
+    site: str
+    sku: str
+    status: str
+    at: datetime
+
+
+async def _polled_changes(run: CatalogRun, lookback: timedelta) -> list[LocalChange]:
+    """Products each site changed itself since its watermark (what differs from what we
+    pushed). Costs a read of every product the site touched, ours included: a periodic
+    reconciliation next to the webhooks, not the main path."""
+    changes: list[LocalChange] = []
     for site, wallet in run.wallets.items():
         target = site_target(site)
         with session_scope(run.engine) as session:
@@ -414,58 +422,83 @@ async def flow_back_site_changes(run: CatalogRun, lookback: timedelta) -> FlowBa
         async for page in wallet.list_products(
                 updated_since=since - lookback if since else None):
             seen.extend(page)
-        if not seen:
-            with session_scope(run.engine) as session:
-                set_watermark(session, FLOW, target, high, "product")
-            continue
         with session_scope(run.engine) as session:
             pushed = load_fingerprints(session, target, ENTITY, [p["sku"] for p in seen])
-            erp_ids = external_ids(session, SOURCE, RECORD_TYPE, [p["sku"] for p in seen])
-        local_changes = []
         for product in seen:
             digest = pushed.get(product["sku"])
             if digest is None:
                 continue  # never ours
             current = {k: product.get(k) for k in PRODUCT_FIELDS}
             if fingerprint(current) != digest and product.get("status") in LOCAL_STATUSES:
-                local_changes.append(product)
-        report.checked += len(seen)
-        repush: list[str] = []
-        for product in local_changes:
-            erp_id = erp_ids.get(product["sku"])
-            if erp_id is None:
-                continue
-            item = await run.erp.get(RECORD_TYPE, erp_id)
-            erp_modified = datetime.fromisoformat(
-                str(item.get("lastModifiedDate")).replace("Z", "+00:00"))
-            site_changed = datetime.fromisoformat(
-                str(product.get("updated_at")).replace("Z", "+00:00"))
-            erp_status = "inactive" if item.get("isInactive") else item.get("custitem_vf_status")
-            # the ERP keeps whole seconds: within the same second the master wins
-            if (site_changed.replace(microsecond=0) > erp_modified
-                    and product["status"] != erp_status):
-                await run.erp.patch(RECORD_TYPE, erp_id,
-                                    {"custitem_vf_status": product["status"]})
-                report.written_back += 1
-            else:
-                repush.append(product["sku"])
-        if repush:
-            # forget what the site was sent: the next plan sends the ERP's version again
-            with session_scope(run.engine) as session:
-                forget_fingerprints(session, target, ENTITY, repush)
-                forget_fingerprints(session, SOURCE_TARGET, RECORD_TYPE,
-                                    [erp_ids[s] for s in repush if s in erp_ids])
-                touch_erp = [erp_ids[s] for s in repush if s in erp_ids]
-            report.erp_won += len(repush)
-            run.extra_ids.extend(touch_erp)
+                changes.append(LocalChange(site, product["sku"], product["status"],
+                                           _parse_time(product.get("updated_at"))))
         with session_scope(run.engine) as session:
             set_watermark(session, FLOW, target, high, "product")
+    return changes
+
+
+def _parse_time(value: Any) -> datetime:
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+
+
+async def flow_back_site_changes(run: CatalogRun, lookback: timedelta, *,
+                                 poll: bool) -> FlowBack:
+    """A site may freeze or deactivate a SKU (or lift its own freeze); it says so with a
+    ``product.status_changed`` webhook (and a periodic poll catches any that went astray).
+    The rule: the ERP is master, so such a change is written to the ERP when it is newer than
+    the ERP's last change to the item, and then reaches every site of the SKU through the
+    normal sync; when the ERP changed the item after the site did, the ERP's version is pushed
+    back to the site."""
+    report = FlowBack()
+    changes: list[LocalChange] = []
+    with session_scope(run.engine) as session:
+        events = [e for e in pending_events(session, types=["product.status_changed"])
+                  if e.site in run.wallets]
+    for ev in events:
+        data = ev.payload.get("data", {})
+        if data.get("sku") and data.get("status") in LOCAL_STATUSES:
+            changes.append(LocalChange(ev.site, data["sku"], data["status"], ev.created_at))
+    if poll:
+        changes.extend(await _polled_changes(run, lookback))
+    report.checked = len(changes)
+    latest: dict[tuple[str, str], LocalChange] = {}
+    for change in sorted(changes, key=lambda c: c.at):
+        latest[(change.site, change.sku)] = change
+    with session_scope(run.engine) as session:
+        erp_ids = external_ids(session, SOURCE, RECORD_TYPE, {c.sku for c in latest.values()})
+    repush: dict[str, list[str]] = {}
+    for change in latest.values():
+        erp_id = erp_ids.get(change.sku)
+        if erp_id is None:
+            continue
+        item = await run.erp.get(RECORD_TYPE, erp_id)
+        erp_modified = _parse_time(item.get("lastModifiedDate"))
+        erp_status = "inactive" if item.get("isInactive") else item.get("custitem_vf_status")
+        if change.status == erp_status:
+            continue
+        # the ERP keeps whole seconds: within the same second the master wins
+        if change.at.replace(microsecond=0) > erp_modified:
+            await run.erp.patch(RECORD_TYPE, erp_id, {"custitem_vf_status": change.status})
+            report.written_back += 1
+        else:
+            repush.setdefault(change.site, []).append(change.sku)
+    for site, skus in repush.items():
+        # forget what the site was sent: this run sends it the ERP's version again
+        with session_scope(run.engine) as session:
+            forget_fingerprints(session, site_target(site), ENTITY, skus)
+            forget_fingerprints(session, SOURCE_TARGET, RECORD_TYPE,
+                                [erp_ids[s] for s in skus])
+        report.erp_won += len(skus)
+        run.extra_ids.extend(erp_ids[s] for s in skus)
+    if events:
+        with session_scope(run.engine) as session:
+            mark_processed(session, [e.event_id for e in events])
     return report
 
 
 @task(name="flow-back-site-changes", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
-async def flow_back(run: CatalogRun, lookback_minutes: float) -> dict[str, int]:
-    report = await flow_back_site_changes(run, timedelta(minutes=lookback_minutes))
+async def flow_back(run: CatalogRun, lookback_minutes: float, poll: bool) -> dict[str, int]:
+    report = await flow_back_site_changes(run, timedelta(minutes=lookback_minutes), poll=poll)
     return {"written_back": report.written_back, "erp_won": report.erp_won,
             "checked": report.checked}
 
@@ -508,8 +541,11 @@ async def sync_catalog(
     chunk_concurrency: int = 2,
     lookback_minutes: float = 10.0,
     full: bool = False,
+    poll_sites: bool = False,
 ) -> dict[str, Any]:
-    """Push changed voucher SKUs from the ERP to the wallet sites.
+    """Push changed voucher SKUs from the ERP to the wallet sites, after taking the sites' own
+    status changes back to the ERP (from their webhooks; ``poll_sites`` also reads every
+    product the sites changed, as a periodic reconciliation).
 
     ``sites`` limits the push to some sites; ``full`` re-reads every item (fingerprints still
     skip what the sites already have).
@@ -531,7 +567,7 @@ async def sync_catalog(
     run = await CatalogRun.open(site_codes=sites, since=since, key=key, force=full)
     totals = CatalogCounts()
     try:
-        back = await flow_back(run, lookback_minutes)
+        back = await flow_back(run, lookback_minutes, poll_sites)
         ids: list[Any] = list(await list_changed_items(run))
         if run.extra_ids:
             present = {str(i["id"]) if isinstance(i, dict) else str(i) for i in ids}

@@ -1,7 +1,7 @@
 """The code pool: vouchflow's operational truth for what may be sold and which code went where.
 
 Batches
-    ``pool_batch`` carries three quantities, each changed at one point only:
+    ``pool_batch`` carries three quantities:
 
     - ``available`` (what may still be sold) drops when a sale takes a unit (a code allocated,
       an API unit reserved) and rises when a unit comes back to stock (an undelivered refund),
@@ -101,6 +101,8 @@ DELIVERY_OPERATION = "order.delivery"
 LINE_ENTITY = "order_line"
 OrderKey = tuple[str, str]
 _KEY_PART = re.compile(r"^[A-Za-z0-9_]+$")
+_KEY_VALUE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_SITE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 
@@ -129,9 +131,16 @@ def rank_to_date(rank: int) -> date | None:
     return None if rank >= NO_EXPIRY_RANK else EPOCH + timedelta(days=rank)
 
 
+def _ref_part(part: str) -> str:
+    return part.replace("%", "%25").replace(":", "%3A") if ":" in part or "%" in part else part
+
+
 def line_ref(site: str, order_id: str, line_id: str) -> str:
-    """How a code names the order line it went to: ``{site}:{order_id}:{line_id}``."""
-    return f"{site}:{order_id}:{line_id}"
+    """How a code names the order line it went to: ``{site}:{order_id}:{line_id}``.
+
+    A ``:`` (or ``%``) inside an id is written ``%3A`` (``%25``), so two lines never share a
+    reference (``a:b``/``c`` against ``a``/``b:c``)."""
+    return f"{_ref_part(site)}:{_ref_part(order_id)}:{_ref_part(line_id)}"
 
 
 def delivery_key(site: str, order_id: str, line_id: str) -> str:
@@ -146,6 +155,18 @@ def delivery_key(site: str, order_id: str, line_id: str) -> str:
         return plain[:255]
     digest = hashlib.sha256(f"{site}\x00{order_id}\x00{line_id}".encode()).hexdigest()[:16]
     return f"{_KEY_UNSAFE.sub('_', plain)[:230]}-h{digest}"
+
+
+def _amount(value: Any, what: str) -> Decimal:
+    """A money amount as stored (NUMERIC(18,4)): more decimals are refused, never rounded."""
+    amount = value if isinstance(value, Decimal) else Decimal(str(value))
+    if not amount.is_finite() or amount.quantize(_SCALE) != amount or abs(amount) >= _LIMIT:
+        raise PoolError(f"{what}: {value} is not an amount with at most 4 decimals")
+    return amount
+
+
+_SCALE = Decimal("0.0001")
+_LIMIT = Decimal("1e14")
 
 
 def _today() -> date:
@@ -335,6 +356,12 @@ def upsert_batch(
     ``available = clamp(remaining - unposted, 0, codes in stock)`` (no cap for API batches).
     """
     mode = IssuanceMode(issuance_mode)
+    for name, value in (("batch number", batch_no), ("SKU", sku)):
+        if not _KEY_VALUE.match(value or ""):
+            raise PoolError(f"{name} {value!r} is not 1-64 of [A-Za-z0-9_-]")
+    for site in sites or ():
+        if not _SITE.match(site):
+            raise PoolError(f"batch {batch_no}: site {site!r} is not a site code")
     if mode is IssuanceMode.CODE_POOL and quantity is not None:
         raise PoolError(f"batch {batch_no}: a code-pool batch's quantity is the number of codes "
                         "added with add_codes, not a value to set")
@@ -342,6 +369,7 @@ def upsert_batch(
         raise PoolError(f"batch {batch_no}: expires_on is required for a fixed-date expiry")
     if expiry_type == ExpiryType.DAYS_AFTER_SALE and not expiry_days:
         raise PoolError(f"batch {batch_no}: expiry_days is required for days-after-sale expiry")
+    unit_cost = _amount(unit_cost, f"batch {batch_no} unit cost")
     for name, value in (("quantity", quantity), ("remaining", remaining)):
         if value is not None and value < 0:
             raise PoolError(f"batch {batch_no}: {name} must not be negative, got {value}")
@@ -789,6 +817,10 @@ def record_orders(
             if line.quantity <= 0:
                 raise PoolError(f"order {order.site}/{order.order_id} line {line.line_id}: "
                                 f"quantity must be positive, got {line.quantity}")
+            _amount(line.unit_price, f"order {order.site}/{order.order_id} line "
+                                     f"{line.line_id} unit price")
+        if order.total is not None:
+            _amount(order.total, f"order {order.site}/{order.order_id} total")
         key = (order.site, order.order_id)
         held = newest.get(key)
         if held is None or order.updated_at > held.updated_at:
@@ -1112,11 +1144,9 @@ WITH lines AS (
                          CAST(:lines AS text[]), CAST(:skus AS text[]),
                          CAST(:modes AS text[]), CAST(:keys AS text[]),
                          CAST(:first AS int[]), CAST(:count AS int[]))
-      AS l(site, order_id, line_id, sku, mode, key, first, count)
+      WITH ORDINALITY AS l(site, order_id, line_id, sku, mode, key, first, count, n)
 ), codes AS (
-    SELECT c.id, c.unit,
-           (CAST(:sites AS text[]))[c.n] || ':' || (CAST(:orders AS text[]))[c.n] || ':'
-             || (CAST(:lines AS text[]))[c.n] AS ref
+    SELECT c.id, c.unit, (CAST(:refs AS text[]))[c.n] AS ref
     FROM unnest(CAST(:ids AS bigint[]), CAST(:code_line AS int[]), CAST(:units AS int[]))
       AS c(id, n, unit)
 ), code_rows AS (
@@ -1162,8 +1192,7 @@ WITH lines AS (
     -- the payload as state.types.JSONText writes it: sorted keys, no spaces
     INSERT INTO outbox (target, operation, idempotency_key, entity_type, entity_key, payload,
                         status, attempts, created_at)
-    SELECT 'wallet:' || site, :operation, key, :entity_type,
-           site || ':' || order_id || ':' || line_id,
+    SELECT 'wallet:' || site, :operation, key, :entity_type, (CAST(:refs AS text[]))[n],
            '{"code_ids":['
              || array_to_string((CAST(:ids AS bigint[]))[first:first + count - 1], ',')
              || '],"line_id":' || to_json(line_id)::text
@@ -1603,6 +1632,7 @@ def _write_allocations_pg(
         "lines": [ln.line_id for ln, _, _ in done], "skus": [ln.sku for ln, _, _ in done],
         "modes": [m for _, m, _ in done],
         "keys": [delivery_key(ln.site, ln.order_id, ln.line_id) for ln, _, _ in done],
+        "refs": [line_ref(ln.site, ln.order_id, ln.line_id) for ln, _, _ in done],
         "first": first, "count": [len(ids) for _, _, ids in done],
         "ids": code_ids, "code_line": code_line, "units": units, "now": now,
         "actor": actor, "system": system, "operation": DELIVERY_OPERATION,

@@ -30,6 +30,7 @@ from state.pool import (
     delivery_key,
     expire_codes,
     find_code,
+    line_ref,
     mark_delivered,
     mark_inbound_processed,
     mark_posted,
@@ -292,6 +293,10 @@ def test_an_older_version_never_rolls_an_order_back(engine, ring):
                status="pending")
     assert record(engine, v2).changed == 1
     assert record(engine, v1).stale == 1  # arrived late: ignored
+    bad = order("sg1", "o3", [("1", "SKU1", 1)])
+    bad["lines"][0]["unit_price"] = "4.99999"
+    with pytest.raises(PoolError, match=r"o3 line 1 unit price: 4\.99999"):
+        record(engine, bad)
     assert line_row(engine, "sg1", "o1", "1").quantity == 3
     assert rows(engine, "SELECT status FROM sales_order")[0][0] == "paid"
     # a cancellation stops lines not yet allocated...
@@ -313,16 +318,18 @@ def test_deliveries_are_outbox_rows_with_code_ids_only(engine, ring):
     batch(engine, "B1", "SKU1")
     codes(engine, ring, "B1", ["D-0001", "D-0002", "D-0003"])
     record(engine, order("sg1", "o1", [("1", "SKU1", 2)]),
-           order("my1", "ord/7", [("a b", "SKU1", 1)], at=T0 + timedelta(seconds=1)))
+           order("my1", "ord/7:x", [("a b", "SKU1", 1)], at=T0 + timedelta(seconds=1)))
     run(engine)
     out = deliveries(engine)
+    assert out[1].entity_key == "my1:ord/7%3Ax:a b"
+    assert len(codes_of(engine, "my1:ord/7%3Ax:a b")) == 1
     first = out[0]
     assert (first.target, first.idempotency_key, first.entity_type, first.entity_key,
             first.status) == ("wallet:sg1", "delivery-sg1-o1-1", "order_line", "sg1:o1:1",
                               "pending")
     assert json.loads(out[0].payload) == {"site": "sg1", "order_id": "o1", "line_id": "1",
                                           "sku": "SKU1", "code_ids": codes_of(engine, "sg1:o1:1")}
-    assert out[1].idempotency_key.startswith("delivery-my1-ord_7-a_b-h")
+    assert out[1].idempotency_key.startswith("delivery-my1-ord_7_x-a_b-h")
     assert "D-000" not in json.dumps([list(r) for r in out], default=str)
     with session_scope(engine) as s:
         sent = codes_for_delivery(s, json.loads(out[0].payload)["code_ids"], ring)
@@ -331,6 +338,12 @@ def test_deliveries_are_outbox_rows_with_code_ids_only(engine, ring):
         assert mark_delivered(s, "sg1", "o1", "1", json.loads(out[0].payload)["code_ids"]) == 0
     assert {r.status for r in rows(engine, "SELECT status FROM pool_code "
                                            "WHERE line_ref = 'sg1:o1:1'")} == {"sold"}
+
+
+def test_line_references_and_delivery_keys_are_never_shared():
+    assert line_ref("sg1", "O1", "1") == "sg1:O1:1"
+    assert line_ref("sg1", "a:b", "c") != line_ref("sg1", "a", "b:c")
+    assert line_ref("sg1", "50%:x", "1") == "sg1:50%25%3Ax:1"
 
 
 def test_delivery_keys_are_safe_and_never_shared():
@@ -520,6 +533,12 @@ def test_available_follows_the_book_and_never_exceeds_what_can_be_delivered(engi
     with session_scope(engine) as s, pytest.raises(PoolError, match="already exists"):
         add_batch(s, batch_no="B1", sku="SKU1", issuance_mode="code_pool",
                   unit_cost=Decimal("1.25"), currency="EUR")
+    with session_scope(engine) as s, pytest.raises(PoolError, match="batch number 'B,2'"):
+        add_batch(s, batch_no="B,2", sku="SKU1", issuance_mode="code_pool",
+                  unit_cost=Decimal("1.25"), currency="EUR")
+    with session_scope(engine) as s, pytest.raises(PoolError, match="at most 4 decimals"):
+        add_batch(s, batch_no="B3", sku="SKU1", issuance_mode="code_pool",
+                  unit_cost=Decimal("1.23456"), currency="EUR")
     assert Decimal(str(batch_row(engine, "B1").unit_cost)) == Decimal("1.25")
     with session_scope(engine) as s:
         assert stock(s, "SKU1")[0].batches[0].unit_cost == Decimal("1.2500")
