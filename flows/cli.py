@@ -86,12 +86,12 @@ def schema_export(directory: Annotated[Path, typer.Argument(help="Where to write
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Create or migrate the state database to the newest schema."""
-    from state.db import current_revision, get_engine
+    from state.db import current_revisions, get_engine
     from state.settings import StateSettings
 
     engine = get_engine()
     typer.echo(f"{_safe_url(StateSettings().resolved_url())} at revision "
-               f"{current_revision(engine)}")
+               f"{', '.join(sorted(current_revisions(engine)))}")
 
 
 def _safe_url(url: str) -> str:

@@ -9,7 +9,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import func, select
 from sqlmodel import SQLModel
 
-from state.db import current_revision, head_revision, session_scope
+from state.db import current_revisions, head_revisions, session_scope
 from state.models import DeadLetter, LedgerStatus, OutboxMessage, RunLedger
 from state.store import (
     DeadLetterItem,
@@ -40,7 +40,7 @@ T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 
 
 def test_migrations_match_the_models(engine):
-    assert current_revision(engine) == head_revision()
+    assert current_revisions(engine) == head_revisions()
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
     assert diff == []
