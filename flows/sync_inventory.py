@@ -132,19 +132,44 @@ async def import_erp_batches(engine: Engine, erp: ErpClient, since: datetime | N
         counts.dead_lettered += len(dead)
 
 
-def recent_sales(engine: Engine, days: int) -> dict[str, dict[str, float]]:
-    """Units sold per SKU per site over the last ``days`` (the quota policy's weights)."""
+def recent_sales(engine: Engine, days: int, only: set[str] | None = None
+                 ) -> dict[str, dict[str, float]]:
+    """Units sold per SKU per site over the last ``days`` (the quota policy's weights), for
+    every SKU or ``only`` these."""
     ol = OrderLine.__table__
     since = now_utc() - timedelta(days=days)
+    query = (select(ol.c.sku, ol.c.site, func.sum(ol.c.quantity))
+             .where(ol.c.order_created_at >= since, ol.c.status == "allocated")
+             .group_by(ol.c.sku, ol.c.site))
+    out: dict[str, dict[str, float]] = {}
     with session_scope(engine) as session:
-        rows = session.execute(
-            select(ol.c.sku, ol.c.site, func.sum(ol.c.quantity))
-            .where(ol.c.order_created_at >= since, ol.c.status == "allocated")
-            .group_by(ol.c.sku, ol.c.site))
-        out: dict[str, dict[str, float]] = {}
-        for sku, site, units in rows:
-            out.setdefault(sku, {})[site] = float(units or 0)
+        for part in _parts(only):
+            rows = session.execute(query if part is None else query.where(ol.c.sku.in_(part)))
+            for sku, site, units in rows:
+                out.setdefault(sku, {})[site] = float(units or 0)
     return out
+
+
+def _parts(only: set[str] | None, size: int = 1000) -> list[list[str] | None]:
+    """``[None]`` (no filter) or the keys in slices small enough for an ``IN`` list."""
+    if only is None:
+        return [None]
+    keys = sorted(only)
+    return [keys[i:i + size] for i in range(0, len(keys), size)]
+
+
+def dirty_skus(engine: Engine, since: datetime) -> set[str]:
+    """SKUs whose quotas may have moved since ``since``: the catalogue entry changed (status,
+    sales areas, mode) or one of its batches did (a sale, a refund, a receipt, an ERP
+    correction: every change of ``available`` stamps the batch)."""
+    from state.catalog import CatalogSku
+    from state.models import PoolBatch
+
+    with session_scope(engine) as session:
+        found = set(session.scalars(select(CatalogSku.sku).where(CatalogSku.updated_at >= since)))
+        found.update(session.scalars(select(PoolBatch.sku).where(PoolBatch.updated_at >= since)
+                                     .distinct()))
+    return found
 
 
 @dataclass
@@ -154,16 +179,18 @@ class SiteWrites:
 
 
 def plan(engine: Engine, sites: dict[str, WalletSiteSettings], as_of: datetime,
-         weights_days: int, counts: InventoryCounts) -> dict[str, SiteWrites]:
+         weights_days: int, counts: InventoryCounts, only: set[str] | None = None
+         ) -> dict[str, SiteWrites]:
     """Quota per (site, SKU) and per (site, batch), and the writes for what changed since the
-    site last confirmed it. Quotas are the current state the site upserts (a repeat is
-    harmless), so no outbox: the fingerprint saved on confirmation is the bookkeeping."""
+    site last confirmed it; for every SKU (a full rebalance) or ``only`` these. Quotas are the
+    current state the site upserts (a repeat is harmless), so no outbox: the fingerprint saved
+    on confirmation is the bookkeeping."""
     on = as_of.date()
     stamp = as_of.isoformat()
-    weights = recent_sales(engine, weights_days)
+    weights = recent_sales(engine, weights_days, only)
     with session_scope(engine) as session:
-        catalog = load_skus(session)
-        stock = {s.sku: s for s in pool.stock(session, on=on)}
+        catalog = load_skus(session, only)
+        stock = {s.sku: s for s in pool.stock(session, on=on, skus=only)}
     per_site: dict[str, dict[str, tuple[dict[str, Any], list[dict[str, Any]]]]] = {
         s: {} for s in sites}
     for code, sku in catalog.items():
@@ -178,7 +205,7 @@ def plan(engine: Engine, sites: dict[str, WalletSiteSettings], as_of: datetime,
     writes: dict[str, SiteWrites] = {}
     targets = {site: f"wallet:{site}" for site in sites}
     with session_scope(engine) as session:
-        shown_before = _shown(session, list(targets.values()))
+        shown_before = _shown(session, list(targets.values()), only)
         for site, target in targets.items():
             wanted = per_site[site]
             for code in shown_before.get(target, set()) - set(wanted):
@@ -208,13 +235,16 @@ def plan(engine: Engine, sites: dict[str, WalletSiteSettings], as_of: datetime,
     return writes
 
 
-def _shown(session: Any, targets: list[str]) -> dict[str, set[str]]:
+def _shown(session: Any, targets: list[str], only: set[str] | None) -> dict[str, set[str]]:
     from state.models import Fingerprint
 
     out: dict[str, set[str]] = {}
-    for target, key in session.execute(select(Fingerprint.target, Fingerprint.entity_key).where(
-            Fingerprint.target.in_(targets), Fingerprint.entity_type == "quota")):
-        out.setdefault(target, set()).add(key)
+    query = select(Fingerprint.target, Fingerprint.entity_key).where(
+        Fingerprint.target.in_(targets), Fingerprint.entity_type == "quota")
+    for part in _parts(only):
+        chosen = query if part is None else query.where(Fingerprint.entity_key.in_(part))
+        for target, key in session.execute(chosen):
+            out.setdefault(target, set()).add(key)
     return out
 
 
@@ -257,9 +287,9 @@ async def import_batches_task(engine: Engine, erp: ErpClient, since: datetime | 
       cache_policy=NO_CACHE)
 async def quotas_task(engine: Engine, sites: dict[str, WalletSiteSettings],
                       wallets: dict[str, WalletClient], as_of: datetime,
-                      weights_days: int) -> InventoryCounts:
+                      weights_days: int, only: set[str] | None) -> InventoryCounts:
     counts = InventoryCounts()
-    writes = await asyncio.to_thread(plan, engine, sites, as_of, weights_days, counts)
+    writes = await asyncio.to_thread(plan, engine, sites, as_of, weights_days, counts, only)
     await asyncio.gather(*(push_site(engine, wallets[s], s, w, counts)
                            for s, w in writes.items()))
     return counts
@@ -273,7 +303,12 @@ async def sync_inventory(
     full: bool = False,
 ) -> dict[str, Any]:
     """Read changed ERP batch records into the pool, then show each site its quota of every
-    SKU (and of every batch) it sells."""
+    SKU (and of every batch) it sells.
+
+    Quotas are rebalanced for the SKUs whose catalogue entry or batches changed since the last
+    run (with ``lookback_minutes``); the first run of each (UTC) day, a run with ``full`` or the
+    first run ever rebalances every SKU, since expiries and the sales weights move with the
+    calendar too."""
     logger = run_logger()
     engine = state_engine()
     all_sites = load_sites()
@@ -281,7 +316,9 @@ async def sync_inventory(
     high = now_utc()
     with session_scope(engine) as session:
         wm = get_watermark(session, FLOW, "erp", BATCH_TYPE)
+        rebalanced = get_watermark(session, FLOW, "pool", "quota")
     since = None if full or wm is None else wm - timedelta(minutes=lookback_minutes)
+    whole = full or rebalanced is None or rebalanced.date() != high.date()
     erp = ErpClient(await erp_settings())
     wallets = {c: WalletClient(s) for c, s in chosen.items()}
     totals = InventoryCounts()
@@ -289,13 +326,18 @@ async def sync_inventory(
         imported = await import_batches_task(engine, erp, since)
         totals.erp_batches = imported.erp_batches
         totals.dead_lettered = imported.dead_lettered
-        done = await quotas_task(engine, chosen, wallets, high, weights_days)
+        only = (None if whole else
+                dirty_skus(engine, rebalanced - timedelta(minutes=lookback_minutes)))
+        done = await quotas_task(engine, chosen, wallets, high, weights_days, only)
         totals.skus, totals.quotas_changed, totals.batches_changed = (
             done.skus, done.quotas_changed, done.batches_changed)
         totals.pushed, totals.rejected, totals.by_site = (done.pushed, done.rejected,
                                                           done.by_site)
         with session_scope(engine) as session:
             set_watermark(session, FLOW, "erp", high, BATCH_TYPE)
+            # when quotas were last computed: the next run rebalances what changed since
+            # (and everything, once the date has moved on)
+            set_watermark(session, FLOW, "pool", high, "quota")
     finally:
         await erp.aclose()
         for w in wallets.values():

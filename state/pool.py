@@ -498,15 +498,24 @@ def expire_codes(
     return dict(per_batch)
 
 
-def stock(session: Session, sku: str | None = None, *, on: date | None = None) -> list[SkuStock]:
-    """Quantities per SKU and per batch (for inventory sync and operators)."""
+def stock(session: Session, sku: str | None = None, *, on: date | None = None,
+          skus: Iterable[str] | None = None) -> list[SkuStock]:
+    """Quantities per SKU and per batch (for inventory sync and operators): one SKU, the
+    given ``skus``, or all."""
     on = on or _today()
     query = select(*PoolBatch.__table__.c).order_by(PoolBatch.sku, PoolBatch.seq)
     if sku is not None:
         query = query.where(PoolBatch.sku == sku)
     by_sku: dict[str, list[BatchStock]] = defaultdict(list)
-    for row in session.execute(query):
-        by_sku[row.sku].append(_batch_stock(row))
+    if skus is not None:
+        wanted = sorted(set(skus))
+        for start in range(0, len(wanted), 1000):
+            for row in session.execute(query.where(
+                    PoolBatch.sku.in_(wanted[start:start + 1000]))):
+                by_sku[row.sku].append(_batch_stock(row))
+    else:
+        for row in session.execute(query):
+            by_sku[row.sku].append(_batch_stock(row))
     return [
         SkuStock(sku=s, available=sum(b.sellable(on) for b in batches),
                  remaining=sum(b.remaining for b in batches),

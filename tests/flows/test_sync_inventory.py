@@ -95,3 +95,30 @@ def test_a_frozen_sku_is_shown_as_zero(sandboxes):
     summary = run()
     assert summary["quotas_changed"] >= 1
     assert sum(shown(sandboxes)[code].values()) == 0
+
+
+@pytest.mark.seed(30, 0)
+def test_later_runs_rebalance_only_the_skus_that_changed(sandboxes):
+    asyncio.run(sc.sync_catalog())
+    stock_the_pool(codes_per_sku=5, api_units=8)
+    first = run()
+    with session_scope(get_engine()) as s:
+        catalog = load_skus(s)
+    assert first["skus"] == len(catalog)  # the first run of the day: every SKU
+    code, sku = next((c, k) for c, k in sorted(catalog.items())
+                     if k.status.value == "normal" and k.issuance_mode.value == "api"
+                     and sum(shown(sandboxes).get(c, {}).values()) == 8)
+    # the ERP books part of the batch away: only this SKU's quotas move
+    with session_scope(get_engine()) as s:
+        pool.upsert_batch(s, batch_no=f"B-{code}-1", sku=code, issuance_mode="api",
+                          unit_cost=Decimal("1.2500"), currency=sku.face_value.currency,
+                          expiry_type="fixed_date", expires_on=date(2027, 6, 30),
+                          quantity=8, remaining=3)
+    second = run(lookback_minutes=0)
+    assert second["skus"] == 1 and second["quotas_changed"] >= 1
+    assert sum(shown(sandboxes)[code].values()) == 3
+    quiet = run(lookback_minutes=0)
+    assert quiet["skus"] == 0 and quiet["pushed"] == 0
+    # a full run looks at everything again and finds nothing else to send
+    whole = run(full=True)
+    assert whole["skus"] == len(catalog) and whole["pushed"] == 0
