@@ -239,6 +239,19 @@ class ErpClient(HttpConnector):
     async def delete(self, record_type: str, record_id: str) -> None:
         await self.request("DELETE", f"{RECORD_PATH}/{record_type}/{record_id}")
 
+    async def transform(
+        self, record_type: str, record_id: str, target_type: str, body: dict[str, Any]
+    ) -> str:
+        """Make a ``target_type`` record from another (purchaseOrder -> itemReceipt, ...);
+        returns the new record's internal id. Not idempotent: callers look the target up by
+        its external id first (``get_by_external_id``) and record the result before moving
+        on. ``record_id`` may be an internal id or ``eid:...``."""
+        response = await self.request(
+            "POST", f"{RECORD_PATH}/{record_type}/{record_id}/!transform/{target_type}",
+            json_body=body,
+        )
+        return self._id_from_location(response)
+
     # SuiteQL ---------------------------------------------------------------------------------
     async def suiteql(self, query: str, *, page_size: int = 1000) -> AsyncIterator[list[dict[str, Any]]]:
         """Yield the rows of one query, a page at a time (at most 100,000 rows: NetSuite's cap;

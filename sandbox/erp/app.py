@@ -32,6 +32,7 @@ from sandbox.erp.query import QueryError, compile_query, format_datetime
 from sandbox.erp.schema import (
     EXTERNAL_ID_RE,
     INTERNAL_ID_RE,
+    RECORD_SCHEMAS,
     REQUIRED_ON_CREATE,
     TYPE_RE,
     SchemaError,
@@ -66,6 +67,12 @@ SUITEQL_PATH = "/services/rest/query/v1/suiteql"
 ASYNC_JOB_PREFIX = "/services/rest/async/v1/job"
 TOKEN_PATH = "/services/rest/auth/oauth2/v1/token"
 DEFAULT_CONCURRENCY_LIMIT = 5
+#: source type -> the record types a transform may make from it (DESIGN.md section 5)
+TRANSFORMS: dict[str, tuple[str, ...]] = {
+    "purchaseOrder": ("itemReceipt", "vendorBill"),
+    "salesOrder": ("itemFulfillment", "invoice", "cashSale"),
+    "vendorBill": ("vendorPayment", "vendorCredit"),
+}
 MAX_PAGE = 1000
 ERROR_MEDIA_TYPE = "application/vnd.oracle.resource+json; type=error"
 SINGULAR_MEDIA_TYPE = "application/vnd.oracle.resource+json; type=singular-resource"
@@ -420,6 +427,11 @@ class ErpSandbox(Sandbox):
                 self._record,
                 methods=["GET", "PATCH", "PUT", "DELETE"],
             ),
+            Route(
+                RECORD_PREFIX + "/{rtype}/{ref}/!transform/{target}",
+                self._transform,
+                methods=["POST"],
+            ),
             Route(SUITEQL_PATH, self._suiteql_handler, methods=["POST"]),
             Route(ASYNC_JOB_PREFIX + "/{job_id}", self._job_status, methods=["GET"]),
             Route(ASYNC_JOB_PREFIX + "/{job_id}/result", self._job_result, methods=["GET"]),
@@ -629,6 +641,102 @@ class ErpSandbox(Sandbox):
                 externalId=rec.get("externalId"),
             )  # fmt: skip
         return Response(status_code=204)
+
+    # ---- transforms --------------------------------------------------------------------------
+
+    async def _transform(self, request: Request) -> Response:
+        """``POST .../{type}/{id}/!transform/{target}``: a new record made from another.
+
+        Not idempotent, as in NetSuite: every call creates a record (a repeated
+        ``externalId`` is refused as a duplicate), so clients look the target up first."""
+        self._wake_jobs()
+        try:
+            rtype = _record_type(request.path_params["rtype"])
+            ref = _record_ref(request.path_params["ref"])
+            target = _record_type(request.path_params["target"])
+            if target not in TRANSFORMS.get(rtype, ()):
+                raise ErpError(
+                    400, "INVALID_PARAMETER",
+                    f"Transformation of {rtype} into {target} is not supported.",
+                )  # fmt: skip
+            body = await _json_object(request)
+            with self.lock:
+                rid = self._apply_transform(rtype, ref, target, body)
+            return self._located(request, target, rid)
+        except ErpError as exc:
+            return self._erp_error(exc)
+
+    def _apply_transform(
+        self, rtype: str, ref: str, target: str, body: Mapping[str, Any]
+    ) -> str:
+        sid = self.store.resolve(rtype, ref)
+        if sid is None:
+            raise _nonexistent(rtype, ref)
+        source = self.store.table(rtype).records[sid]
+        schema = RECORD_SCHEMAS.get(target, {})
+        record: dict[str, Any] = {
+            k: source[k] for k in ("entity", "currency") if k in source and k in schema
+        }
+        if "createdFrom" in schema:
+            record["createdFrom"] = {"id": sid}
+        record["tranDate"] = self.clock().date().isoformat()
+        if target == "vendorPayment":
+            amount = source.get("total") or 0
+            record["apply"] = {"items": [{"doc": {"id": sid}, "amount": amount}]}
+            record["total"] = amount
+        elif "item" in schema:
+            record["item"] = {"items": self._transform_lines(rtype, sid, source, target, body)}
+        extra = {k: v for k, v in body.items() if k != "item"}
+        record.update(extra)
+        rid = self._apply_create(target, record)
+        self.effects.record(
+            f"{target}.transformed", record.get("externalId") or rid, type=target, id=rid,
+            source=f"{rtype}:{sid}",
+        )  # fmt: skip
+        return rid
+
+    def _transform_lines(
+        self, rtype: str, sid: str, source: Mapping[str, Any], target: str,
+        body: Mapping[str, Any],
+    ) -> list[dict[str, Any]]:
+        """The source's lines, or those the body names by ``line`` with its changes; a
+        quantity may not exceed what the source line has left for this target type."""
+        lines = {
+            line["line"]: {k: v for k, v in line.items() if k != "amount"}
+            for line in (source.get("item") or {}).get("items") or []
+        }
+        wanted = (body.get("item") or {}).get("items") if isinstance(body.get("item"), dict) \
+            else None
+        if wanted is None:
+            chosen = [dict(line) for line in lines.values()]
+        else:
+            chosen = []
+            for i, change in enumerate(wanted):
+                number = change.get("line") if isinstance(change, dict) else None
+                if number not in lines:
+                    raise ErpError(
+                        400, "INVALID_PARAMETER",
+                        f"Line {number!r} is not a line of {rtype} {sid}.",
+                        f"item.items[{i}].line",
+                    )  # fmt: skip
+                chosen.append({**lines[number], **change})
+        done: dict[Any, Any] = {}
+        for rec in self.store.table(target).records.values():
+            if (rec.get("createdFrom") or {}).get("id") == sid:
+                for line in (rec.get("item") or {}).get("items") or []:
+                    done[line.get("line")] = done.get(line.get("line"), 0) + (
+                        line.get("quantity") or 0)
+        for i, line in enumerate(chosen):
+            ordered = lines[line["line"]].get("quantity") or 0
+            left = ordered - done.get(line["line"], 0)
+            if (line.get("quantity") or 0) > left:
+                raise ErpError(
+                    400, "USER_ERROR",
+                    f"You cannot transform more than {left} of line {line['line']} of "
+                    f"{rtype} {sid} into {target}.",
+                    f"item.items[{i}].quantity",
+                )  # fmt: skip
+        return chosen
 
     def _located(self, request: Request, rtype: str, rid: str) -> Response:
         location = f"{_base_url(request)}{RECORD_PREFIX}/{rtype}/{rid}"
