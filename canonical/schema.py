@@ -20,6 +20,7 @@ from pydantic import BaseModel, ValidationError
 from canonical.batch import Batch
 from canonical.money import Money
 from canonical.order import Order, Refund
+from canonical.payments import Delivery, Fee, PaymentTrace, Payout
 from canonical.site import Site
 from canonical.sku import Sku
 from canonical.voucher import CodeEvent, VoucherCode
@@ -35,6 +36,10 @@ MODELS: dict[str, type[BaseModel]] = {
     "CodeEvent": CodeEvent,
     "Order": Order,
     "Refund": Refund,
+    "PaymentTrace": PaymentTrace,
+    "Payout": Payout,
+    "Fee": Fee,
+    "Delivery": Delivery,
 }
 
 

@@ -1,0 +1,1 @@
+"""Payment providers and banks: one reader (or client) per source, each with its own records."""
