@@ -94,3 +94,42 @@ class CursorPaginator(Paginator):
             raise PaginationError(f"cursor {cursor[:40]!r} returned twice", system=self.system)
         self._seen.add(cursor)
         self.cursor = cursor
+
+
+class StartingAfterPaginator(Paginator):
+    """Stripe-style cursor paging: ``?starting_after={id of the last item}`` in,
+    ``{"data": [...], "has_more": bool}`` out."""
+
+    def __init__(self, limit: int, *, start: str | None = None, max_limit: int = 100) -> None:
+        super().__init__()
+        if not 1 <= limit <= max_limit:
+            raise ValueError(f"limit {limit} is outside 1..{max_limit}")
+        self.limit = limit
+        self.cursor = start
+        self._seen: set[str] = set()
+
+    def next_params(self) -> dict[str, Any]:
+        params: dict[str, Any] = {"limit": self.limit}
+        if self.cursor is not None:
+            params["starting_after"] = self.cursor
+        return params
+
+    def update_state(self, body: Any) -> None:
+        if not isinstance(body, dict) or not isinstance(body.get("data"), list) \
+                or not isinstance(body.get("has_more"), bool):
+            raise MalformedResponseError("page without data/has_more", system=self.system)
+        self.pages += 1
+        data = body["data"]
+        self.has_next_page = body["has_more"]
+        if not self.has_next_page:
+            return
+        if not data:
+            raise PaginationError("has_more with an empty page", system=self.system)
+        last = data[-1].get("id") if isinstance(data[-1], dict) else None
+        if not isinstance(last, str) or not last:
+            raise MalformedResponseError("the last item of a page has no id",
+                                         system=self.system)
+        if last in self._seen or last == self.cursor:
+            raise PaginationError(f"cursor {last[:40]!r} returned twice", system=self.system)
+        self._seen.add(last)
+        self.cursor = last

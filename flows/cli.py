@@ -32,6 +32,11 @@ app.add_typer(sync_app, name="sync")
 app.add_typer(db_app, name="db")
 app.add_typer(portal_app, name="portal")
 
+# payments: parse and ingest payment files (flows/payments_cli.py) ---------------------------
+from flows.payments_cli import payments_app  # noqa: E402
+
+app.add_typer(payments_app, name="payments")
+
 
 @portal_app.command("serve")
 def portal_serve(
