@@ -197,16 +197,30 @@ class CamtReader:
             raise self.error("dtd_refused", "DTDs and entity declarations are refused in "
                              "statements", line=line)
         found = _NS_RE.search(head)
-        if not found:
+        version = found.group(1).decode() if found else self._root_version()
+        if version is None:
             raise self.error("not_camt", "no ISO 20022 camt.052/053/054 namespace in the "
                              "document element")
-        self.version = found.group(1).decode()
+        self.version = version
         self.message = self.version[:8]
         self.ns = NS_PREFIX + self.version
         if self.expect and self.message != self.expect:
             raise self.error("format_mismatch",
                              f"the file is a {self.version}, not a {self.expect}")
         return self.version
+
+    def _root_version(self) -> str | None:
+        """The document element's namespace when a long prolog hides it from the head."""
+        context = etree.iterparse(str(self.path), events=("start",), resolve_entities=False,
+                                  no_network=True, load_dtd=False, huge_tree=False)
+        try:
+            for _event, elem in context:
+                self._refuse_dtd(elem.getroottree())
+                match = _NS_RE.search(str(elem.tag).encode())
+                return match.group(1).decode() if match else None
+        except etree.XMLSyntaxError as exc:
+            raise self._syntax(exc) from None
+        return None
 
     # step 2: the XSD ----------------------------------------------------------------------------
     def check_schema(self) -> None:
