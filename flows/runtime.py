@@ -8,12 +8,14 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Engine
 
 from connectors.redact import install_log_redaction
 from state.db import get_engine
+
+T = TypeVar("T")
 
 log = logging.getLogger("vouchflow.flows")
 
@@ -100,3 +102,19 @@ def limit_name(system: str, account: str = "") -> str:
     """Global concurrency limit names: ``erp-123456-sb1``, ``wallet-sg1``."""
     text = f"{system}-{account}" if account else system
     return text.lower().replace("_", "-")
+
+
+class Bulk(Generic[T]):
+    """A large value (records, writes) handed to or returned from a task without Prefect
+    walking into it: Prefect visits every element of task inputs and results looking for
+    futures, which costs seconds per hundred thousand records. Inputs are wrapped with
+    ``prefect.utilities.annotations.quote`` at the call; results come back in a ``Bulk``."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: T) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        size = len(self.value) if hasattr(self.value, "__len__") else "?"
+        return f"Bulk({type(self.value).__name__}, {size})"

@@ -20,6 +20,7 @@ from typing import Any
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
+from prefect.utilities.annotations import quote
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
@@ -37,6 +38,7 @@ from flows.credentials import erp_settings
 from flows.deadletters import replay_handler
 from flows.delivery import DeliveryReport, deliver
 from flows.runtime import (
+    Bulk,
     limit_name,
     markdown_artifact,
     run_key,
@@ -505,12 +507,12 @@ async def flow_back(run: CatalogRun, lookback_minutes: float, poll: bool) -> dic
 
 # Prefect tasks and flow ---------------------------------------------------------------------
 @task(name="list-changed-items", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
-async def list_changed_items(run: CatalogRun) -> list[str] | list[dict[str, Any]]:
+async def list_changed_items(run: CatalogRun) -> Bulk[list[Any]]:
     """What changed: whole records (SuiteQL) or ids to read (record collection)."""
     async with system_slot(limit_name("erp", run.erp.account)):
         if run.erp.settings.catalog_read == "suiteql":
-            return await read_changed_items(run.erp, run.since)
-        return await list_changed_ids(run.erp, run.since)
+            return Bulk(await read_changed_items(run.erp, run.since))
+        return Bulk(await list_changed_ids(run.erp, run.since))
 
 
 @task(name="sync-catalog-chunk", retries=2, retry_delay_seconds=[2, 10],
@@ -567,8 +569,8 @@ async def sync_catalog(
     run = await CatalogRun.open(site_codes=sites, since=since, key=key, force=full)
     totals = CatalogCounts()
     try:
-        back = await flow_back(run, lookback_minutes, poll_sites)
-        ids: list[Any] = list(await list_changed_items(run))
+        back = await flow_back(quote(run), lookback_minutes, poll_sites)
+        ids: list[Any] = list((await list_changed_items(quote(run))).value)
         if run.extra_ids:
             present = {str(i["id"]) if isinstance(i, dict) else str(i) for i in ids}
             extra = [i for i in dict.fromkeys(run.extra_ids) if i not in present]
@@ -587,7 +589,7 @@ async def sync_catalog(
 
         async def one(index: int, chunk: list[Any]) -> dict[str, Any]:
             async with gate:
-                return await sync_catalog_chunk(run, chunk, index)
+                return await sync_catalog_chunk(quote(run), quote(chunk), index)
 
         results = await asyncio.gather(*(one(i, c) for i, c in enumerate(chunks)))
         for result in results:

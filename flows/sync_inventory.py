@@ -19,6 +19,7 @@ from typing import Any
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
+from prefect.utilities.annotations import quote
 from sqlalchemy import Engine, func, select
 
 from canonical import now_utc
@@ -323,12 +324,13 @@ async def sync_inventory(
     wallets = {c: WalletClient(s) for c, s in chosen.items()}
     totals = InventoryCounts()
     try:
-        imported = await import_batches_task(engine, erp, since)
+        imported = await import_batches_task(engine, quote(erp), since)
         totals.erp_batches = imported.erp_batches
         totals.dead_lettered = imported.dead_lettered
         only = (None if whole else
                 dirty_skus(engine, rebalanced - timedelta(minutes=lookback_minutes)))
-        done = await quotas_task(engine, chosen, wallets, high, weights_days, only)
+        done = await quotas_task(engine, quote(chosen), quote(wallets), high, weights_days,
+                                 quote(only))
         totals.skus, totals.quotas_changed, totals.batches_changed = (
             done.skus, done.quotas_changed, done.batches_changed)
         totals.pushed, totals.rejected, totals.by_site = (done.pushed, done.rejected,
