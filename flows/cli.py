@@ -139,6 +139,36 @@ def sync_catalog_cmd(
     typer.echo(json.dumps(result, indent=2, default=str))
 
 
+@sync_app.command("inventory")
+def sync_inventory_cmd(
+    site: Annotated[list[str] | None, typer.Option(help="Only these sites (repeatable).")] = None,
+    full: Annotated[bool, typer.Option(help="Re-read every ERP batch and rebalance every "
+                                            "SKU.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run the inventory sync (ERP batches -> pool -> site quotas) once, through Prefect."""
+    quiet_prefect(verbose)
+    from flows.sync_inventory import sync_inventory
+
+    result = asyncio.run(sync_inventory(sites=site or None, full=full))
+    typer.echo(json.dumps(result, indent=2, default=str))
+
+
+@sync_app.command("sales")
+def sync_sales_cmd(
+    site: Annotated[list[str] | None, typer.Option(help="Only these sites (repeatable).")] = None,
+    poll: Annotated[bool, typer.Option(help="Also read orders by cursor (besides the "
+                                            "webhook inbox).")] = True,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run the sales ingest (orders -> code allocation -> deliveries -> ERP) once."""
+    quiet_prefect(verbose)
+    from flows.ingest_sales import ingest_sales
+
+    result = asyncio.run(ingest_sales(sites=site or None, poll=poll))
+    typer.echo(json.dumps(result, indent=2, default=str))
+
+
 # dead letters -------------------------------------------------------------------------------
 @dead_app.command("list")
 def dead_list(

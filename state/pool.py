@@ -51,7 +51,7 @@ import time
 from array import array
 from bisect import bisect_left
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -525,12 +525,29 @@ def stock(session: Session, sku: str | None = None, *, on: date | None = None,
 
 
 # codes in -----------------------------------------------------------------------------------
+class RefusalRule(StrEnum):
+    """Why ``add_codes`` refused a code, for callers that explain it in their own words."""
+
+    EMPTY = "empty"
+    REPEATED = "repeated"
+    """The code repeats an earlier one of the same input (``first_position``)."""
+    IN_POOL = "in_pool"
+    """The code is already in the pool (``batch_no`` names its batch when known)."""
+    OVER_LIMIT = "over_limit"
+    """The input holds more new codes than the ``limit`` allowed."""
+
+
 @dataclass(frozen=True)
 class RefusedCode:
     position: int
     """1-based position of the code in the input."""
     masked: str
     reason: str
+    rule: RefusalRule = RefusalRule.IN_POOL
+    first_position: int | None = None
+    """For ``REPEATED``: the position of the earlier occurrence."""
+    batch_no: str | None = None
+    """For ``IN_POOL``: the batch that holds the code (None when another upload won a race)."""
 
 
 @dataclass
@@ -541,13 +558,23 @@ class AddCodesReport:
     refused: int = 0
     refusals: list[RefusedCode] = field(default_factory=list)
     """The first ``MAX_REFUSALS_LISTED`` refusals; ``refused`` counts them all."""
+    on_refused: Callable[[RefusedCode], None] | None = field(default=None, repr=False)
+    """Called with every refusal, in the order they are found (not only the listed ones)."""
 
     MAX_REFUSALS_LISTED = 1000
 
-    def refuse(self, position: int, code: str, reason: str) -> None:
+    def refuse(self, position: int, code: str, reason: str,
+               rule: RefusalRule = RefusalRule.IN_POOL, *, first_position: int | None = None,
+               batch_no: str | None = None) -> None:
         self.refused += 1
-        if len(self.refusals) < self.MAX_REFUSALS_LISTED:
-            self.refusals.append(RefusedCode(position, mask(code), reason))
+        listed = len(self.refusals) < self.MAX_REFUSALS_LISTED
+        if not listed and self.on_refused is None:
+            return
+        refusal = RefusedCode(position, mask(code), reason, rule, first_position, batch_no)
+        if listed:
+            self.refusals.append(refusal)
+        if self.on_refused is not None:
+            self.on_refused(refusal)
 
 
 CodeIn = tuple[str, str | None, date | None]
@@ -562,6 +589,8 @@ def add_codes(
     actor: str,
     system: str,
     chunk_size: int = CODE_CHUNK,
+    limit: int | None = None,
+    on_refused: Callable[[RefusedCode], None] | None = None,
 ) -> AddCodesReport:
     """Receive codes into a code-pool batch: ``(code, pin or None, expires_on or None)`` each.
 
@@ -570,8 +599,16 @@ def add_codes(
     one of the same input or is already in the pool is refused with its position; the rest
     are stored encrypted, in stock, with one ``receive`` event each, and the batch's
     quantity, remaining and available rise by what was added.
+
+    ``limit``: add at most this many codes (e.g. what a purchase order line has left to
+    receive); new codes past it are refused (``OVER_LIMIT``), so the count is of codes
+    actually added, after repeats and codes already in the pool are refused.
+    ``on_refused`` sees every refusal as it is found (called inside the chunk's transaction:
+    it must not touch the database).
     """
-    report = AddCodesReport(batch_no=batch_no)
+    if limit is not None and limit < 0:
+        raise PoolError(f"batch {batch_no}: limit must not be negative, got {limit}")
+    report = AddCodesReport(batch_no=batch_no, on_refused=on_refused)
     with session_scope(engine) as session:
         batch = session.execute(
             select(*PoolBatch.__table__.c).where(PoolBatch.batch_no == batch_no)).first()
@@ -590,14 +627,16 @@ def add_codes(
         code = normalize_code(code or "")
         if not code:
             report.received += 1
-            report.refuse(position, "", "empty code")
+            report.refuse(position, "", "empty code", RefusalRule.EMPTY)
             continue
         chunk.append((position, code, None if pin is None else pin.strip(), expires))
         if len(chunk) >= chunk_size:
-            _add_chunk(engine, batch, batch_rank, chunk, keyring, report, ours, actor, system)
+            _add_chunk(engine, batch, batch_rank, chunk, keyring, report, ours, actor, system,
+                       limit)
             chunk = []
     if chunk:
-        _add_chunk(engine, batch, batch_rank, chunk, keyring, report, ours, actor, system)
+        _add_chunk(engine, batch, batch_rank, chunk, keyring, report, ours, actor, system,
+                   limit)
     report.refusals.sort(key=lambda r: r.position)
     return report
 
@@ -625,7 +664,7 @@ class _Positions:
 def _add_chunk(
     engine: Engine, batch: Any, batch_rank: int,
     chunk: list[tuple[int, str, str | None, date | None]], keyring: Keyring,
-    report: AddCodesReport, ours: _Positions, actor: str, system: str,
+    report: AddCodesReport, ours: _Positions, actor: str, system: str, limit: int | None,
 ) -> None:
     report.received += len(chunk)
     hashes = keyring.hash_codes(c for _, c, _, _ in chunk)
@@ -636,7 +675,8 @@ def _add_chunk(
             fresh[digest] = index
         else:
             report.refuse(chunk[index][0], chunk[index][1],
-                          f"repeats position {chunk[first][0]} of this upload")
+                          f"repeats position {chunk[first][0]} of this upload",
+                          RefusalRule.REPEATED, first_position=chunk[first][0])
     now = now_utc()
     with session_scope(engine, immediate=True) as session:
         pg = _is_pg(session)
@@ -655,9 +695,20 @@ def _add_chunk(
         for digest, code_id, other in existing:
             index = fresh.pop(digest)
             earlier = ours.get(code_id)
-            reason = (f"repeats position {earlier} of this upload" if earlier is not None
-                      else f"already in the pool (batch {other})")
-            report.refuse(chunk[index][0], chunk[index][1], reason)
+            if earlier is not None:
+                report.refuse(chunk[index][0], chunk[index][1],
+                              f"repeats position {earlier} of this upload",
+                              RefusalRule.REPEATED, first_position=earlier)
+            else:
+                report.refuse(chunk[index][0], chunk[index][1],
+                              f"already in the pool (batch {other})", RefusalRule.IN_POOL,
+                              batch_no=other)
+        if limit is not None:
+            room = max(0, limit - report.added)
+            for index in sorted(fresh.values())[room:]:
+                del fresh[hashes[index]]
+                report.refuse(chunk[index][0], chunk[index][1],
+                              f"more than the {limit} codes allowed", RefusalRule.OVER_LIMIT)
         if not fresh:
             return
         indexes = sorted(fresh.values())
