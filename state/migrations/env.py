@@ -7,7 +7,8 @@ from sqlalchemy import engine_from_config, pool
 from sqlmodel import SQLModel
 
 import state.catalog
-import state.models  # noqa: F401
+import state.models
+import state.procurement  # noqa: F401
 
 config = context.config
 target_metadata = SQLModel.metadata
