@@ -11,6 +11,7 @@ from connectors.erp import ErpClient, ErpSettings
 from connectors.finance import FinanceClient, FinanceSettings
 from connectors.http import RetryPolicy
 from connectors.limits import ConcurrencyLimiter
+from connectors.payments.stripe import StripeClient
 from connectors.wallet import WalletClient, WalletSiteSettings
 from tests.connectors.conformance import ConnectorCase, json_response
 
@@ -222,4 +223,49 @@ FINANCE_CASE = ConnectorCase(
     secrets=("vf-conformance-password",),
 )
 
-CASES = [ERP_CASE, WALLET_CASE, FINANCE_CASE]
+
+def build_stripe(transport: httpx.MockTransport, retry: RetryPolicy) -> StripeClient:
+    return StripeClient("http://stripe.test", "sk_conformance_secret", transport=transport,
+                        retry=retry, limiter=ConcurrencyLimiter(4))
+
+
+def stripe_error(status: int, kind: str, message: str, code: str | None = None,
+                 headers: dict[str, str] | None = None) -> httpx.Response:
+    error = {"type": kind, "message": message, **({"code": code} if code else {})}
+    return json_response(status, {"error": error}, headers)
+
+
+STRIPE_PAYOUT = {"id": "po_1", "object": "payout", "amount": 1000, "currency": "eur",
+                 "status": "paid", "created": 1_763_600_000, "arrival_date": 1_763_700_000}
+
+
+def stripe_page(request: httpx.Request, number: int, size: int, more: bool) -> httpx.Response:
+    data = [{**STRIPE_PAYOUT, "id": f"po_{number}_{i}"} for i in range(size)]
+    return json_response(200, {"object": "list", "data": data, "has_more": more})
+
+
+def stripe_repeated(request: httpx.Request, number: int) -> httpx.Response:
+    return json_response(200, {"object": "list", "data": [STRIPE_PAYOUT], "has_more": True})
+
+
+async def stripe_list_all(client: StripeClient) -> list[str]:
+    return [p.id async for page in client.payouts(page_size=2) for p in page]
+
+
+STRIPE_CASE = ConnectorCase(
+    name="stripe",
+    build=build_stripe,
+    call=lambda c: c.payout("po_1"),
+    ok_response=lambda: json_response(200, STRIPE_PAYOUT),
+    auth_failure=lambda: stripe_error(401, "authentication_error", "Invalid API Key provided"),
+    rate_limited=lambda retry_after: stripe_error(
+        429, "rate_limit_error", "Too many requests", "rate_limit",
+        {"Retry-After": str(int(retry_after))} if retry_after is not None else None),
+    page=stripe_page,
+    repeated_page=stripe_repeated,
+    list_all=stripe_list_all,
+    server_error=lambda status: stripe_error(status, "api_error", "boom"),
+    secrets=("sk_conformance_secret",),
+)
+
+CASES = [ERP_CASE, WALLET_CASE, FINANCE_CASE, STRIPE_CASE]
