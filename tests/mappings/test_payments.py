@@ -118,3 +118,20 @@ def test_record_keys_are_stable_and_external_id_safe() -> None:
     assert key == record_key("camt053", "NL26", None, 1, Decimal("8.85"))
     assert key != record_key("camt053", "NL26", None, 2, Decimal("8.85"))
     assert key.replace("-", "").replace("_", "").isalnum() and len(key) <= 128
+
+
+def test_a_wallet_delivery_is_evidence_without_its_codes() -> None:
+    from canonical import DeliveryKind
+    from mappings.errors import MappingError
+    from mappings.payments import wallet_delivery_to_delivery
+
+    raw = {"delivery_id": "sg1-D00000001", "order_id": "O1", "line_id": "L1",
+           "codes": [{"code": "********WXYZ"}, {"code": "********ABCD", "pin": "****"}],
+           "delivered_at": "2026-11-20T10:00:00+08:00"}
+    delivery = wallet_delivery_to_delivery(raw, site="sg1", order_id="O1")
+    assert delivery.kind is DeliveryKind.CODES and delivery.quantity == 2
+    assert delivery.delivered_at.isoformat() == "2026-11-20T02:00:00+00:00"
+    assert "WXYZ" not in delivery.model_dump_json()
+    with pytest.raises(MappingError, match="delivered_at"):
+        wallet_delivery_to_delivery({**raw, "delivered_at": "2026-11-20T10:00:00"},
+                                    site="sg1", order_id="O1")
