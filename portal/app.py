@@ -67,6 +67,9 @@ def create_app(
         return JSONResponse({"id": event.event_id, "stored": fresh, "duplicate": not fresh},
                             status_code=202 if fresh else 200)
 
+    from portal.vendor import vendor_router  # the vendor portal: uploads and statements
+
+    app.include_router(vendor_router(engine))
     return app
 
 
