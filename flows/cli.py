@@ -37,6 +37,12 @@ from flows.payments_cli import payments_app  # noqa: E402
 
 app.add_typer(payments_app, name="payments")
 
+# procurement: vendors and their portal tokens, contracts, orders (flows/procurement_cli.py) --
+from flows.procurement_cli import purchasing_app, vendors_app  # noqa: E402
+
+app.add_typer(vendors_app, name="vendors")
+app.add_typer(purchasing_app, name="purchasing")
+
 
 @portal_app.command("serve")
 def portal_serve(

@@ -167,7 +167,7 @@ def test_vendor_a_never_reaches_vendor_b_on_any_route(app, world):
     routes = _vendor_routes(app)
     assert len(routes) >= 12
     checked = 0
-    for method, path, route in routes:
+    for method, path, _route in routes:
         params = set(re.findall(r"{(\w+)}", path))
         unknown = params - set(b_params)
         assert not unknown, f"{method} {path}: teach this test what {unknown} of vendor B is"
