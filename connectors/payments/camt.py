@@ -39,9 +39,9 @@ NS_PREFIX = "urn:iso:std:iso:20022:tech:xsd:"
 _NS_RE = re.compile(rb"urn:iso:std:iso:20022:tech:xsd:(camt\.05[234]\.001\.\d{2})")
 _DTD_RE = re.compile(rb"<!(DOCTYPE|ENTITY)", re.IGNORECASE)
 HEAD_BYTES = 65_536
-TREE_VALIDATION_LIMIT = 32 * 1024 * 1024
-"""Files up to this size are validated as one tree (errors then carry line numbers); larger
-ones are validated lazily, subtree by subtree."""
+EXPLAIN_LIMIT = 16 * 1024 * 1024
+"""An invalid file up to this size is validated again with xmlschema, whose error names the
+element path and line; a larger one is reported with libxml2's own message."""
 
 MESSAGES = {
     "camt.053": ("BkToCstmrStmt", "Stmt"),
@@ -153,9 +153,73 @@ def schema(version: str) -> xmlschema.XMLSchema:
     return xmlschema.XMLSchema(str(path))
 
 
+@cache
+def libxml_schema(version: str) -> etree.XMLSchema:
+    """The same XSD compiled by libxml2: it validates while streaming, in C (xmlschema takes
+    about a second per megabyte and holds the tree)."""
+    path = xsd_path(version)
+    if not path.is_file():
+        raise FileNotFoundError(version)
+    return etree.XMLSchema(etree.parse(str(path), safe_parser()))
+
+
 def safe_parser() -> etree.XMLParser:
     return etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False,
                            dtd_validation=False, huge_tree=False, remove_comments=True)
+
+
+class Node:
+    """An element read once into plain Python (local names, text, the currency attribute), so
+    the dozens of lookups an entry needs cost dictionary hits instead of lxml path searches."""
+
+    __slots__ = ("children", "currency", "sourceline", "text")
+
+    def __init__(self, text: str | None, currency: str | None, sourceline: int | None) -> None:
+        self.text = text
+        self.currency = currency
+        self.sourceline = sourceline
+        self.children: dict[str, list[Node]] = {}
+
+    @classmethod
+    def of(cls, elem: Any, skip: int) -> Node:
+        node = cls(elem.text, elem.get("Ccy"), elem.sourceline)
+        _fill(node, elem, skip)
+        return node
+
+    def get(self, name: str) -> str | None:
+        return self.currency if name == "Ccy" else None
+
+    def find(self, path: str) -> Node | None:
+        node: Node | None = self
+        for part in path.split("/"):
+            found = node.children.get(part) if node is not None else None
+            if not found:
+                return None
+            node = found[0]
+        return node
+
+    def findall(self, path: str) -> list[Node]:
+        head, _, rest = path.partition("/")
+        found = self.children.get(head, [])
+        if not rest:
+            return list(found)
+        return [deeper for node in found for deeper in node.findall(rest)]
+
+
+def _fill(node: Node, elem: Any, skip: int) -> None:
+    children = node.children
+    for child in elem:
+        tag = child.tag
+        if type(tag) is not str:
+            continue
+        sub = Node(child.text, child.get("Ccy"), None)
+        if len(child):
+            _fill(sub, child, skip)
+        found = children.get(tag[skip:])
+        if found is None:
+            children[tag[skip:]] = [sub]
+        else:
+            found.append(sub)
 
 
 # the reader ---------------------------------------------------------------------------------
@@ -224,31 +288,52 @@ class CamtReader:
 
     # step 2: the XSD ----------------------------------------------------------------------------
     def check_schema(self) -> None:
+        """Validate the whole file against its version's XSD before reading any entry:
+        streamed through libxml2, and on failure explained by xmlschema (path and line)."""
         try:
-            xsd = schema(self.version)
+            xsd = libxml_schema(self.version)
         except FileNotFoundError:
             raise self.error("xsd_unknown", f"no schema for {self.version}") from None
-        if self.path.stat().st_size <= TREE_VALIDATION_LIMIT:
-            try:
-                tree = etree.parse(str(self.path), safe_parser())
-            except etree.XMLSyntaxError as exc:
+        root_tag = f"{{{self.ns}}}Document"
+        context = etree.iterparse(
+            str(self.path), events=("start", "end"), tag=(root_tag, f"{{{self.ns}}}Ntry"),
+            schema=xsd, resolve_entities=False, no_network=True, load_dtd=False,
+            huge_tree=False, remove_comments=True,
+        )
+        try:
+            for event, elem in context:
+                if event == "start":
+                    if elem.tag == root_tag:
+                        self._refuse_dtd(elem.getroottree())
+                    continue
+                elem.clear()
+                parent = elem.getparent()
+                while elem.getprevious() is not None and parent is not None:
+                    del parent[0]
+        except etree.XMLSyntaxError as exc:
+            if self.path.stat().st_size <= EXPLAIN_LIMIT:
+                raise self._explain() from None
+            line = exc.lineno if isinstance(exc.lineno, int) and exc.lineno > 0 else None
+            if line is not None:
                 raise self._syntax(exc) from None
-            self._refuse_dtd(tree)
-            error = next(iter(xsd.iter_errors(tree)), None)
-        else:
-            resource = xmlschema.XMLResource(str(self.path), lazy=True, defuse="always",
-                                             allow="none")
-            try:
-                error = next(iter(xsd.iter_errors(resource)), None)
-            except Exception as exc:  # the defused parser refuses entities with its own error
-                raise self.error("xml_syntax", f"{type(exc).__name__}: {exc}") from None
-        if error is not None:
-            line = getattr(error, "sourceline", None)
-            path = getattr(error, "path", None) or ""
-            reason = (error.reason or str(error)).replace(f"{{{self.ns}}}", "")
-            raise self.error("xsd", f"not a valid {self.version}: {reason}",
-                             line=line if isinstance(line, int) else None,
-                             field_name=_strip_ns(path, self.ns) or None)
+            reason = str(exc.msg if hasattr(exc, "msg") else exc).replace(f"{{{self.ns}}}", "")
+            raise self.error("xsd", f"not a valid {self.version}: {reason}") from None
+
+    def _explain(self) -> PaymentFileError:
+        try:
+            tree = etree.parse(str(self.path), safe_parser())
+        except etree.XMLSyntaxError as exc:
+            return self._syntax(exc)
+        self._refuse_dtd(tree)
+        error = next(iter(schema(self.version).iter_errors(tree)), None)
+        if error is None:  # pragma: no cover - libxml2 and xmlschema agree on the corpus
+            return self.error("xsd", f"not a valid {self.version}")
+        line = getattr(error, "sourceline", None)
+        path = getattr(error, "path", None) or ""
+        reason = (error.reason or str(error)).replace(f"{{{self.ns}}}", "")
+        return self.error("xsd", f"not a valid {self.version}: {reason}",
+                          line=line if isinstance(line, int) else None,
+                          field_name=_strip_ns(path, self.ns) or None)
 
     def _syntax(self, exc: etree.XMLSyntaxError) -> PaymentFileError:
         line = exc.lineno if isinstance(exc.lineno, int) and exc.lineno > 0 else None
@@ -279,9 +364,11 @@ class CamtReader:
         message_id: str | None = None
         statement: CamtStatement | None = None
         index = 0
+        skip = len(ns) + 2
         context = etree.iterparse(
-            str(self.path), events=("start", "end"), resolve_entities=False, no_network=True,
-            load_dtd=False, huge_tree=False, remove_comments=True,
+            str(self.path), events=("start", "end"),
+            tag=(tag_block, tag_grp, tag_acct, tag_entry), resolve_entities=False,
+            no_network=True, load_dtd=False, huge_tree=False, remove_comments=True,
         )
         first = True
         try:
@@ -294,29 +381,29 @@ class CamtReader:
                         statement = None
                     continue
                 tag = elem.tag
-                if tag == tag_grp:
-                    message_id = self._text(elem, "MsgId")
-                elif tag == tag_acct and elem.getparent() is not None \
-                        and elem.getparent().tag == tag_block:
-                    statement = self._statement(elem.getparent(), elem, message_id)
-                    self.statements.append(statement)
-                elif tag == tag_entry:
+                if tag == tag_entry:
                     if statement is None:  # an XSD-valid file always has Acct before Ntry
                         raise self.error("structure", "entry before its account",
                                          line=elem.sourceline)
-                    yield self._entry(elem, statement, index)
+                    yield self._entry(Node.of(elem, skip), statement, index)
                     index += 1
                     elem.clear()
                     parent = elem.getparent()
                     while elem.getprevious() is not None and parent is not None:
                         del parent[0]
+                elif tag == tag_grp:
+                    message_id = self._text(Node.of(elem, skip), "MsgId")
+                elif tag == tag_acct and elem.getparent() is not None \
+                        and elem.getparent().tag == tag_block:
+                    statement = self._statement(Node.of(elem.getparent(), skip),
+                                                Node.of(elem, skip), message_id)
+                    self.statements.append(statement)
         except etree.XMLSyntaxError as exc:
             raise self._syntax(exc) from None
 
     # element helpers ----------------------------------------------------------------------------
-    def _find(self, elem: Any, path: str) -> Any:
-        ns = self.ns
-        return elem.find("/".join(f"{{{ns}}}{p}" for p in path.split("/")))
+    def _find(self, elem: Node, path: str) -> Node | None:
+        return elem.find(path)
 
     def _text(self, elem: Any, path: str) -> str | None:
         found = self._find(elem, path)
@@ -390,9 +477,7 @@ class CamtReader:
         if batch is None:
             batch = self._find(elem, "Btch")
         transactions = tuple(
-            self._transaction(tx, origin) for details in elem.iterchildren(f"{{{self.ns}}}NtryDtls")
-            for tx in details.iterchildren(f"{{{self.ns}}}TxDtls")
-        )
+            self._transaction(tx, origin) for tx in elem.findall("NtryDtls/TxDtls"))
         count = self._text(batch, "NbOfTxs") if batch is not None else None
         return CamtEntry(
             statement=statement, origin=origin, amount=amount, currency=currency,
@@ -442,10 +527,10 @@ class CamtReader:
                 break
         proprietary = tuple(
             (self._text(p, "Tp") or "", self._text(p, "Ref") or "")
-            for p in tx.iterfind(f"{{{self.ns}}}Refs/{{{self.ns}}}Prtry")
+            for p in tx.findall("Refs/Prtry")
         )
         remittance = tuple(
-            u.text.strip() for u in tx.iterfind(f"{{{self.ns}}}RmtInf/{{{self.ns}}}Ustrd")
+            u.text.strip() for u in tx.findall("RmtInf/Ustrd")
             if u.text and u.text.strip()
         )
         return CamtTransaction(
