@@ -302,14 +302,17 @@ async def sync_inventory(
     lookback_minutes: float = 10.0,
     weights_days: int = 7,
     full: bool = False,
+    settle_seconds: float = 30.0,
 ) -> dict[str, Any]:
     """Read changed ERP batch records into the pool, then show each site its quota of every
     SKU (and of every batch) it sells.
 
     Quotas are rebalanced for the SKUs whose catalogue entry or batches changed since the last
-    run (with ``lookback_minutes``); the first run of each (UTC) day, a run with ``full`` or the
-    first run ever rebalances every SKU, since expiries and the sales weights move with the
-    calendar too."""
+    run began, less ``settle_seconds`` (a change stamped just before that but committed after
+    the last run read would otherwise be missed: vouchflow's own transactions are short); the
+    first run of each (UTC) day, a run with ``full`` or the first run ever rebalances every
+    SKU, since expiries and the sales weights move with the calendar too.
+    ``lookback_minutes`` is the look-back for the ERP's batch records."""
     logger = run_logger()
     engine = state_engine()
     all_sites = load_sites()
@@ -328,7 +331,7 @@ async def sync_inventory(
         totals.erp_batches = imported.erp_batches
         totals.dead_lettered = imported.dead_lettered
         only = (None if whole else
-                dirty_skus(engine, rebalanced - timedelta(minutes=lookback_minutes)))
+                dirty_skus(engine, rebalanced - timedelta(seconds=settle_seconds)))
         done = await quotas_task(engine, quote(chosen), quote(wallets), high, weights_days,
                                  quote(only))
         totals.skus, totals.quotas_changed, totals.batches_changed = (

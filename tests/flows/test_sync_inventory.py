@@ -114,10 +114,10 @@ def test_later_runs_rebalance_only_the_skus_that_changed(sandboxes):
                           unit_cost=Decimal("1.2500"), currency=sku.face_value.currency,
                           expiry_type="fixed_date", expires_on=date(2027, 6, 30),
                           quantity=8, remaining=3)
-    second = run(lookback_minutes=0)
+    second = run(settle_seconds=0)
     assert second["skus"] == 1 and second["quotas_changed"] >= 1
     assert sum(shown(sandboxes)[code].values()) == 3
-    quiet = run(lookback_minutes=0)
+    quiet = run(settle_seconds=0)
     assert quiet["skus"] == 0 and quiet["pushed"] == 0
     # a full run looks at everything again and finds nothing else to send
     whole = run(full=True)
