@@ -162,7 +162,12 @@ class Mt940Reader:
 
     def _statement(self, parsed: Any, text: str) -> Mt940Statement:
         data = parsed.data
-        message = self.expect or ("MT942" if _MT942_MARKERS.search(text) else "MT940")
+        detected = "MT942" if _MT942_MARKERS.search(text) else "MT940"
+        if self.expect == "MT940" and detected == "MT942":
+            # interim evidence read as a statement of record would count as booked money
+            raise PaymentFileError(self.file, "format_mismatch", "the statement carries MT942 "
+                                   "fields (:13D:, :34F:, :90C:/:90D:); read it as mt942")
+        message = self.expect or detected
         created = data.get("date")
         created_at = None
         if isinstance(created, datetime):

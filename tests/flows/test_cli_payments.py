@@ -67,6 +67,8 @@ def test_parse_can_show_fees_and_payouts(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.stderr
     kinds = [json.loads(x)["record"] for x in result.stdout.splitlines()]
     assert kinds.count("trace") == 3 and kinds.count("fee") == 5 and kinds.count("payout") == 1
+    alias = _run("parse", str(path), "--format", "adyen")
+    assert alias.exit_code == 0 and len(alias.stdout.splitlines()) == 3
     only = _run("parse", str(path), "--records", "payout")
     assert [json.loads(x)["amount"] for x in only.stdout.splitlines()] == ["56.90"]
 

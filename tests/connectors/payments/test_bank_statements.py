@@ -181,3 +181,11 @@ def test_mt942_is_provisional_and_mt940_booked() -> None:
     booked = list(read_payment_file(MT940 / "jejik/generic.sta"))
     assert {t.status for t in booked} == {TraceStatus.BOOKED}
     assert [t.origin.line for t in booked] == [5, 13]
+
+
+def test_an_interim_report_is_not_read_as_a_statement_of_record() -> None:
+    with pytest.raises(PaymentFileError) as info:
+        list(read_payment_file(MT940 / "mBank" / "mt942.sta", "mt940"))
+    assert info.value.rule == "format_mismatch"
+    traces = list(read_payment_file(MT940 / "mBank" / "mt942.sta"))
+    assert traces and {t.status for t in traces} == {TraceStatus.PROVISIONAL}
