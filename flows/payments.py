@@ -42,9 +42,10 @@ from mappings.payments import (
 )
 from state.db import session_scope
 from state.payment_files import FileStatus, content_digest, file_status, record_file
-from state.store import DeadLetterItem, record_dead_letters
+from state.store import DeadLetterItem, record_dead_letters, resolve_dead_letters
 
 FLOW = "ingest_payments"
+SOURCE = "payments"
 Records = Iterator[PaymentRecord]
 
 
@@ -154,7 +155,8 @@ def ingest_payment_files(
     """Read each file not read before. A file is read whole or not at all: one bad record
     rejects its file (a remittance cannot be built on part of a settlement report), and the
     file's name is not recorded, so a corrected file is read when it comes. A changed file
-    under a known name is flagged as a dead letter unless ``accept_changed``."""
+    under a known name is flagged as a dead letter unless ``accept_changed``; reading a
+    file closes the dead letters its name had."""
     outcomes = []
     for raw in paths:
         path = Path(raw)
@@ -190,6 +192,7 @@ def ingest_payment_files(
             continue
         with session_scope(engine) as session:
             record_file(session, name, outcome.digest)
+            resolve_dead_letters(session, FLOW, SOURCE, "payment_file", [name])
         outcome.status = "read"
     return outcomes
 
@@ -197,6 +200,6 @@ def ingest_payment_files(
 def _dead_letter(engine: Engine, outcome: FileOutcome, payload: dict[str, Any]) -> None:
     with session_scope(engine) as session:
         record_dead_letters(session, [DeadLetterItem(
-            flow=FLOW, source=f"payments:{outcome.format or 'file'}", entity_type="payment_file",
-            entity_key=outcome.name[:255], reason=outcome.error or "", payload=payload,
+            flow=FLOW, source=SOURCE, entity_type="payment_file", entity_key=outcome.name[:255],
+            reason=outcome.error or "", payload={"format": outcome.format, **payload},
         )])

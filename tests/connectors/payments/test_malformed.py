@@ -153,3 +153,10 @@ def test_bad_files_do_not_stop_the_others(tmp_path: Path, engine) -> None:
         letters = list_dead_letters(session, status="open", source=None, limit=10)
     assert {row.entity_key for row in letters} == {"truncated.xml", "missing.csv",
                                                    "decimals.csv"}
+    # the bank sends the whole file under the same name: it is read, its dead letter closed
+    truncated.write_bytes(MINIMAL.read_bytes())
+    (again,) = ingest_payment_files([truncated], engine)
+    assert again.status == "read" and again.counts()["traces"] == 1
+    with session_scope(engine) as session:
+        letters = list_dead_letters(session, status="open", source=None, limit=10)
+    assert {row.entity_key for row in letters} == {"missing.csv", "decimals.csv"}
