@@ -42,6 +42,7 @@ class ReplayReport:
 
 def _load_handlers() -> None:
     # importing the flow modules registers their handlers
+    import flows.subscribers
     import flows.sync_catalog  # noqa: F401
 
 

@@ -9,12 +9,11 @@ the events happened, not the order they arrived.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
-import time
 from dataclasses import dataclass
 from typing import Any
+
+from connectors.signing import SignatureError, check_signature, sign
 
 SIGNATURE_HEADER = "x-wallet-signature"
 EVENT_ID_HEADER = "x-wallet-event-id"
@@ -29,6 +28,9 @@ class WebhookRefused(Exception):
         super().__init__(message)
 
 
+__all__ = ["EVENT_TYPES", "VerifiedEvent", "WebhookRefused", "sign", "verify"]
+
+
 @dataclass(frozen=True)
 class VerifiedEvent:
     event_id: str
@@ -38,42 +40,16 @@ class VerifiedEvent:
     payload: dict[str, Any]
 
 
-def sign(secret: str, timestamp: int, body: bytes) -> str:
-    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
-    return f"t={timestamp},v1={mac.hexdigest()}"
-
-
-def _parse_signature(header: str) -> tuple[int, list[str]]:
-    timestamp: int | None = None
-    signatures: list[str] = []
-    for part in header.split(","):
-        key, _, value = part.strip().partition("=")
-        if key == "t":
-            try:
-                timestamp = int(value)
-            except ValueError:
-                raise WebhookRefused(401, "signature timestamp is not a number") from None
-        elif key == "v1":
-            signatures.append(value)
-    if timestamp is None or not signatures:
-        raise WebhookRefused(401, "signature header without t= and v1=")
-    return timestamp, signatures
-
-
 def verify(site: str, secret: str, headers: dict[str, str], body: bytes,
            *, now: float | None = None) -> VerifiedEvent:
     """Check signature and freshness, then the body's shape; raise WebhookRefused."""
     if not secret:
         raise WebhookRefused(401, f"no webhook secret configured for site {site}")
-    header = headers.get(SIGNATURE_HEADER, "")
-    timestamp, signatures = _parse_signature(header)
-    current = time.time() if now is None else now
-    if abs(current - timestamp) > TOLERANCE_S:
-        raise WebhookRefused(401, "signature timestamp outside the 5-minute window")
-    expected = hmac.new(secret.encode(), f"{timestamp}.".encode() + body,
-                        hashlib.sha256).hexdigest()
-    if not any(hmac.compare_digest(expected, s) for s in signatures):
-        raise WebhookRefused(401, "signature does not match")
+    try:
+        check_signature(secret, headers.get(SIGNATURE_HEADER, ""), body, now=now,
+                        tolerance_s=TOLERANCE_S)
+    except SignatureError as exc:
+        raise WebhookRefused(401, str(exc)) from None
     try:
         event = json.loads(body)
     except (ValueError, UnicodeDecodeError):

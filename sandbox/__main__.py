@@ -5,12 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import signal
-import threading
 from pathlib import Path
-from types import FrameType
 
 from sandbox import DEFAULT_ERP_PORT, DEFAULT_WALLET_PORT, serve_all
+from sandbox.core import run_until, stop_signal
 from sandbox.sites import load_sites
 
 
@@ -49,13 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.erp_write_latency_ms:
         group.erp.faults.set(latency_ms=args.erp_write_latency_ms, method="PUT",
                              path_prefix="/services/rest/record/")
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    stop = stop_signal()
     creds = group.erp.credentials
     print(f"ERP     {group.erp_url}  (account {creds.account}, "
           f"{group.erp.count('inventoryItem')} inventory items)")
@@ -69,12 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_env:
         for key, value in group.env().items():
             print(f"export {key}={shlex.quote(value)}")
-    print("Ctrl-C to stop.", flush=True)
-    try:
-        while not stop.wait(0.5):
-            pass
-    finally:
-        group.stop()
+    run_until(stop, group)
     return 0
 
 

@@ -56,8 +56,10 @@ __all__ = [
     "ServedSandbox",
     "dumps",
     "json_response",
+    "run_until",
     "serve",
     "serve_many",
+    "stop_signal",
     "utcnow",
 ]
 
@@ -923,6 +925,31 @@ class ServedGroup:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def stop_signal() -> threading.Event:
+    """An event set by SIGINT or SIGTERM (for ``python -m sandbox...`` in the foreground); call
+    it from the main thread before serving."""
+    import signal
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    return stop
+
+
+def run_until(stop: threading.Event, group: ServedGroup | Any) -> None:
+    """Print the stop hint, block until ``stop`` is set, then stop ``group``."""
+    print("Ctrl-C to stop.", flush=True)
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        group.stop()
 
 
 def serve_many(

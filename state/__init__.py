@@ -2,4 +2,6 @@
 run ledger, the code pool and the catalogue. SQLite by default, PostgreSQL when more than one
 worker runs."""
 
-import state.catalog  # noqa: F401  (registers its table with the others)
+# importing these registers their tables with the others
+import state.catalog
+import state.subscriptions  # noqa: F401  (and state.events)

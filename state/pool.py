@@ -69,6 +69,12 @@ from canonical.batch import BatchStatus, ExpiryType
 from canonical.sku import IssuanceMode
 from state.crypto import Keyring, last4, normalize_code
 from state.db import session_scope
+from state.events import (
+    emit_events,
+    order_line_allocated,
+    order_line_delivered,
+    sales_order_recorded,
+)
 from state.models import (
     NO_EXPIRY_RANK,
     ApiAllocation,
@@ -921,6 +927,13 @@ def record_orders(
         if line_rows:
             (_upsert_lines_pg if pg else _upsert_lines)(session, line_rows)
             report.lines_written += len(line_rows)
+        totals = {(r["site"], r["order_id"]): r["total"] for r in order_rows}
+        emit_events(session, [sales_order_recorded(
+            site=o.site, order_id=o.order_id, status=o.status, currency=o.currency,
+            total=totals[(o.site, o.order_id)], created_at=o.created_at,
+            updated_at=o.updated_at,
+            lines=[(ln.line_id, ln.sku, ln.quantity, ln.unit_price) for ln in o.lines])
+            for o in applied])
         stopped = [(o.site, o.order_id) for o in applied
                    if o.status in CANCELLED_ORDER_STATUSES]
         for stop in _chunks(stopped, IN_CHUNK):
@@ -1491,6 +1504,9 @@ def _allocate_chunk(
         session.execute(_sql(_ORDER_HELD_REASON), [
             {"site": s, "order_id": o, "reason": None, "now": now} for s, o in sorted(was_held)])
     _take_from_batches(session, pg, {b: n for b, n in taken.items() if n > 0}, now)
+    emit_events(session, [order_line_allocated(
+        site=ln.site, order_id=ln.order_id, line_id=ln.line_id, sku=ln.sku,
+        quantity=ln.quantity, issuance_mode=mode, at=now) for ln, mode, _ in done_lines])
 
     report.orders_allocated += len(ok_orders)
     report.lines_allocated += len(done_lines)
@@ -1849,6 +1865,9 @@ def mark_delivered(
     _events(session, [(cid, CodeStatus.ALLOCATED.value, CodeStatus.SOLD.value, ref)
                       for cid in sorted(changed)],
             at=now, actor=actor, system=system or f"wallet:{site}", action="deliver")
+    if changed:
+        emit_events(session, [order_line_delivered(site=site, order_id=order_id,
+                                                   line_id=line_id, codes=len(changed), at=now)])
     return len(changed)
 
 

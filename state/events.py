@@ -1,0 +1,380 @@
+"""Events for downstream subscribers: what vouchflow learned, announced once.
+
+A flow that changes something a subscriber may want calls ``emit_events`` with the same
+session as the change, so the event commits with it or not at all (the subscribers' outbox).
+Every event has a stable id derived from what it represents (type, entity, version): emitting
+it again is an insert-or-ignore on that id, so a re-run that changes nothing adds nothing and a
+re-run that repeats a change repeats the same id.
+
+Events are numbered by ``seq``, which only grows and is visible in the order it was given out:
+on SQLite writers take turns anyway; on PostgreSQL every transaction that emits takes one
+transaction-scoped advisory lock before numbering its events and keeps it until it commits.
+So a reader that has seen ``seq = n`` will never later find a smaller number committing
+behind it, and ``seq`` works as a cursor, both for the delivery worker and for a subscriber
+pulling what it missed. Call ``emit_events`` late in a transaction: on PostgreSQL concurrent
+emitters wait for each other from that point until they commit.
+
+The body a subscriber receives (webhook or pull) is::
+
+    {"id", "type", "occurred_at", "sequence", "entity": {"type", "key"}, "data"}
+
+``data`` never carries bearer value (codes, PINs) or secrets: events leave vouchflow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Index,
+    Integer,
+    Text,
+    UniqueConstraint,
+    func,
+    or_,
+    select,
+    text,
+    type_coerce,
+)
+from sqlalchemy.orm import Session
+from sqlmodel import Field, SQLModel
+
+from state.types import JSONText, UTCDateTime
+
+if TYPE_CHECKING:
+    from canonical import Sku
+
+EVENT_TYPES: dict[str, str] = {
+    "sales_order.recorded": "a site's sales order as vouchflow now holds it (new, or a newer "
+                            "version from the site); entity sales_order {site}:{order_id}",
+    "order_line.allocated": "an order line took its codes (code pool) or units (API batches); "
+                            "entity sales_order",
+    "order_line.delivered": "a code-pool line's codes were accepted by the site; entity "
+                            "sales_order",
+    "sku.changed": "a voucher SKU as mapped from the ERP changed; entity sku {sku}",
+}
+"""Every event type vouchflow emits, with what it means. Subscriptions name these (or
+``prefix.*``, or ``*``)."""
+
+ADVISORY_LOCK = 0x76666576656E74
+"""PostgreSQL advisory lock taken by every transaction that emits events (see module doc)."""
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+_PATTERN = re.compile(r"^(\*|[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*(\.\*)?)$")
+
+
+class OutboundEvent(SQLModel, table=True):
+    """One event for subscribers, numbered in commit order (``seq``)."""
+
+    __tablename__ = "outbound_event"
+    __table_args__ = (
+        UniqueConstraint("event_id", name="uq_outbound_event_id"),
+        Index("ix_outbound_event_type", "type", "seq"),
+        Index("ix_outbound_event_entity", "entity_type", "entity_key", "seq"),
+        {"sqlite_autoincrement": True},
+    )
+
+    seq: int | None = Field(default=None, sa_column=Column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True))
+    event_id: str = Field(max_length=255)
+    type: str = Field(max_length=64)
+    entity_type: str = Field(max_length=64)
+    entity_key: str = Field(max_length=255)
+    occurred_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    data: Any = Field(sa_column=Column(JSONText(), nullable=False))
+    recorded_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+
+
+# ids ----------------------------------------------------------------------------------------
+def safe_key(*parts: str) -> str:
+    """``part-part-...`` in ``[A-Za-z0-9_-]`` (an external id anywhere), at most 200 characters.
+
+    Unsafe characters become ``_`` and a short hash of the exact parts is appended, so two
+    different inputs never share a key (``a-b``/``c`` against ``a``/``b-c``)."""
+    plain = "-".join(parts)
+    if len(plain) <= 200 and not any("-" in p or _UNSAFE.search(p) for p in parts):
+        return plain
+    digest = hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:16]
+    return f"{_UNSAFE.sub('_', plain)[:180]}-h{digest}"
+
+
+def event_id(type_: str, entity_key: str, version: str = "") -> str:
+    """The stable id of an event: what it announces about which entity, in which version."""
+    parts = [type_.replace(".", "_"), entity_key] + ([version] if version else [])
+    return safe_key(*parts)
+
+
+def version_of(moment: datetime) -> str:
+    """A timestamp as a compact version string: ``20261122T100000123456Z``."""
+    return moment.astimezone(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+
+
+def ref(*parts: str) -> str:
+    """An entity key from parts joined with ``:`` (a ``:`` or ``%`` inside a part is escaped,
+    so ``a:b``/``c`` and ``a``/``b:c`` stay apart)."""
+    return ":".join(p.replace("%", "%25").replace(":", "%3A") for p in parts)
+
+
+def format_time(moment: datetime) -> str:
+    """RFC 3339 in UTC with ``Z``."""
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class Event:
+    """An event to emit. ``version`` tells occurrences of the same type for the same entity
+    apart (a timestamp or content hash); leave it empty for what happens once per entity."""
+
+    type: str
+    entity_type: str
+    entity_key: str
+    occurred_at: datetime
+    data: Mapping[str, Any]
+    version: str = ""
+
+    @property
+    def id(self) -> str:
+        return event_id(self.type, self.entity_key, self.version)
+
+
+# writing ------------------------------------------------------------------------------------
+def emit_events(session: Session, events: Iterable[Event]) -> int:
+    """Write events in the caller's transaction; an id already there is left as it is.
+    Returns how many were new."""
+    from canonical import now_utc
+    from state.store import _chunks, _insert
+
+    unique: dict[str, Event] = {}
+    for event in events:
+        if event.occurred_at.tzinfo is None:
+            raise ValueError(f"event {event.id}: occurred_at must be aware")
+        unique.setdefault(event.id, event)
+    if not unique:
+        return 0
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": ADVISORY_LOCK})
+    now = now_utc()
+    table = OutboundEvent.__table__
+    stmt = _insert(session, table).on_conflict_do_nothing(
+        index_elements=["event_id"]).returning(table.c.seq)
+    added = 0
+    for part in _chunks(list(unique.values()), 1000):
+        result = session.execute(stmt, [
+            {"event_id": e.id, "type": e.type, "entity_type": e.entity_type,
+             "entity_key": e.entity_key, "occurred_at": e.occurred_at, "data": dict(e.data),
+             "recorded_at": now}
+            for e in part])
+        added += len(result.all())
+    return added
+
+
+# builders: the events of the flows we have --------------------------------------------------
+def sales_order_ref(site: str, order_id: str) -> str:
+    return ref(site, order_id)
+
+
+def _money(value: Decimal | None) -> str | None:
+    return None if value is None else str(value)
+
+
+def sales_order_recorded(
+    *, site: str, order_id: str, status: str, currency: str, total: Decimal | None,
+    created_at: datetime, updated_at: datetime,
+    lines: Sequence[tuple[str, str, int, Decimal]],
+) -> Event:
+    """A version of a site order, kept because it was new or newer (the site's updated_at is
+    the version). ``lines`` are ``(line_id, sku, quantity, unit_price)``."""
+    return Event(
+        type="sales_order.recorded", entity_type="sales_order",
+        entity_key=sales_order_ref(site, order_id), occurred_at=updated_at,
+        version=version_of(updated_at),
+        data={"site": site, "order_id": order_id, "status": status, "currency": currency,
+              "total": _money(total), "created_at": format_time(created_at),
+              "updated_at": format_time(updated_at),
+              "lines": [{"line_id": lid, "sku": sku, "quantity": qty,
+                         "unit_price": _money(price)} for lid, sku, qty, price in lines]})
+
+
+def order_line_allocated(
+    *, site: str, order_id: str, line_id: str, sku: str, quantity: int, issuance_mode: str,
+    at: datetime,
+) -> Event:
+    """A line took what it sells (once per line): never the codes themselves."""
+    return Event(
+        type="order_line.allocated", entity_type="sales_order",
+        entity_key=sales_order_ref(site, order_id), occurred_at=at,
+        version=line_id,
+        data={"site": site, "order_id": order_id, "line_id": line_id, "sku": sku,
+              "quantity": quantity, "issuance_mode": issuance_mode,
+              "allocated_at": format_time(at)})
+
+
+def order_line_delivered(
+    *, site: str, order_id: str, line_id: str, codes: int, at: datetime,
+) -> Event:
+    """A line's codes were accepted by the site (once per line): how many, never which."""
+    return Event(
+        type="order_line.delivered", entity_type="sales_order",
+        entity_key=sales_order_ref(site, order_id), occurred_at=at,
+        version=line_id,
+        data={"site": site, "order_id": order_id, "line_id": line_id, "codes": codes,
+              "delivered_at": format_time(at)})
+
+
+def sku_changed(sku: Sku) -> Event:
+    """A SKU as mapped from the ERP. The version is the ERP's modification time and a hash of
+    the content, so the same version seen again (a re-run, a forced re-read) has the same id,
+    and a change back to an earlier content is still a new event."""
+    data = sku.model_dump(mode="json")
+    digest = hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":"),
+                                       default=str).encode()).hexdigest()[:12]
+    return Event(type="sku.changed", entity_type="sku", entity_key=sku.sku,
+                 occurred_at=sku.updated_at, version=f"{version_of(sku.updated_at)}_{digest}",
+                 data=data)
+
+
+def sku_events(skus: Iterable[Sku]) -> list[Event]:
+    """``sku.changed`` for SKUs just mapped: ``emit_events(session, sku_events(skus))`` in the
+    transaction that remembers them (``state.catalog.remember_skus``)."""
+    return [sku_changed(s) for s in skus]
+
+
+# reading ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StoredEvent:
+    seq: int
+    event_id: str
+    type: str
+    entity_type: str
+    entity_key: str
+    occurred_at: datetime
+    data_json: str
+    """``data`` exactly as stored (canonical JSON), so every delivery of an event is the same
+    bytes."""
+    recorded_at: datetime
+
+    @property
+    def entity(self) -> str:
+        return f"{self.entity_type}:{self.entity_key}"
+
+    def body(self) -> bytes:
+        dumps = json.dumps
+        return (
+            f'{{"id":{dumps(self.event_id)},"type":{dumps(self.type)},'
+            f'"occurred_at":{dumps(format_time(self.occurred_at))},"sequence":{self.seq},'
+            f'"entity":{{"type":{dumps(self.entity_type)},"key":{dumps(self.entity_key)}}},'
+            f'"data":{self.data_json}}}'
+        ).encode()
+
+    def as_dict(self) -> dict[str, Any]:
+        return json.loads(self.body())
+
+
+def _columns() -> list[Any]:
+    t = OutboundEvent.__table__
+    return [t.c.seq, t.c.event_id, t.c.type, t.c.entity_type, t.c.entity_key, t.c.occurred_at,
+            type_coerce(t.c.data, Text).label("data_json"), t.c.recorded_at]
+
+
+def latest_seq(session: Session) -> int:
+    return int(session.scalar(select(func.max(OutboundEvent.__table__.c.seq))) or 0)
+
+
+def validate_patterns(patterns: Iterable[str]) -> list[str]:
+    """Subscription event types: known types, ``prefix.*`` or ``*``; each must cover at least
+    one known type (a typo would otherwise subscribe to nothing, silently)."""
+    cleaned = sorted({p.strip() for p in patterns if p and p.strip()})
+    if not cleaned:
+        raise ValueError("name at least one event type (or '*'); known types: "
+                         + ", ".join(sorted(EVENT_TYPES)))
+    for pattern in cleaned:
+        if not _PATTERN.match(pattern):
+            raise ValueError(f"event type {pattern!r} is not a type, 'prefix.*' or '*'")
+        if not any(covers([pattern], known) for known in EVENT_TYPES):
+            raise ValueError(f"event type {pattern!r} matches no known type; known types: "
+                             + ", ".join(sorted(EVENT_TYPES)))
+    return cleaned
+
+
+def covers(patterns: Iterable[str], type_: str) -> bool:
+    for pattern in patterns:
+        if pattern == "*" or pattern == type_:
+            return True
+        if pattern.endswith(".*") and type_.startswith(pattern[:-1]):
+            return True
+    return False
+
+
+def type_filter(patterns: Sequence[str]) -> Any:
+    """A WHERE clause for the event types ``patterns`` cover (None: every type)."""
+    if not patterns or "*" in patterns:
+        return None
+    column = OutboundEvent.__table__.c.type
+    exact = [p for p in patterns if not p.endswith(".*")]
+    clauses = [column.like(p[:-1].replace("_", r"\_") + "%", escape="\\")
+               for p in patterns if p.endswith(".*")]
+    if exact:
+        clauses.append(column.in_(exact))
+    return or_(*clauses)
+
+
+def read_events(
+    session: Session, *, after: int, patterns: Sequence[str] | None = None,
+    upto: int | None = None, limit: int = 1000,
+) -> list[StoredEvent]:
+    """Events with ``after < seq <= upto`` of the covered types, in ``seq`` order."""
+    t = OutboundEvent.__table__
+    query = select(*_columns()).where(t.c.seq > after)
+    if upto is not None:
+        query = query.where(t.c.seq <= upto)
+    clause = type_filter(patterns or ())
+    if clause is not None:
+        query = query.where(clause)
+    query = query.order_by(t.c.seq).limit(limit)
+    return [StoredEvent(*row) for row in session.execute(query)]
+
+
+def events_by_seq(session: Session, seqs: Iterable[int]) -> dict[int, StoredEvent]:
+    from state.store import _chunks
+
+    t = OutboundEvent.__table__
+    found: dict[int, StoredEvent] = {}
+    for part in _chunks(sorted(set(seqs))):
+        for row in session.execute(select(*_columns()).where(t.c.seq.in_(part))):
+            found[row.seq] = StoredEvent(*row)
+    return found
+
+
+def seqs_of(session: Session, event_ids: Iterable[str]) -> dict[str, int]:
+    from state.store import _chunks
+
+    t = OutboundEvent.__table__
+    found: dict[str, int] = {}
+    for part in _chunks(sorted(set(event_ids))):
+        found.update({r.event_id: r.seq for r in session.execute(
+            select(t.c.event_id, t.c.seq).where(t.c.event_id.in_(part)))})
+    return found
+
+
+def pending_summary(
+    session: Session, *, after: int, patterns: Sequence[str] | None = None,
+) -> tuple[int, datetime | None]:
+    """How many covered events come after ``after``, and when the oldest was recorded."""
+    t = OutboundEvent.__table__
+    query = select(func.count(), func.min(t.c.recorded_at)).where(t.c.seq > after)
+    clause = type_filter(patterns or ())
+    if clause is not None:
+        query = query.where(clause)
+    count, oldest = session.execute(query).one()
+    if oldest is not None and oldest.tzinfo is None:
+        oldest = oldest.replace(tzinfo=UTC)
+    return int(count or 0), oldest
