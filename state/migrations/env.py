@@ -8,7 +8,8 @@ from sqlmodel import SQLModel
 
 import state.catalog
 import state.models
-import state.procurement  # noqa: F401
+import state.procurement
+import state.remittance  # noqa: F401
 
 config = context.config
 target_metadata = SQLModel.metadata
