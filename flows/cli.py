@@ -262,14 +262,17 @@ def dead_replay(
 # status -------------------------------------------------------------------------------------
 @app.command("status")
 def status() -> None:
-    """Last run of each flow, dead letters by source, pending outbox writes."""
+    """Last run of each flow, dead letters by source, pending outbox writes, subscribers'
+    lag."""
     from state.db import get_engine, session_scope
     from state.store import dead_letter_counts, last_runs, outbox_counts
+    from state.subscriptions import subscription_lags
 
     with session_scope(get_engine()) as session:
         runs = last_runs(session)
         dead = dead_letter_counts(session)
         outbox = outbox_counts(session)
+        lags = subscription_lags(session)
     typer.echo("last runs:")
     for run in runs:
         counts = run.counts or {}
@@ -285,6 +288,190 @@ def status() -> None:
         typer.echo("  (none)")
     pending = {k: v for k, v in outbox.items() if k[1] == "pending"}
     typer.echo(f"outbox pending: {sum(pending.values())}")
+    typer.echo("subscribers:")
+    for lag in lags:
+        failing = f"  failing since {lag.failing_since:%H:%M:%S}" if lag.failing_since else ""
+        typer.echo(f"  {lag.name:<16} {lag.status:<7} backlog={lag.backlog} "
+                   f"retrying={lag.retrying} dead={lag.dead} lag={lag.lag_s:.1f}s{failing}")
+    if not lags:
+        typer.echo("  (none)")
+
+
+# subscriptions and delivery ----------------------------------------------------------------
+subs_app = typer.Typer(help="Downstream subscribers: who receives which events.",
+                       no_args_is_help=True)
+app.add_typer(subs_app, name="subscriptions")
+
+
+@subs_app.command("add")
+def subscriptions_add(
+    name: Annotated[str, typer.Argument(help="Subscriber name ([a-z0-9_-]).")],
+    url: Annotated[str, typer.Argument(help="Where events are POSTed (http/https).")],
+    event_type: Annotated[list[str], typer.Option(
+        "--type", "-t", help="Event type, 'prefix.*' or '*' (repeatable).")],
+    secret_env: Annotated[str | None, typer.Option(
+        help="Read the signing secret from this environment variable (default: generate "
+             "one and print it once).")] = None,
+    from_start: Annotated[bool, typer.Option(
+        "--from-start", help="Deliver every recorded event, not only those from now on.")]
+    = False,
+) -> None:
+    """Register a subscriber; its secret is stored encrypted and shown only now."""
+    from state.crypto import Keyring
+    from state.db import get_engine, session_scope
+    from state.subscriptions import SubscriptionError, create_subscription
+
+    secret = None
+    if secret_env:
+        secret = os.environ.get(secret_env)
+        if not secret:
+            _fail(f"environment variable {secret_env} is not set")
+    try:
+        with session_scope(get_engine(), immediate=True) as session:
+            sub, plain = create_subscription(
+                session, Keyring.load(), name=name, url=url, event_types=event_type,
+                secret=secret, start="beginning" if from_start else "now")
+    except SubscriptionError as exc:
+        _fail(str(exc))
+    typer.echo(f"subscription {sub.name} -> {sub.display_url} ({', '.join(sub.event_types)}),"
+               f" from event {sub.settled_seq + 1}")
+    if not secret_env:
+        typer.echo(f"signing secret (shown once, store it now): {plain.get_secret_value()}")
+
+
+@subs_app.command("list")
+def subscriptions_list(
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table.")]
+    = False,
+) -> None:
+    """Subscriptions with their backlog, retries, dead letters and lag."""
+    from state.db import get_engine, session_scope
+    from state.subscriptions import subscription_lags
+
+    with session_scope(get_engine()) as session:
+        lags = subscription_lags(session)
+    if as_json:
+        for lag in lags:
+            typer.echo(json.dumps(lag.as_dict(), default=str))
+        return
+    if not lags:
+        typer.echo("no subscriptions")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="subscriptions")
+    for column in ("name", "status", "url", "types", "backlog", "retrying", "dead", "lag s",
+                   "failing since"):
+        table.add_column(column, overflow="fold")
+    for lag in lags:
+        table.add_row(lag.name, lag.status, lag.url, ",".join(lag.event_types), str(lag.backlog),
+                      str(lag.retrying), str(lag.dead), f"{lag.lag_s:.1f}",
+                      f"{lag.failing_since:%Y-%m-%d %H:%M:%S}" if lag.failing_since else "")
+    Console(width=160).print(table)
+
+
+def _subscription_status(name: str, paused: bool) -> None:
+    from state.db import get_engine, session_scope
+    from state.subscriptions import SubscriptionNotFound, SubscriptionStatus, set_status
+
+    try:
+        with session_scope(get_engine()) as session:
+            sub = set_status(session, name, SubscriptionStatus.PAUSED if paused
+                             else SubscriptionStatus.ACTIVE)
+    except SubscriptionNotFound as exc:
+        _fail(str(exc))
+    typer.echo(f"subscription {sub.name} {sub.status}")
+
+
+@subs_app.command("pause")
+def subscriptions_pause(name: Annotated[str, typer.Argument()]) -> None:
+    """Stop delivering to a subscriber; its backlog waits (nothing is lost)."""
+    _subscription_status(name, paused=True)
+
+
+@subs_app.command("resume")
+def subscriptions_resume(name: Annotated[str, typer.Argument()]) -> None:
+    """Deliver again, starting with what waited."""
+    _subscription_status(name, paused=False)
+
+
+@subs_app.command("remove")
+def subscriptions_remove(
+    name: Annotated[str, typer.Argument()],
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask.")] = False,
+) -> None:
+    """Delete a subscription: nothing more is sent to it, its dead letters are resolved."""
+    from state.db import get_engine, session_scope
+    from state.subscriptions import SubscriptionNotFound, remove_subscription
+
+    if not yes:
+        typer.confirm(f"remove subscription {name} and stop delivering to it?", abort=True)
+    try:
+        with session_scope(get_engine(), immediate=True) as session:
+            remove_subscription(session, name)
+    except SubscriptionNotFound as exc:
+        _fail(str(exc))
+    typer.echo(f"subscription {name} removed")
+
+
+@app.command("deliver")
+def deliver(
+    subscription: Annotated[list[str] | None, typer.Option(
+        help="Only these subscriptions (repeatable).")] = None,
+    once: Annotated[bool, typer.Option(
+        "--once", help="Run the deliver-events flow once (through Prefect) and exit.")]
+    = False,
+    concurrency: Annotated[int | None, typer.Option(
+        help="Requests in flight per subscriber.")] = None,
+    poll_interval: Annotated[float | None, typer.Option(
+        help="Seconds between looks for new events when idle.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Deliver recorded events to subscribers: a long-running worker (until Ctrl-C or
+    SIGTERM), or with --once the deliver-events flow."""
+    overrides: dict[str, Any] = {}
+    if concurrency is not None:
+        overrides["concurrency"] = concurrency
+    if poll_interval is not None:
+        overrides["poll_interval_s"] = poll_interval
+    if once:
+        quiet_prefect(verbose)
+        from flows.deliver import deliver_events
+
+        for name, value in overrides.items():
+            os.environ[f"VOUCHFLOW_DELIVERY_{name.upper()}"] = str(value)
+        result = asyncio.run(deliver_events(subscriptions=subscription or None))
+        typer.echo(json.dumps(result, indent=2, default=str))
+        return
+    raise typer.Exit(_run_worker(subscription or None, overrides, verbose))
+
+
+def _run_worker(names: list[str] | None, overrides: dict[str, Any], verbose: bool) -> int:
+    import logging
+    import signal
+
+    from connectors.redact import install_log_redaction
+    from flows.subscribers import DeliverySettings, DeliveryWorker
+    from state.db import get_engine
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    install_log_redaction()
+    worker = DeliveryWorker(get_engine(), settings=DeliverySettings(**overrides), names=names)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await worker.run(stop)
+
+    typer.echo(f"delivery worker {worker.owner}: Ctrl-C or SIGTERM to stop", err=True)
+    asyncio.run(main())
+    for name, counts in sorted(worker.totals.items()):
+        typer.echo(f"{name}: {counts.as_dict()}", err=True)
+    return 0
 
 
 # demo ---------------------------------------------------------------------------------------

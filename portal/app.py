@@ -1,7 +1,7 @@
 """The vouchflow HTTP API (FastAPI). ``vouchflow portal serve`` runs it with uvicorn.
 
-Today: the inbound endpoint for the wallet sites' webhooks. The vendor portal and the
-operator endpoints join this app.
+Today: the inbound endpoint for the wallet sites' webhooks and the operator API
+(``portal.operator``: subscriptions and events by cursor). The vendor portal joins this app.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from sqlalchemy import Engine
 
 from canonical import now_utc
 from connectors.wallet import WalletSiteSettings, load_sites
+from portal.operator import operator_router
 from portal.webhooks import WebhookRefused, verify
 from state.db import get_engine, session_scope
 from state.inbox import store_inbound
@@ -33,6 +34,8 @@ def create_app(
     app = FastAPI(title="vouchflow", version="0.1.0",
                   description="Inbound webhooks, vendor portal and operator API of vouchflow.")
     site_settings = sites()
+
+    app.include_router(operator_router(engine))
 
     @app.get("/health")
     async def health() -> dict[str, str]:

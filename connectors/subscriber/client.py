@@ -76,6 +76,10 @@ class SubscriberClient(HttpConnector):
                          transport=transport, max_connections=max_connections,
                          headers={"User-Agent": "vouchflow-webhooks/1"})
         register_secret(secret)
+        # a URL may carry a token (user info, query values): httpx logs URLs, so mask them
+        register_secret(parts.password)
+        for pair in parts.query.split("&"):
+            register_secret(pair.partition("=")[2] or None)
         self._secret = secret
 
     async def post_event(self, body: bytes, *, event_id: str, event_type: str,

@@ -11,7 +11,6 @@ import time
 from collections import Counter
 from typing import Any
 
-import pytest
 from sqlalchemy import Engine
 
 from flows.deadletters import replay
@@ -228,10 +227,4 @@ def test_a_sandbox_day_with_one_subscriber_down_and_one_throttled(engine):
     first = subs["bi"].sandbox.first_arrivals()
     lags = sorted(first[i]["t"] - events[i].recorded_at.timestamp() for i in first)
     p50, p99 = statistics.median(lags), lags[int(len(lags) * 0.99) - 1]
-    print(f"bi lag p50={p50:.3f}s p99={p99:.3f}s")
     assert p50 < 0.5 and p99 < 2.0, (p50, p99)
-
-
-@pytest.fixture(autouse=True)
-def _no_leaked_loggers(caplog):
-    yield
