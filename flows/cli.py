@@ -43,6 +43,11 @@ from flows.procurement_cli import purchasing_app, vendors_app  # noqa: E402
 app.add_typer(vendors_app, name="vendors")
 app.add_typer(purchasing_app, name="purchasing")
 
+# server: a Prefect server, work pool, limits, deployments and workers (flows/server.py) -----
+from flows.server import server_app  # noqa: E402
+
+app.add_typer(server_app, name="server")
+
 
 @portal_app.command("serve")
 def portal_serve(
