@@ -27,10 +27,13 @@ import binascii
 import hashlib
 import hmac
 import os
+import struct
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -85,10 +88,51 @@ def last4(code: str) -> str:
     return code[-4:] if len(code) > 4 else ""
 
 
+BATCH_ENCRYPT_FROM = 16
+"""From this many values, ``encrypt_many`` builds the tokens a batch at a time."""
+
+
+def _xor(a: bytes, b: bytes) -> bytes:
+    return (int.from_bytes(a, "little") ^ int.from_bytes(b, "little")).to_bytes(len(a), "little")
+
+
+def fernet_tokens(signing_key: bytes, encryption_key: bytes, values: Sequence[bytes], *,
+                  now: int | None = None) -> list[str]:
+    """Fernet tokens (the format ``Fernet.decrypt`` reads: version 0x80, timestamp, a random
+    IV per token, AES-128-CBC with PKCS7 padding, HMAC-SHA256, urlsafe base64) for many values.
+
+    ``Fernet.encrypt`` builds a cipher, a padder and an HMAC object for every value, which
+    costs more than the cryptography itself for a voucher code. Here CBC runs one block
+    position at a time across all values (AES on each block through one ECB context, the
+    chaining XOR as one big-integer operation), so the per-value work is slicing and one
+    HMAC. The result is bit-for-bit what Fernet would make with the same IVs and time."""
+    n = len(values)
+    if n == 0:
+        return []
+    ivs = os.urandom(16 * n)
+    head = b"\x80" + struct.pack(">Q", int(time.time()) if now is None else now)
+    ecb = Cipher(algorithms.AES(encryption_key), modes.ECB()).encryptor()
+    padded = [v + bytes((16 - len(v) % 16,)) * (16 - len(v) % 16) for v in values]
+    out = ecb.update(_xor(b"".join([p[:16] for p in padded]), ivs))
+    cts = [out[16 * i:16 * i + 16] for i in range(n)]
+    todo = [i for i in range(n) if len(padded[i]) > 16]
+    start = 16
+    while todo:  # values longer than one block: the next block, chained to the last one
+        chain = b"".join([cts[i][-16:] for i in todo])
+        out = ecb.update(_xor(b"".join([padded[i][start:start + 16] for i in todo]), chain))
+        for j, i in enumerate(todo):
+            cts[i] += out[16 * j:16 * j + 16]
+        start += 16
+        todo = [i for i in todo if len(padded[i]) > start]
+    enc, digest = base64.urlsafe_b64encode, hmac.digest
+    bodies = [head + ivs[16 * i:16 * i + 16] + cts[i] for i in range(n)]
+    return [enc(b + digest(signing_key, b, "sha256")).decode("ascii") for b in bodies]
+
+
 class Keyring:
     """The two pool keys. Build it once per process (``Keyring.load()``) and pass it around."""
 
-    __slots__ = ("_fernet", "_hash_key")
+    __slots__ = ("_fernet", "_hash_key", "_token_keys")
 
     def __init__(
         self, code_key: SecretStr | str, hash_key: SecretStr | str, *,
@@ -100,6 +144,8 @@ class Keyring:
         _decode_key(plain(code_key), "the code key")
         self._hash_key = _decode_key(plain(hash_key), "the code hash key")
         fernets = [Fernet(plain(k).encode("ascii")) for k in (code_key, *previous_code_keys)]
+        raw = base64.urlsafe_b64decode(plain(code_key).encode("ascii"))
+        self._token_keys = (raw[:16], raw[16:])  # Fernet's signing key, encryption key
         self._fernet: Fernet | MultiFernet = (
             fernets[0] if len(fernets) == 1 else MultiFernet(fernets))
 
@@ -130,14 +176,22 @@ class Keyring:
                         hashlib.sha256).hexdigest()
 
     def hash_codes(self, codes: Iterable[str]) -> list[str]:
-        key, sha = self._hash_key, hashlib.sha256
-        return [hmac.new(key, normalize_code(c).encode("utf-8"), sha).hexdigest() for c in codes]
+        key, digest = self._hash_key, hmac.digest  # one-shot HMAC: the same value, faster
+        return [digest(key, normalize_code(c).encode("utf-8"), "sha256").hex() for c in codes]
 
     # encryption -----------------------------------------------------------------------------
     def encrypt(self, value: str) -> str:
         return self._fernet.encrypt(value.encode("utf-8")).decode("ascii")
 
     def encrypt_many(self, values: Iterable[str | None]) -> list[str | None]:
+        """Many values at once (None stays None): the same Fernet tokens ``encrypt`` makes,
+        built a batch at a time (``fernet_tokens``), several times faster for a chunk of
+        codes than one ``Fernet.encrypt`` call each."""
+        values = list(values)
+        present = [v.encode("utf-8") for v in values if v is not None]
+        if len(present) >= BATCH_ENCRYPT_FROM:
+            made = iter(fernet_tokens(*self._token_keys, present))
+            return [None if v is None else next(made) for v in values]
         enc = self._fernet.encrypt
         return [None if v is None else enc(v.encode("utf-8")).decode("ascii") for v in values]
 

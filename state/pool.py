@@ -52,6 +52,7 @@ from array import array
 from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -609,8 +610,9 @@ def add_codes(
     ``limit``: add at most this many codes (e.g. what a purchase order line has left to
     receive); new codes past it are refused (``OVER_LIMIT``), so the count is of codes
     actually added, after repeats and codes already in the pool are refused.
-    ``on_refused`` sees every refusal as it is found (called inside the chunk's transaction:
-    it must not touch the database).
+    ``on_refused`` sees every refusal as it is found (called from the thread writing the
+    chunks, inside a chunk's transaction: it must not touch the database, and what it shares
+    with the caller's thread needs a lock).
     """
     if limit is not None and limit < 0:
         raise PoolError(f"batch {batch_no}: limit must not be negative, got {limit}")
@@ -627,22 +629,36 @@ def add_codes(
     ours = _Positions()
     chunk: list[tuple[int, str, str | None, date | None]] = []
     position = 0
-    for item in codes:
-        position += 1
-        code, pin, expires = item
-        code = normalize_code(code or "")
-        if not code:
-            report.received += 1
-            report.refuse(position, "", "empty code", RefusalRule.EMPTY)
-            continue
-        chunk.append((position, code, None if pin is None else pin.strip(), expires))
-        if len(chunk) >= chunk_size:
-            _add_chunk(engine, batch, batch_rank, chunk, keyring, report, ours, actor, system,
-                       limit)
-            chunk = []
-    if chunk:
-        _add_chunk(engine, batch, batch_rank, chunk, keyring, report, ours, actor, system,
-                   limit)
+    # one chunk is written (in order, by one thread) while the next is read, hashed and
+    # encrypted: the database's work and ours overlap. Everything that decides what is
+    # refused runs in the writer, one chunk after the other, so the outcome is the same as
+    # writing them one by one; the report is only changed there.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="add-codes") as writer:
+        writing: Future[None] | None = None
+
+        def write(chunk: list[tuple[int, str, str | None, date | None]]) -> None:
+            nonlocal writing
+            prepared = _prepare_chunk(chunk, keyring)
+            if writing is not None:
+                writing.result()  # the previous chunk is in (or its error is raised here)
+            writing = writer.submit(_write_chunk, engine, batch, batch_rank, prepared, report,
+                                    ours, actor, system, limit)
+
+        for item in codes:
+            position += 1
+            code, pin, expires = item
+            code = normalize_code(code or "")
+            if not code:
+                chunk.append((position, "", None, None))
+            else:
+                chunk.append((position, code, None if pin is None else pin.strip(), expires))
+            if len(chunk) >= chunk_size:
+                write(chunk)
+                chunk = []
+        if chunk:
+            write(chunk)
+        if writing is not None:
+            writing.result()
     report.refusals.sort(key=lambda r: r.position)
     return report
 
@@ -667,22 +683,54 @@ class _Positions:
         return None
 
 
-def _add_chunk(
-    engine: Engine, batch: Any, batch_rank: int,
-    chunk: list[tuple[int, str, str | None, date | None]], keyring: Keyring,
-    report: AddCodesReport, ours: _Positions, actor: str, system: str, limit: int | None,
-) -> None:
-    report.received += len(chunk)
+@dataclass
+class _Prepared:
+    """A chunk read, hashed and encrypted, not yet checked against the pool."""
+
+    chunk: list[tuple[int, str, str | None, date | None]]
+    hashes: list[str]
+    fresh: dict[str, int]
+    """hash -> index in chunk of the first occurrence of each (non-empty) code."""
+    repeats: list[tuple[int, int]]
+    """(index, index of the first occurrence) of codes repeated within the chunk."""
+    encrypted: dict[int, tuple[str, str | None]]
+    """index -> (code, PIN) ciphertexts, for the codes in ``fresh``."""
+
+
+def _prepare_chunk(chunk: list[tuple[int, str, str | None, date | None]], keyring: Keyring
+                   ) -> _Prepared:
     hashes = keyring.hash_codes(c for _, c, _, _ in chunk)
-    fresh: dict[str, int] = {}  # hash -> index in chunk
+    fresh: dict[str, int] = {}
+    repeats: list[tuple[int, int]] = []
     for index, digest in enumerate(hashes):
+        if not chunk[index][1]:
+            continue
         first = fresh.get(digest)
         if first is None:
             fresh[digest] = index
         else:
-            report.refuse(chunk[index][0], chunk[index][1],
-                          f"repeats position {chunk[first][0]} of this upload",
-                          RefusalRule.REPEATED, first_position=chunk[first][0])
+            repeats.append((index, first))
+    indexes = sorted(fresh.values())
+    codes_enc = keyring.encrypt_many(chunk[i][1] for i in indexes)
+    pins_enc = keyring.encrypt_many(chunk[i][2] for i in indexes)
+    encrypted = {i: (c, p) for i, c, p in zip(indexes, codes_enc, pins_enc, strict=True)}
+    return _Prepared(chunk, hashes, fresh, repeats, encrypted)  # type: ignore[arg-type]
+
+
+def _write_chunk(
+    engine: Engine, batch: Any, batch_rank: int, prepared: _Prepared,
+    report: AddCodesReport, ours: _Positions, actor: str, system: str, limit: int | None,
+) -> None:
+    chunk, hashes, fresh = prepared.chunk, prepared.hashes, prepared.fresh
+    report.received += len(chunk)
+    repeats = dict(prepared.repeats)
+    for index, (position, code, _, _) in enumerate(chunk):
+        if not code:
+            report.refuse(position, "", "empty code", RefusalRule.EMPTY)
+        elif index in repeats:
+            first = chunk[repeats[index]][0]
+            report.refuse(position, code, f"repeats position {first} of this upload",
+                          RefusalRule.REPEATED, first_position=first)
     now = now_utc()
     with session_scope(engine, immediate=True) as session:
         pg = _is_pg(session)
@@ -718,19 +766,23 @@ def _add_chunk(
         if not fresh:
             return
         indexes = sorted(fresh.values())
-        codes_enc = keyring.encrypt_many(chunk[i][1] for i in indexes)
-        pins_enc = keyring.encrypt_many(chunk[i][2] for i in indexes)
-        rows = [
-            {"code_hash": hashes[i], "code_enc": codes_enc[n], "pin_enc": pins_enc[n],
-             "last4": last4(chunk[i][1]), "sku": batch.sku, "batch_no": batch.batch_no,
-             "status": CodeStatus.IN_STOCK.value,
-             "expiry_rank": expiry_rank(chunk[i][3]) if chunk[i][3] else batch_rank,
-             "batch_seq": batch.seq, "updated_at": now}
-            for n, i in enumerate(indexes)
-        ]
+        encrypted = prepared.encrypted
         if pg:
-            added = _insert_codes_pg(session, rows, now, actor, system)
+            added = _insert_codes_pg(session, batch, now, actor, system, {
+                "h": [hashes[i] for i in indexes],
+                "c": [encrypted[i][0] for i in indexes],
+                "p": [encrypted[i][1] for i in indexes],
+                "l": [last4(chunk[i][1]) for i in indexes],
+                "r": [expiry_rank(chunk[i][3]) if chunk[i][3] else batch_rank
+                      for i in indexes]})
         else:
+            rows = [
+                {"code_hash": hashes[i], "code_enc": encrypted[i][0],
+                 "pin_enc": encrypted[i][1], "last4": last4(chunk[i][1]), "sku": batch.sku,
+                 "batch_no": batch.batch_no, "status": CodeStatus.IN_STOCK.value,
+                 "expiry_rank": expiry_rank(chunk[i][3]) if chunk[i][3] else batch_rank,
+                 "batch_seq": batch.seq, "updated_at": now}
+                for i in indexes]
             added = _insert_codes_sqlite(session, rows, now, actor, system)
         by_hash = dict(fresh)
         ours.extend(sorted((code_id, chunk[by_hash.pop(digest)][0])
@@ -769,15 +821,14 @@ SELECT id, code_hash FROM ins
 
 
 def _insert_codes_pg(
-    session: Session, rows: list[dict[str, Any]], now: datetime, actor: str, system: str,
+    session: Session, batch: Any, now: datetime, actor: str, system: str,
+    columns: dict[str, list[Any]],
 ) -> list[tuple[int, str]]:
-    first = rows[0]
+    """``columns``: the codes' hashes (h), ciphertexts (c), PIN ciphertexts (p), last four
+    characters (l) and expiry ranks (r), in input order."""
     result = _pg(session, _PG_INSERT_CODES, {
-        "h": [r["code_hash"] for r in rows], "c": [r["code_enc"] for r in rows],
-        "p": [r["pin_enc"] for r in rows], "l": [r["last4"] for r in rows],
-        "r": [r["expiry_rank"] for r in rows], "sku": first["sku"],
-        "batch_no": first["batch_no"], "seq": first["batch_seq"], "now": now,
-        "actor": actor, "system": system, "detail": f"batch {first['batch_no']}"})
+        **columns, "sku": batch.sku, "batch_no": batch.batch_no, "seq": batch.seq,
+        "now": now, "actor": actor, "system": system, "detail": f"batch {batch.batch_no}"})
     return [(int(i), h) for i, h in result]
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import re
+import threading
 import time
 from array import array
 from collections.abc import Callable, Iterable, Iterator
@@ -324,10 +325,13 @@ class _Run:
         self.stopped: str | None = None
         """Why the body stopped early (connection lost, too large), if it did."""
         self._beat = time.monotonic()
+        self._lock = threading.Lock()
+        """Refusals come from the reading thread and from the pool's writing thread."""
 
     def refuse(self, problem: Problem) -> None:
-        self.rejected += 1
-        self.pending.append(problem)
+        with self._lock:
+            self.rejected += 1
+            self.pending.append(problem)
 
     def tick(self) -> None:
         """Between chunks (never inside another transaction): write refused rows, beat."""
@@ -340,9 +344,11 @@ class _Run:
         return problems
 
     def flush(self) -> None:
+        with self._lock:  # never held while waiting for the database
+            taken, self.pending = self.pending, []
+            rejected = self.rejected
         with session_scope(self.engine) as session:
-            problems = self.resolve(session, self.pending)
-            self.pending = []
+            problems = self.resolve(session, taken)
             self.sample.extend(problems[:DEAD_LETTER_SAMPLE - len(self.sample)])
             if problems:
                 session.execute(
@@ -352,7 +358,7 @@ class _Run:
                       "field": p.field, "value": p.value,
                       "message": p.message(self.file_name)[:1000]} for p in problems])
             session.execute(update(VendorUpload).where(VendorUpload.id == self.upload_id)
-                            .values(rows_total=self.rows_total, rows_rejected=self.rejected,
+                            .values(rows_total=self.rows_total, rows_rejected=rejected,
                                     updated_at=now_utc()))
 
     def stop(self, reason: str) -> None:
