@@ -136,6 +136,9 @@ class CatalogRun:
     since_override: set[str] = field(default_factory=set)
     """Items to process in this run whatever their modification time (the ERP's version must
     go back to a site that changed it locally)."""
+    subset: bool = False
+    """Only some of the sites: such a run keeps its own watermarks per site and never saves
+    the ERP items' fingerprints, which say "every site has this version"."""
 
     @classmethod
     async def open(cls, *, site_codes: Sequence[str] | None, since: datetime | None,
@@ -146,6 +149,7 @@ class CatalogRun:
             raise ValueError(f"unknown site(s): {', '.join(unknown)}")
         chosen = {c: s for c, s in all_sites.items() if not site_codes or c in site_codes}
         return cls(
+            subset=set(chosen) != set(all_sites),
             engine=state_engine(),
             erp=ErpClient(await erp_settings()),
             sites=all_sites,
@@ -377,10 +381,38 @@ async def sync_chunk(
             counts.pushed += report.sent
             counts.rejected += report.dead_lettered
             counts.outcomes.update(report.outcomes)
-    with session_scope(run.engine) as session:
-        save_fingerprints(session, SOURCE_TARGET, RECORD_TYPE,
-                          {str(raw["id"]): digests[str(raw["id"])] for raw in raws})
+    if not run.subset:
+        with session_scope(run.engine) as session:
+            save_fingerprints(session, SOURCE_TARGET, RECORD_TYPE,
+                              {str(raw["id"]): digests[str(raw["id"])] for raw in raws})
     return counts
+
+
+def site_scope(site: str) -> str:
+    """The watermark of runs for some sites only, per site (``inventoryItem:sg1``)."""
+    return f"{RECORD_TYPE}:{site}"
+
+
+def subset_sites(sites: Sequence[str] | None) -> list[str]:
+    """The sites of a run that covers only some of them (empty: a run for every site)."""
+    if not sites:
+        return []
+    chosen = sorted(set(sites))
+    return [] if set(chosen) == set(load_sites()) else chosen
+
+
+def sites_watermark(session: Session, overall: datetime | None,
+                    sites: Sequence[str]) -> datetime | None:
+    """Where a run for some sites starts reading: the oldest of their watermarks, each the
+    newer of the all-sites watermark and the site's own (None while a site has neither)."""
+    marks: list[datetime] = []
+    for site in sites:
+        known = [m for m in (overall, get_watermark(session, FLOW, SOURCE, site_scope(site)))
+                 if m is not None]
+        if not known:
+            return None
+        marks.append(max(known))
+    return min(marks) if marks else overall
 
 
 def _step(work: Sequence[str] | Sequence[dict[str, Any]]) -> str:
@@ -555,9 +587,12 @@ async def sync_catalog(
     logger = run_logger()
     key = run_key()
     engine = state_engine()
+    subset = subset_sites(sites)
     with session_scope(engine) as session:
         started = ledger_done_steps(session, FLOW, key).get("frozen")
         watermark = get_watermark(session, FLOW, SOURCE, RECORD_TYPE)
+        if subset:  # a run for some sites must not move the others' watermark
+            watermark = sites_watermark(session, watermark, subset)
         if started is None:
             high = now_utc()  # frozen for this run, and for its retries
             ledger_finish(session, FLOW, key, "frozen", status=LedgerStatus.DONE,
@@ -603,7 +638,8 @@ async def sync_catalog(
         await run.aclose()
 
     with session_scope(engine) as session:
-        set_watermark(session, FLOW, SOURCE, high, RECORD_TYPE)
+        for scope in [site_scope(site) for site in subset] or [RECORD_TYPE]:
+            set_watermark(session, FLOW, SOURCE, high, scope)
         ledger_finish(session, FLOW, key, "run", status=LedgerStatus.DONE,
                       counts=totals.as_dict())
     summary = totals.as_dict()
