@@ -43,6 +43,12 @@ from flows.procurement_cli import purchasing_app, vendors_app  # noqa: E402
 app.add_typer(vendors_app, name="vendors")
 app.add_typer(purchasing_app, name="purchasing")
 
+# reconciliation and remittance batches (flows/reconcile_cli.py) -----------------------------
+from flows.reconcile_cli import reconcile_app, remittance_app  # noqa: E402
+
+app.add_typer(reconcile_app, name="reconcile")
+app.add_typer(remittance_app, name="remittance")
+
 # server: a Prefect server, work pool, limits, deployments and workers (flows/server.py) -----
 from flows.server import server_app  # noqa: E402
 

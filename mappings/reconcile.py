@@ -97,6 +97,8 @@ PAYMENT_KINDS = frozenset({TraceKind.PAYMENT})
 REFUND_KINDS = {TraceKind.REFUND: GroupKind.REFUND, TraceKind.REFUND_REVERSAL: GroupKind.REFUND,
                 TraceKind.CHARGEBACK: GroupKind.CHARGEBACK,
                 TraceKind.CHARGEBACK_REVERSAL: GroupKind.CHARGEBACK}
+LINKED_PAYOUT_SOURCES = frozenset({PaymentSource.CARD_ACQUIRER, PaymentSource.STRIPE,
+                                   PaymentSource.WALLET})
 _WORD = re.compile(r"[A-Za-z0-9_-]+")
 
 
@@ -674,8 +676,9 @@ class _Engine:
             if day is not None and day != self.data.day:
                 continue
             members = by_payout.get((payout.account, payout.payout_id)) or \
-                (by_batch.get((payout.account, payout.batch_id), []) if payout.batch_id
-                 else [])
+                by_batch.get((payout.account, payout.batch_id or payout.payout_id), [])
+            if not members and payout.source not in LINKED_PAYOUT_SOURCES:
+                continue  # the source does not say which transactions a payout paid out
             currency = payout.amount.currency
             total = Decimal(0)
             for t in members:

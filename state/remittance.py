@@ -97,13 +97,14 @@ class ReconDiscrepancy(SQLModel, table=True):
     __tablename__ = "recon_discrepancy"
     __table_args__ = (
         UniqueConstraint("day", "key", name="uq_recon_discrepancy"),
-        Index("ix_recon_discrepancy_class", "day", "cls"),
+        Index("ix_recon_discrepancy_class", "day", "category"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
     day: date = Field(sa_column=Column(Date, nullable=False))
     key: str = Field(max_length=64)
-    cls: str = Field(max_length=32)
+    category: str = Field(max_length=32)
+    """The discrepancy class (``mappings.reconcile.DiscrepancyClass``)."""
     status: str = Field(max_length=16)
     site: str | None = Field(default=None, sa_column=Column(String(32), nullable=True))
     method: str | None = Field(default=None, sa_column=Column(String(32), nullable=True))
@@ -230,7 +231,7 @@ def store_day_result(session: Session, result: Any, *, run_key: str,
         expected=_amount(g.expected), received=_amount(g.received), fee=_amount(g.fee),
         rule=g.rule[:200]) for g in result.groups])
     session.add_all([ReconDiscrepancy(
-        day=day, key=d.key, cls=d.cls.value, status=d.status, site=d.site, method=d.method,
+        day=day, key=d.key, category=d.cls.value, status=d.status, site=d.site, method=d.method,
         order_id=d.order_id, payout_id=d.payout_id, trace_ids=list(d.trace_ids),
         currency=next((m.currency for m in (d.difference, d.expected, d.actual) if m), None),
         expected=_amount(d.expected), actual=_amount(d.actual),
@@ -248,7 +249,7 @@ def discrepancies(session: Session, day: date, *, status: str | None = None
     query = select(ReconDiscrepancy).where(ReconDiscrepancy.day == day)  # type: ignore[arg-type]
     if status:
         query = query.where(ReconDiscrepancy.status == status)
-    return list(session.scalars(query.order_by(ReconDiscrepancy.cls, ReconDiscrepancy.site,
+    return list(session.scalars(query.order_by(ReconDiscrepancy.category, ReconDiscrepancy.site,
                                                ReconDiscrepancy.order_id, ReconDiscrepancy.key)))
 
 
@@ -374,7 +375,7 @@ def _blocking_for(session: Session, batch: RemittanceBatch, threshold: Decimal
             continue
         if d.difference is not None and abs(d.difference) <= threshold:
             continue
-        found.append({"key": d.key, "class": d.cls, "site": d.site, "order_id": d.order_id,
+        found.append({"key": d.key, "class": d.category, "site": d.site, "order_id": d.order_id,
                       "payout_id": d.payout_id, "currency": d.currency,
                       "difference": None if d.difference is None else str(d.difference),
                       "detail": d.detail})

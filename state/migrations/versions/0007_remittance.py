@@ -54,7 +54,7 @@ def upgrade() -> None:
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('day', sa.Date(), nullable=False),
     sa.Column('key', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
-    sa.Column('cls', sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
+    sa.Column('category', sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
     sa.Column('status', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
     sa.Column('site', sa.String(length=32), nullable=True),
     sa.Column('method', sa.String(length=32), nullable=True),
@@ -69,7 +69,7 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('day', 'key', name='uq_recon_discrepancy')
     )
-    op.create_index('ix_recon_discrepancy_class', 'recon_discrepancy', ['day', 'cls'], unique=False)
+    op.create_index('ix_recon_discrepancy_class', 'recon_discrepancy', ['day', 'category'], unique=False)
     op.create_table('recon_group',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('day', sa.Date(), nullable=False),
