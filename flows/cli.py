@@ -274,7 +274,8 @@ def dead_replay(
 @app.command("status")
 def status() -> None:
     """Last run of each flow, dead letters by source, pending outbox writes, subscribers'
-    lag."""
+    lag, held orders, open discrepancies, batches waiting for approval, and the last run of
+    each deployment (from the Prefect API in PREFECT_API_URL)."""
     from state.db import get_engine, session_scope
     from state.store import dead_letter_counts, last_runs, outbox_counts
     from state.subscriptions import subscription_lags
@@ -306,6 +307,16 @@ def status() -> None:
                    f"retrying={lag.retrying} dead={lag.dead} lag={lag.lag_s:.1f}s{failing}")
     if not lags:
         typer.echo("  (none)")
+    # held orders, discrepancies, approvals; each deployment's last run (flows/server.py)
+    from flows.server import deployment_status_lines, state_status_lines
+
+    with session_scope(get_engine()) as session:
+        lines = state_status_lines(session)
+    if os.environ.get("PREFECT_API_URL"):
+        quiet_prefect()
+    lines += asyncio.run(deployment_status_lines())
+    for line in lines:
+        typer.echo(line)
 
 
 # subscriptions and delivery ----------------------------------------------------------------

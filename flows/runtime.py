@@ -118,3 +118,75 @@ class Bulk(Generic[T]):
     def __repr__(self) -> str:
         size = len(self.value) if hasattr(self.value, "__len__") else "?"
         return f"Bulk({type(self.value).__name__}, {size})"
+
+
+# Prefect events -----------------------------------------------------------------------------
+POSTING_RECORD_TYPES = frozenset({
+    "salesOrder", "itemFulfillment", "invoice", "cashSale", "customerPayment", "journalEntry",
+    "purchaseRequisition", "purchaseOrder", "itemReceipt", "vendorBill", "vendorCredit",
+    "vendorPayment", "vendor", "customrecord_vf_batch", "posting", "remittance",
+})
+"""Records vouchflow writes to the ERP, group finance or treasury: a dead letter of one of
+these is a failed posting."""
+POSTING_SYSTEMS = ("erp", "finance", "treasury")
+
+
+def emit(event: str, *, resource_id: str, payload: dict[str, Any] | None = None,
+         resource: dict[str, str] | None = None) -> None:
+    """A Prefect event for automations and the UI's event feed, from inside a flow run (the
+    run, its flow, deployment and tags are attached as related resources). Never raises.
+    Callers keep secrets and voucher codes out of ``payload``."""
+    if not in_flow_run():
+        return
+    try:
+        from prefect.events import emit_event
+
+        emit_event(event=event,
+                   resource={"prefect.resource.id": resource_id, **(resource or {})},
+                   payload=payload or {})
+    except Exception as exc:  # events are a courtesy to operators, never a failure
+        log.debug("event %s not emitted: %s", event, exc.__class__.__name__)
+
+
+def is_posting(source: str, entity_type: str) -> bool:
+    return entity_type in POSTING_RECORD_TYPES and source.split(":", 1)[0] in POSTING_SYSTEMS
+
+
+def dead_letter_events(items: Sequence[Any]) -> None:
+    """One ``vouchflow.dead-letter.recorded`` event per flow, source and record type of the
+    dead letters just committed (counts only: keys may name customers' orders, reasons may
+    quote values), plus ``vouchflow.posting.failed`` where the record was a posting."""
+    groups: dict[tuple[str, str, str], int] = {}
+    for item in items:
+        key = (item.flow, item.source, item.entity_type)
+        groups[key] = groups.get(key, 0) + 1
+    for (flow_name, source, entity_type), count in sorted(groups.items()):
+        payload = {"flow": flow_name, "source": source, "record_type": entity_type,
+                   "count": count}
+        resource = {"prefect.resource.name": f"{flow_name} {source} {entity_type}",
+                    "vouchflow.source": source, "vouchflow.record-type": entity_type}
+        emit("vouchflow.dead-letter.recorded",
+             resource_id=f"vouchflow.dead-letters.{flow_name}.{source}.{entity_type}",
+             payload=payload, resource=resource)
+        if is_posting(source, entity_type):
+            emit("vouchflow.posting.failed",
+                 resource_id=f"vouchflow.posting.{source}.{entity_type}",
+                 payload=payload, resource=resource)
+
+
+def posting_failed(system: str, record_type: str, reason_code: str, count: int = 1) -> None:
+    """For postings refused without a dead letter (e.g. a REJECTED answer kept for retry):
+    a ``vouchflow.posting.failed`` event naming the system, record type and reason code."""
+    emit("vouchflow.posting.failed", resource_id=f"vouchflow.posting.{system}.{record_type}",
+         payload={"source": system, "record_type": record_type, "reason": reason_code,
+                  "count": count},
+         resource={"vouchflow.source": system, "vouchflow.record-type": record_type})
+
+
+def _install_dead_letter_events() -> None:
+    from state.store import on_dead_letters
+
+    on_dead_letters(dead_letter_events)
+
+
+_install_dead_letter_events()

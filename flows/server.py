@@ -678,3 +678,98 @@ def down_cmd() -> None:
 def show_cmd() -> None:
     """What `up` started and whether it is still running."""
     typer.echo(json.dumps(describe(ServerConfig.from_env()), indent=2))
+
+
+# what `vouchflow status` adds -----------------------------------------------------------------
+def _count(session: Any, query: Any) -> int | str:
+    """A count, or ``n/a`` when its table does not exist (yet) in this database."""
+    try:
+        with session.begin_nested():
+            return int(session.execute(query).scalar_one())
+    except Exception:
+        return "n/a"
+
+
+def state_status_lines(session: Any) -> list[str]:
+    """Held order lines, open discrepancies and remittance batches waiting for an operator's
+    approval; each ``n/a`` where that part does not exist (yet) in this database."""
+    from sqlalchemy import func, select
+
+    lines: list[str] = []
+    try:
+        from state.models import OrderLine
+
+        held: int | str = _count(session, select(func.count()).select_from(OrderLine)
+                                 .where(OrderLine.status == "held"))
+    except ImportError:
+        held = "n/a"
+    lines.append(f"held order lines: {held}")
+    try:
+        from state.remittance import BatchStatus, ReconDiscrepancy, RemittanceBatch
+
+        open_discrepancies: int | str = _count(
+            session, select(func.count()).select_from(ReconDiscrepancy)
+            .where(ReconDiscrepancy.status == "open"))
+        waiting: int | str = _count(
+            session, select(func.count()).select_from(RemittanceBatch).where(
+                RemittanceBatch.status == BatchStatus.VALIDATED,
+                RemittanceBatch.blocking.is_not(None)))
+    except ImportError:
+        open_discrepancies = waiting = "n/a"
+    lines.append(f"open discrepancies: {open_discrepancies}")
+    lines.append(f"remittance batches waiting for approval: {waiting}")
+    return lines
+
+
+async def deployment_status_lines(api_url: str | None = None, timeout_s: float = 5.0
+                                  ) -> list[str]:
+    """The last run of each deployment and the runs paused for an approval, from the Prefect
+    API in ``PREFECT_API_URL``; ``n/a`` without one or when it does not answer."""
+    api_url = api_url or os.environ.get("PREFECT_API_URL")
+    if not api_url:
+        return ["deployments: n/a (PREFECT_API_URL is not set)"]
+    if not api_healthy(api_url, timeout_s):
+        return [f"deployments: n/a (no answer from {api_url})"]
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.client.schemas.sorting import FlowRunSort
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    lines = ["deployments (last run):"]
+    with temporary_settings(updates={PREFECT_API_URL: api_url}):
+        async with get_client() as client:
+            deployments = await client.read_deployments()
+            flows = {f.id: f.name for f in await client.read_flows()}
+            for dep in sorted(deployments, key=lambda d: (flows.get(d.flow_id, ""), d.name)):
+                runs = await client.read_flow_runs(
+                    deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id])),
+                    flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
+                        type=FlowRunFilterStateType(not_any_=[StateType.SCHEDULED]))),
+                    sort=FlowRunSort.START_TIME_DESC, limit=1)
+                name = f"{flows.get(dep.flow_id, '?')}/{dep.name}"
+                paused = " (schedule paused)" if dep.paused else ""
+                if not runs:
+                    lines.append(f"  {name:<40} no run yet{paused}")
+                    continue
+                run = runs[0]
+                when = run.start_time or run.expected_start_time
+                stamp = f"{when:%Y-%m-%d %H:%M:%S}" if when else "-"
+                took = f" {run.total_run_time.total_seconds():.0f}s" if run.total_run_time \
+                    else ""
+                state = run.state.name if run.state else "?"
+                lines.append(f"  {name:<40} {state:<10} {stamp}{took}{paused}")
+            if not deployments:
+                lines.append("  (none deployed)")
+            waiting = await client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(
+                    any_=[StateType.PAUSED]))))
+    lines.append(f"runs waiting for an approval (paused): {len(waiting)}")
+    lines += [f"  {r.name} ({r.id})" for r in waiting[:20]]
+    return lines

@@ -356,10 +356,51 @@ class DeadLetterItem:
     payload: Any
 
 
+DeadLetterListener = Callable[[Sequence[DeadLetterItem]], None]
+_dead_letter_listeners: list[DeadLetterListener] = []
+_PENDING_KEY = "vouchflow.dead_letters"
+
+
+def on_dead_letters(listener: DeadLetterListener) -> DeadLetterListener:
+    """Call ``listener`` with the dead letters of each transaction once it has committed
+    (flows emit events from it); a listener's failure is its own and never the caller's."""
+    if listener not in _dead_letter_listeners:
+        _dead_letter_listeners.append(listener)
+    return listener
+
+
+def _announce_after_commit(session: Session, items: Sequence[DeadLetterItem]) -> None:
+    if not _dead_letter_listeners:
+        return
+    from sqlalchemy import event
+
+    pending = session.info.setdefault(_PENDING_KEY, [])
+    if not pending and not event.contains(session, "after_commit", _after_commit):
+        event.listen(session, "after_commit", _after_commit)
+        event.listen(session, "after_rollback", _after_rollback)
+    pending.extend(items)
+
+
+def _after_commit(session: Session) -> None:
+    items = session.info.pop(_PENDING_KEY, None)
+    if not items:
+        return
+    for listener in list(_dead_letter_listeners):
+        try:
+            listener(items)
+        except Exception:  # a listener must not fail the caller's commit
+            continue
+
+
+def _after_rollback(session: Session) -> None:
+    session.info.pop(_PENDING_KEY, None)
+
+
 def record_dead_letters(session: Session, items: Sequence[DeadLetterItem]) -> None:
     """Quarantine records; the same record seen again updates its row instead of adding one."""
     if not items:
         return
+    _announce_after_commit(session, items)
     now = now_utc()
     unique = {(i.flow, i.source, i.entity_type, i.entity_key): i for i in items}
     rows = [
