@@ -294,7 +294,8 @@ def vendor_router(
         out = io.StringIO()
         writer = csv.DictWriter(out, fieldnames=proc.STATEMENT_CSV_COLUMNS, restval="")
         writer.writeheader()
-        writer.writerows(proc.statement_rows(data))
+        writer.writerows({k: _cell(v) for k, v in row.items()}
+                         for row in proc.statement_rows(data))
         return Response(out.getvalue(), media_type="text/csv; charset=utf-8", headers={
             "Content-Disposition": f'attachment; filename="statement-{vendor.slug}.csv"'})
 
@@ -325,7 +326,15 @@ _CSP = ("default-src 'none'; script-src 'self' 'unsafe-inline'; style-src 'unsaf
         "connect-src 'self'; form-action 'none'; frame-ancestors 'none'")
 
 
+def _cell(value: Any) -> Any:
+    """A CSV cell a spreadsheet will not run as a formula (file names, reasons and messages
+    come from vendors)."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
 def _csv_line(values: list[Any]) -> str:
     out = io.StringIO()
-    csv.writer(out).writerow(values)
+    csv.writer(out).writerow([_cell(v) for v in values])
     return out.getvalue()

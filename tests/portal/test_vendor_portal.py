@@ -51,7 +51,7 @@ def test_upload_and_see_every_refused_row(app, world):
     client = TestClient(app)
     body = codes_csv(["ALPHACODE001,1111,2027-01-31", "ALPHACODE001,,", "bad code,,",
                       "ALPHACODE002,,1999-01-01", "ALPHACODE003,,"])
-    response = client.post(codes_url(a) + "?file_name=alpha.csv", content=body,
+    response = client.post(codes_url(a) + "?file_name=%3Dalpha.csv", content=body,
                            headers={**auth(a), "Content-Type": "text/csv"})
     assert response.status_code == 201, response.text
     result = response.json()
@@ -60,11 +60,12 @@ def test_upload_and_see_every_refused_row(app, world):
     rows = client.get(result["rows_url"], headers=auth(a)).json()
     assert [(r["row"], r["rule"]) for r in rows["rejected"]] == [
         (3, "duplicate_in_file"), (4, "code_invalid"), (5, "expiry_past")]
-    assert all(r["message"].startswith(f"alpha.csv: row {r['row']}") for r in rows["rejected"])
+    assert all(r["message"].startswith(f"=alpha.csv: row {r['row']}") for r in rows["rejected"])
     assert "ALPHACODE001" not in response.text + str(rows)
     listed = client.get(f"/vendor/uploads/{result['upload_no']}/rows.csv", headers=auth(a))
     table = list(csv.DictReader(io.StringIO(listed.text)))
     assert [int(r["row"]) for r in table] == [3, 4, 5] and table[0]["rule"] == "duplicate_in_file"
+    assert table[0]["message"].startswith("'=alpha.csv")  # a spreadsheet never runs it
     upload = client.get(f"/vendor/uploads/{result['upload_no']}", headers=auth(a)).json()
     assert upload["po_no"] == a.po_no and upload["line_no"] == 1
     assert upload["content_hash"] and upload["size_bytes"] == len(body)
