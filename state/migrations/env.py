@@ -9,6 +9,7 @@ from sqlmodel import SQLModel
 import state.catalog
 import state.models
 import state.procurement
+import state.purchasing_models
 import state.remittance  # noqa: F401
 
 config = context.config
