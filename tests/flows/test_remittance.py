@@ -1,0 +1,225 @@
+"""Remittance batches end to end against the treasury and ERP sandboxes: an operator's
+approval given through the Prefect API resumes the paused close and the batches post; a
+posting process SIGKILLed after the treasury request left is re-run and leaves one posting in
+treasury and one journal entry in the ERP per batch version; the treasury contract itself
+(signatures, repeats, 409)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from flows.reconcile import load_rules, match_day, read_sources
+from flows.remittance import close_batches, validate_day
+from sandbox.core import ServedGroup, serve_many
+from sandbox.erp import ErpSandbox
+from sandbox.treasury import TreasurySandbox
+from state import remittance as remit
+from state.db import session_scope
+from tests.flows.reconcile_world import DAY, ZONES, World, build_world
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Far:
+    def __init__(self, treasury: TreasurySandbox, erp: ErpSandbox, group: ServedGroup) -> None:
+        self.treasury, self.erp, self.group = treasury, erp, group
+
+    def env(self) -> dict[str, str]:
+        creds = self.erp.credentials
+        return {
+            "VOUCHFLOW_TREASURY_URL": self.group[0].base_url,
+            "VOUCHFLOW_TREASURY_TOKEN": self.treasury.token,
+            "VOUCHFLOW_TREASURY_SECRET": self.treasury.secret,
+            "VOUCHFLOW_ERP_ACCOUNT": creds.account,
+            "VOUCHFLOW_ERP_BASE_URL": self.group[1].base_url,
+            "VOUCHFLOW_ERP_CONSUMER_KEY": creds.consumer_key,
+            "VOUCHFLOW_ERP_CONSUMER_SECRET": creds.consumer_secret,
+            "VOUCHFLOW_ERP_TOKEN_ID": creds.token_id,
+            "VOUCHFLOW_ERP_TOKEN_SECRET": creds.token_secret,
+        }
+
+    def postings(self) -> Counter[str]:
+        return self.treasury.effects.keys("remittance.received")
+
+    def journals(self) -> Counter[str]:
+        return self.erp.effects.keys("journalEntry.created")
+
+
+@pytest.fixture
+def far(monkeypatch: pytest.MonkeyPatch) -> Iterator[Far]:
+    treasury, erp = TreasurySandbox(), ErpSandbox()
+    group = serve_many([treasury, erp])
+    out = Far(treasury, erp, group)
+    for name, value in out.env().items():
+        monkeypatch.setenv(name, value)
+    try:
+        yield out
+    finally:
+        group.stop()
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> World:
+    return build_world(tmp_path / "day", malformed=False)
+
+
+def _matched(engine, world: World) -> None:
+    sources = read_sources(world.payment_files, world.order_files, world.delivery_files)
+    match_day(engine, DAY, sources, load_rules(), key="test", zones=ZONES)
+
+
+def _close_all(engine) -> list[str]:
+    heads = validate_day(engine, DAY, load_rules().close_threshold)
+    return close_batches(engine, [h.batch_id for h in heads],
+                         approval={"approve": True, "approved_by": "ops-anna"})
+
+
+def test_treasury_checks_signatures_answers_repeats_and_refuses_another_body(far):
+    from connectors.signing import sign
+
+    body = {"batch_id": "20261120-sg1-card", "version": 1, "business_date": "2026-11-20",
+            "site": "sg1", "payment_method": "card", "currency": "SGD",
+            "gross": {"amount": "10.00", "currency": "SGD"},
+            "fees": {"amount": "1.00", "currency": "SGD"},
+            "net": {"amount": "9.00", "currency": "SGD"}, "count": 1,
+            "lines": [{"order_id": "O1", "amount": {"amount": "10.00", "currency": "SGD"},
+                       "fee": {"amount": "1.00", "currency": "SGD"}, "reference": "r"}],
+            "reverses": None, "approved_by": None}
+    raw = json.dumps(body).encode()
+    url = far.group[0].base_url + "/v1/remittance-batches"
+
+    def post(data: bytes, *, secret: str = far.treasury.secret) -> httpx.Response:
+        return httpx.post(url, content=data, headers={
+            "Authorization": f"Bearer {far.treasury.token}",
+            "Idempotency-Key": "remit-20261120-sg1-card-v1",
+            "X-Signature": sign(secret, int(time.time()), data)})
+
+    assert post(raw, secret="wrong").status_code == 401
+    first = post(raw)
+    assert first.status_code == 201
+    again = post(raw)
+    assert again.status_code == 200 and again.json() == first.json()
+    other = post(json.dumps({**body, "approved_by": "x"}).encode())
+    assert other.status_code == 409
+    assert far.postings() == Counter({"remit-20261120-sg1-card-v1": 1})
+
+
+def test_a_post_killed_after_the_treasury_request_left_posts_once_when_rerun(
+        far, world, engine, state_url, prefect_harness):
+    _matched(engine, world)
+    closed = _close_all(engine)
+    assert len(closed) == 6
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, **far.env(), "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    command = [sys.executable, "-m", "flows.cli", "remittance", "post", "--day",
+               DAY.isoformat()]
+    far.treasury.respond_delay_s = 60  # the first batch is booked, its answer never comes
+    proc = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    try:
+        while not far.postings():
+            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+            assert time.monotonic() < deadline, "the posting never left"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    assert sum(far.postings().values()) == 1 and not far.journals()
+    with session_scope(engine) as s:
+        assert {b.status for b in remit.batches(s, day=DAY)} == {"closed"}
+
+    far.treasury.respond_delay_s = 0
+    rerun = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, timeout=180)
+    assert rerun.returncode == 0, rerun.stdout.decode() + rerun.stderr.decode()
+    keys = [remit.remit_key(remit.batch_id_for(DAY, site, method), 1) for site, method in (
+        ("my1", "card"), ("my1", "cod"), ("my1", "split"), ("sg1", "card"),
+        ("sg1", "paypal"), ("sg1", "wallet_balance"))]
+    assert far.postings() == Counter({k: 1 for k in keys})
+    assert far.journals() == Counter({f"je-{k}": 1 for k in keys})
+    assert far.treasury.effects.count("remittance.repeated") == 1  # the killed one, answered
+    with session_scope(engine) as s:
+        batches = remit.batches(s, day=DAY)
+    assert {b.status for b in batches} == {"posted"}
+    assert all(b.treasury_ref and b.erp_id for b in batches)
+    # and once more: nothing is owed, nothing is sent
+    again = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, timeout=180)
+    assert again.returncode == 0
+    assert sum(far.postings().values()) == 6 and sum(far.journals().values()) == 6
+
+
+async def _paused_run(name: str, timeout: float = 90) -> str:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateName,
+    )
+
+    deadline = time.monotonic() + timeout
+    async with get_client() as client:
+        while time.monotonic() < deadline:
+            runs = await client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(name=FlowRunFilterStateName(any_=["Paused"]))))
+            for run in runs:
+                if run.name and run.state and run.state.is_paused():
+                    flow = await client.read_flow(run.flow_id)
+                    if flow.name == name:
+                        return str(run.id)
+            await asyncio.sleep(0.5)
+    raise AssertionError(f"no paused {name} run")
+
+
+def test_an_approval_resumed_through_the_api_closes_the_blocked_batches_and_they_post(
+        far, world, engine, state_url, prefect_harness):
+    from uuid import UUID
+
+    from prefect.flow_runs import resume_flow_run
+
+    from flows.reconcile import reconcile_day
+    from flows.remittance import close_remittance, post_remittance
+
+    async def scenario() -> tuple[dict, dict, dict]:
+        summary = await reconcile_day(DAY, [str(p) for p in world.payment_files],
+                                      [str(p) for p in world.order_files],
+                                      [str(p) for p in world.delivery_files])
+        closing = asyncio.create_task(close_remittance(DAY, poll_interval_s=1))
+        run_id = await _paused_run("close-remittance")
+        await resume_flow_run(UUID(run_id), run_input={
+            "approved_by": "ops-anna", "approve": True, "comment": "known differences"})
+        closed = await asyncio.wait_for(closing, 120)
+        posted = await post_remittance(DAY)
+        return summary, closed, posted
+
+    summary, closed, posted = asyncio.run(scenario())
+    assert summary["by_class"]["amount_mismatch"] == 1 and summary["rejected"] == 0
+    assert Path(summary["csv"]).read_text().startswith("class,status,site")
+    assert sorted(closed["closed"]) == sorted(remit.batch_id_for(DAY, s, m) for s, m in (
+        ("my1", "card"), ("my1", "cod"), ("my1", "split"), ("sg1", "card"),
+        ("sg1", "paypal"), ("sg1", "wallet_balance")))
+    assert posted["posted"] == 6 and posted["failed"] == 0
+    with session_scope(engine) as s:
+        card = remit.current(s, remit.batch_id_for(DAY, "sg1", "card"))
+        approvals = remit.approvals(s, card.batch_id)
+    assert card.status == "posted" and card.approved_by == "ops-anna"
+    assert [(a.approved_by, a.approved, a.comment) for a in approvals] == [
+        ("ops-anna", True, "known differences")]
+    assert {d["class"] for d in approvals[0].discrepancies} >= {"amount_mismatch"}
+    body = far.treasury.batches[next(iter(far.treasury.batches))]["batch"]
+    assert set(body) >= {"batch_id", "version", "business_date", "gross", "fees", "net",
+                         "count", "lines", "reverses", "approved_by"}
+    assert sum(far.postings().values()) == 6 and sum(far.journals().values()) == 6
