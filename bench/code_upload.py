@@ -35,6 +35,8 @@ from bench.allocate import fresh_database
 from bench.common import emit, free_port, peak_rss_mb
 
 READ = 64 * 1024
+CPU: dict[str, float | None] = {}
+"""CPU seconds the receiving side used during the upload (the machine may be shared)."""
 SKU = "BENCH-SKU"
 CODE_FORMAT = r"^[A-Z0-9]{14}$"
 BASELINE = {
@@ -115,6 +117,15 @@ def vm_hwm_mb(pid: int) -> float | None:
     return None
 
 
+def cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds a process has used (Linux)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 2)
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def via_http(url: str, path: Path, found: dict[str, Any]) -> tuple[float, dict[str, Any], float]:
     import httpx
 
@@ -133,6 +144,7 @@ def via_http(url: str, path: Path, found: dict[str, Any]) -> tuple[float, dict[s
             if time.monotonic() > deadline or server.poll() is not None:
                 raise RuntimeError("the portal did not start")
             time.sleep(0.1)
+        cpu_before = cpu_s(server.pid) or 0.0
         started = time.perf_counter()
         with httpx.Client(timeout=None) as client:
             response = client.post(
@@ -144,6 +156,8 @@ def via_http(url: str, path: Path, found: dict[str, Any]) -> tuple[float, dict[s
         if response.status_code != 201:
             raise RuntimeError(f"upload answered {response.status_code}: {response.text[:500]}")
         peak = vm_hwm_mb(server.pid) or 0.0
+        used = cpu_s(server.pid)
+        CPU["portal"] = round(used - cpu_before, 2) if used is not None else None
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -158,10 +172,12 @@ def via_function(url: str, path: Path, found: dict[str, Any]
 
     engine = make_engine(url)
     ring = Keyring.load()
+    cpu_before = time.process_time()
     started = time.perf_counter()
     result = receive_code_file(engine, ring, vendor_id=found["vendor_id"], po_no=found["po_no"],
                                line_no=1, file_name=path.name, chunks=chunks(path))
     elapsed = time.perf_counter() - started
+    CPU["portal"] = round(time.process_time() - cpu_before, 2)
     engine.dispose()
     return elapsed, result.as_dict(), peak_rss_mb()
 
@@ -280,6 +296,9 @@ def main(argv: list[str]) -> int:
         "ratio": round(vouchflow_s / baseline_s, 3) if baseline_s else None,
         "codes_per_s": round(args.codes / vouchflow_s),
         "peak_rss_mb": peak,
+        "portal_cpu_s": CPU.get("portal"),
+        "codes_per_portal_cpu_s": round(args.codes / CPU["portal"]) if CPU.get("portal")
+        else None,
         "status": result["status"],
         "rows_accepted": result["rows_accepted"],
         "codes_in_pool": stored,
