@@ -1,0 +1,286 @@
+"""Benchmark: one business day reconciled end to end (parse, normalise, match, classify).
+
+``--orders N`` orders on two sites (SGD, MYR), their delivery evidence, and about 1.05 N
+payment traces as files: card acquirer settlement CSVs (payments, refunds, duplicates,
+payouts per batch, one batch in fifty short by a cent) and wallet balance CSVs, with known
+ground truth (unpaid, delivered-not-paid, amount mismatch, duplicate, paid-not-delivered,
+payments without order, payout mismatch). vouchflow reads and classifies them with the
+columnar path (``flows.reconcile_columnar``, the rules of ``config/reconcile.yaml``); the
+baseline, in the same run on the same files, only joins the traces to the orders on the exact
+reference in DuckDB. ``accuracy`` is the share of ground-truth entities whose classes came out
+exactly as generated. ``--check`` also runs the row-by-row engine (``mappings.reconcile``) on
+the same files and says whether every entity got the same classes (small scales only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections import defaultdict
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+from bench.common import emit, peak_rss_mb
+
+DAY = date(2026, 11, 20)
+SITES = (("sg1", "SGD"), ("my1", "MYR"))
+BASELINE = ("DuckDB read_csv of the same order, acquirer and wallet files (all columns as "
+            "text), one exact-key join of the payment traces to the orders on the merchant "
+            "reference, and a count of matched and unmatched; no validation, rules, "
+            "duplicates, refunds, deliveries, payouts or classes")
+ACQ_COLUMNS = (
+    "Company Account", "Merchant Account", "Psp Reference", "Merchant Reference",
+    "Payment Method", "Creation Date", "TimeZone", "Type", "Modification Reference",
+    "Gross Currency", "Gross Debit (GC)", "Gross Credit (GC)", "Exchange Rate", "Net Currency",
+    "Net Debit (NC)", "Net Credit (NC)", "Commission (NC)", "Markup (NC)", "Scheme Fees (NC)",
+    "Interchange (NC)", "Payment Method Variant", "Batch Number",
+)  # fmt: skip
+WALLET_COLUMNS = ("site", "transaction_id", "type", "order_id", "created_at", "currency",
+                  "amount", "settlement_id", "customer_ref")
+BATCH = 10_000
+
+
+def _money(minor: int) -> str:
+    return f"{minor // 100}.{minor % 100:02d}"
+
+
+def generate(folder: Path, n: int, *, jsonl: bool = False) -> dict[str, Any]:
+    """Write the day's files; return their paths and the ground truth."""
+    folder.mkdir(parents=True, exist_ok=True)
+    truth: dict[str, list[str]] = {}
+    files: dict[str, list[Path]] = {"orders": [], "deliveries": [], "acquirer": [],
+                                    "wallet": []}
+    handles = {}
+    writers = {}
+    for name, columns in (("orders", ("site", "order_id", "status", "created_at", "currency",
+                                      "total", "method", "provider_reference")),
+                          ("deliveries", ("site", "order_id", "status", "quantity")),
+                          ("acquirer", ACQ_COLUMNS), ("wallet", WALLET_COLUMNS)):
+        path = folder / f"{name}_{DAY:%Y%m%d}.csv"
+        files[name].append(path)
+        handles[name] = path.open("w", newline="", encoding="utf-8")
+        writers[name] = csv.writer(handles[name], lineterminator="\n")
+        writers[name].writerow(columns)
+    json_orders = (folder / "orders.jsonl").open("w") if jsonl else None
+    json_deliveries = (folder / "deliveries.jsonl").open("w") if jsonl else None
+    batch_net: dict[str, int] = defaultdict(int)
+    acq, wal = writers["acquirer"], writers["wallet"]
+
+    def settle(site: str, cur: str, psp: str, order: str, minor: int, when: str, batch: str,
+               kind: str = "Settled", modification: str = "") -> None:
+        fee = minor * 2 // 100 if kind == "Settled" else 0
+        net = minor - fee
+        credit = kind == "Settled"
+        acq.writerow(["VouchCo", f"VouchCo{site.upper()}", psp, order, "visa", when, "SGT",
+                      kind, modification, cur, "" if credit else _money(minor),
+                      _money(minor) if credit else "", "1", cur,
+                      "" if credit else _money(net), _money(net) if credit else "",
+                      _money(fee), "", "", "", "visacredit", batch])
+        batch_net[f"{site}:{batch}"] += net if credit else -net
+
+    for i in range(n):
+        site, cur = SITES[i % 2]
+        order = f"O{i:09d}"
+        key = f"{site}:{order}"
+        minor = 500 + (i * 37) % 20_000
+        card = i % 10 < 7
+        method = "card" if card else "wallet_balance"
+        ref = f"PSP{i:09d}" if card else f"WB{i:09d}"
+        seconds = 9 * 3600 + (i * 7) % (14 * 3600)  # 09:00-23:00 local
+        local = f"{DAY.isoformat()} {seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+        iso = local.replace(" ", "T") + "+08:00"
+        writers["orders"].writerow([site, order, "confirmed", iso, cur, _money(minor), method,
+                                    ref])
+        a = i % 1000
+        delivered = not (0 <= a < 10 or 25 <= a < 30)
+        if delivered:
+            writers["deliveries"].writerow([site, order, "delivered", "1"])
+        if json_orders is not None:
+            money = {"amount": _money(minor), "currency": cur}
+            json_orders.write(json.dumps({
+                "site": site, "order_id": order, "status": "confirmed", "created_at": iso,
+                "updated_at": iso, "currency": cur,
+                "lines": [{"line_id": "1", "sku": "GIFT", "quantity": 1, "unit_price": money}],
+                "payment": {"method": method, "provider": "p", "provider_reference": ref,
+                            "amount": money}}) + "\n")
+            if delivered:
+                json_deliveries.write(json.dumps({  # type: ignore[union-attr]
+                    "delivery_id": f"d{i}", "site": site, "order_id": order, "kind": "codes",
+                    "quantity": 1, "delivered_at": iso, "source": "bench"}) + "\n")
+        labels: list[str] = []
+        if a < 10:
+            labels = ["unpaid_order"]
+        elif a < 15:
+            labels = ["delivered_not_paid"]
+        elif 25 <= a < 30:
+            labels = ["paid_not_delivered"]
+        paid = minor - 100 if 15 <= a < 20 else minor
+        if 15 <= a < 20:
+            labels = ["amount_mismatch"]
+        if a >= 15:
+            batch = str(i // BATCH)
+            if card:
+                settle(site, cur, ref, order, paid, local, batch)
+                if 20 <= a < 25:
+                    settle(site, cur, f"PSPD{i:09d}", order, paid, local, batch)
+                if 30 <= a < 80:
+                    settle(site, cur, ref, order, paid // 2, local, batch, kind="Refunded",
+                           modification=f"REF{i:09d}")
+            else:
+                wal.writerow([site, ref, "payment", order, iso, cur, _money(paid), f"S{batch}",
+                              ""])
+                if 20 <= a < 25:
+                    wal.writerow([site, f"WBD{i:09d}", "payment", order, iso, cur,
+                                  _money(paid), f"S{batch}", ""])
+                if 30 <= a < 80:
+                    wal.writerow([site, f"WR{i:09d}", "refund", order, iso, cur,
+                                  _money(paid // 2), f"S{batch}", ""])
+            if 20 <= a < 25:
+                labels = ["duplicate_payment"]
+        if 80 <= a < 85:
+            stray = f"X{i:09d}"
+            if card:
+                settle(site, cur, f"PSPX{i:09d}", stray, minor, local, str(i // BATCH))
+                truth[f"PSPX{i:09d}"] = ["payment_without_order"]
+            else:
+                wal.writerow([site, f"WBX{i:09d}", "payment", stray, iso, cur, _money(minor),
+                              "SX", ""])
+                truth[f"WBX{i:09d}"] = ["payment_without_order"]
+        if labels:
+            truth[key] = labels
+    for n_batch, (key, net) in enumerate(sorted(batch_net.items())):
+        site, batch = key.split(":")
+        cur = dict(SITES)[site]
+        short = 1 if n_batch % 50 == 0 else 0
+        acq.writerow(["VouchCo", f"VouchCo{site.upper()}", "", "", "", f"{DAY} 23:30:00",
+                      "SGT", "MerchantPayout", f"PO-{batch}", "", "", "", "", cur,
+                      _money(net - short), "", "", "", "", "", "", batch])
+        if short:
+            truth[f"VouchCo{site.upper()}-batch-{batch}"] = ["payout_mismatch"]
+    for handle in handles.values():
+        handle.close()
+    if json_orders is not None:
+        json_orders.close()
+        json_deliveries.close()  # type: ignore[union-attr]
+    return {"files": files, "truth": truth}
+
+
+def accuracy(truth: dict[str, list[str]], labels: dict[str, list[str]]) -> float:
+    """Share of ground-truth entities classified exactly (nothing missed, nothing added);
+    an entity flagged that the truth calls clean counts against it too."""
+    entities = set(truth) | set(labels)
+    if not entities:
+        return 1.0
+    right = sum(1 for e in entities if sorted(truth.get(e, [])) == sorted(labels.get(e, [])))
+    return round(right / len(entities), 6)
+
+
+def baseline(files: dict[str, list[Path]]) -> tuple[float, int]:
+    import duckdb
+
+    con = duckdb.connect()
+    started = time.perf_counter()
+
+    def csvs(kind: str) -> str:
+        return "[" + ", ".join(f"'{p}'" for p in files[kind]) + "]"
+
+    matched = con.execute(f"""
+        WITH o AS (SELECT * FROM read_csv({csvs('orders')}, all_varchar=true, header=true)),
+             t AS (SELECT "Merchant Reference" AS ref FROM read_csv({csvs('acquirer')},
+                       all_varchar=true, header=true)
+                   UNION ALL SELECT order_id FROM read_csv({csvs('wallet')}, all_varchar=true,
+                       header=true))
+        SELECT count(o.order_id), count(*) FROM t LEFT JOIN o ON o.order_id = t.ref""").fetchone()
+    elapsed = time.perf_counter() - started
+    con.close()
+    return elapsed, int(matched[0])  # type: ignore[index]
+
+
+def python_labels(folder: Path, files: dict[str, list[Path]]) -> dict[str, list[str]]:
+    """The row-by-row engine on the same files (for --check)."""
+    from flows.reconcile import load_rules, read_sources
+    from mappings.reconcile import DayInput, reconcile
+
+    sources = read_sources([*files["acquirer"], *files["wallet"]], [folder / "orders.jsonl"],
+                           [folder / "deliveries.jsonl"])
+    result = reconcile(load_rules(), DayInput(
+        day=DAY, orders=sources.orders, traces=sources.traces, deliveries=sources.deliveries,
+        payouts=sources.payouts, site_zones={"sg1": "Asia/Singapore",
+                                             "my1": "Asia/Kuala_Lumpur"}))
+    traces = {t.trace_id: t for t in sources.traces}
+    out: dict[str, list[str]] = defaultdict(list)
+    for d in result.discrepancies:
+        if d.order_id:
+            key = f"{d.site}:{d.order_id}"
+        elif d.payout_id:
+            key = d.payout_id
+        else:
+            key = traces[d.trace_ids[0]].references.provider_reference or d.trace_ids[0]
+        out[key].append(d.cls.value)
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench reconcile", description=__doc__)
+    parser.add_argument("--orders", type=int, default=1_000_000)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="DuckDB threads (default: every core)")
+    parser.add_argument("--check", action="store_true",
+                        help="also run the row-by-row engine and compare (small scales)")
+    parser.add_argument("--keep", type=Path, default=None, help="generate into this folder")
+    args = parser.parse_args(argv)
+    folder = args.keep or Path(tempfile.mkdtemp(prefix="vf-bench-reconcile-"))
+    try:
+        started = time.perf_counter()
+        data = generate(folder, args.orders, jsonl=args.check)
+        generated_s = round(time.perf_counter() - started, 3)
+        files = data["files"]
+        traces_written = sum(sum(1 for _ in p.open()) - 1 for p in
+                             [*files["acquirer"], *files["wallet"]])
+        from flows.reconcile import load_rules
+        from flows.reconcile_columnar import reconcile_columnar
+
+        rules = load_rules()
+        started = time.perf_counter()
+        result = reconcile_columnar(rules, DAY, orders=files["orders"],
+                                    deliveries=files["deliveries"], acquirer=files["acquirer"],
+                                    wallet=files["wallet"], labels=True, threads=args.threads)
+        vouchflow_s = time.perf_counter() - started
+        baseline_s, baseline_matched = baseline(files)
+        out: dict[str, Any] = {
+            "bench": "reconcile",
+            "scale": {"orders": args.orders, "traces": result.traces,
+                      "trace_rows": traces_written, "cores": os.cpu_count()},
+            "vouchflow_s": round(vouchflow_s, 3), "baseline_s": round(baseline_s, 3),
+            "ratio": round(vouchflow_s / baseline_s, 2) if baseline_s else None,
+            "peak_rss_mb": peak_rss_mb(),
+            "accuracy": accuracy(data["truth"], result.labels),
+            "classes": {k: v for k, v in sorted(result.counts.items())},
+            "refused": result.refused, "baseline_matched": baseline_matched,
+            "generated_s": generated_s, "baseline": BASELINE,
+        }
+        if args.check:
+            python = python_labels(folder, files)
+            out["python_agrees"] = python == {k: sorted(v) for k, v in result.labels.items()}
+            out["python_accuracy"] = accuracy(data["truth"], python)
+        emit(out)
+    finally:
+        if args.keep is None:
+            shutil.rmtree(folder, ignore_errors=True)
+    return 0
+
+
+__all__ = ["generate", "main"]
+
+if __name__ == "__main__":  # pragma: no cover
+    import sys
+
+    raise SystemExit(main(sys.argv[1:]))
+
+_ = timedelta
