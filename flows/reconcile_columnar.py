@@ -83,31 +83,45 @@ def _q(path: Path) -> str:
     return "'" + str(path).replace("'", "''") + "'"
 
 
-def _check(con: Any, table: str, file: str, amount: str, currency: str) -> None:
+def _check(con: Any, table: str, file: str, pairs: Sequence[tuple[str, str]]) -> None:
     """Refuse the file if an amount is not a decimal, has more non-zero decimals than its
-    currency allows, or its currency is unknown (first offending row named)."""
-    bad = con.execute(f"""
-        SELECT line, "{currency}", "{amount}",
-          CASE WHEN cur.code IS NULL THEN 'currency_unknown'
-               WHEN NOT regexp_full_match("{amount}", '[0-9]+(\\.[0-9]+)?') THEN 'amount_format'
-               ELSE 'amount_decimals' END
-        FROM {table} t LEFT JOIN currencies cur ON cur.code = t."{currency}"
-        WHERE coalesce("{amount}", '') <> '' AND (cur.code IS NULL
-           OR NOT regexp_full_match("{amount}", '[0-9]+(\\.[0-9]+)?')
-           OR length(rtrim(coalesce(split_part("{amount}", '.', 2), ''), '0')) > cur.exp)
-        ORDER BY line LIMIT 1""").fetchone()
-    if bad is None:
+    currency allows, or its currency is unknown (the first offending row named). One scan for
+    all the table's amount columns; the row's line is looked up only when one is bad."""
+    conditions = []
+    for amount, currency in pairs:
+        a, c = f'"{amount}"', f'"{currency}"'
+        conditions.append(
+            f"({a} IS NOT NULL AND ({c} NOT IN (SELECT code FROM currencies)"
+            f" OR TRY_CAST({a} AS DECIMAL(18,6)) IS NULL OR NOT regexp_full_match({a}, '[0-9.]+')"
+            f" OR (TRY_CAST({a} AS DECIMAL(18,6)) * (SELECT CAST(pow(10, exp) AS BIGINT) FROM"
+            f" currencies WHERE code = {c})) % 1 <> 0))")
+    where = " OR ".join(conditions)
+    hit = con.execute(f"SELECT count(*) FROM {table} WHERE {where}").fetchone()
+    if not hit or not hit[0]:
         return
-    line, cur, value, rule = bad
-    if rule == "currency_unknown":
-        raise PaymentFileError(file, rule, f"{cur!r} is not an ISO 4217 currency", line=line,
-                               field=currency)
-    if rule == "amount_format":
-        raise PaymentFileError(file, rule, f"{value!r} is not a decimal amount", line=line,
-                               field=amount)
-    exp = dict(_currencies())[cur]
-    raise PaymentFileError(file, rule, f"{value} has more decimals than {cur} allows ({exp})",
-                           line=line, field=amount)
+    row = con.execute(f"""SELECT * FROM (SELECT row_number() OVER () + 1 AS line, *
+                          FROM {table}) WHERE {where} ORDER BY line LIMIT 1""")
+    names = [d[0] for d in row.description]
+    values = dict(zip(names, row.fetchone() or (), strict=False))
+    line = values.get("line")
+    exps = dict(_currencies())
+    for amount, currency in pairs:
+        value, cur = values.get(amount), values.get(currency)
+        if value is None:
+            continue
+        if cur not in exps:
+            raise PaymentFileError(file, "currency_unknown",
+                                   f"{cur!r} is not an ISO 4217 currency", line=line,
+                                   field=currency)
+        text = str(value).strip()
+        whole, _, frac = text.partition(".")
+        if not (whole + frac).isdigit():
+            raise PaymentFileError(file, "amount_format", f"{value!r} is not a decimal amount",
+                                   line=line, field=amount)
+        if len(frac.rstrip("0")) > exps[cur]:
+            raise PaymentFileError(file, "amount_decimals", f"{text} has more decimals than "
+                                   f"{cur} allows ({exps[cur]})", line=line, field=amount)
+    raise PaymentFileError(file, "invalid_amount", "an amount cannot be read", line=line)
 
 
 def _minor(column: str) -> str:
@@ -140,7 +154,7 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
         table = f"{name}_{len(loaded)}"
         try:
             _header(path, required)
-            con.execute(f"""CREATE TABLE {table} AS SELECT row_number() OVER () + 1 AS line, *
+            con.execute(f"""CREATE TABLE {table} AS SELECT *
                             FROM read_csv({_q(path)}, all_varchar=true, header=true)""")
             return table
         except PaymentFileError as exc:
@@ -152,7 +166,7 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
     loaded: list[str] = []
     for path in orders:
         t = load("ord", path, ORDER_COLUMNS)
-        if t and not _guard(con, t, path.name, "total", "currency", refused):
+        if t and not _guard(con, t, path.name, [("total", "currency")], refused):
             loaded.append(t)
     order_tables = list(loaded)
     for path in deliveries:
@@ -163,16 +177,16 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
     acq_tables = []
     for path in acquirer:
         t = load("acq", path, ACQUIRER_REQUIRED)
-        if t and all(not _guard(con, t, path.name, col, cur, refused) for col, cur in (
+        if t and not _guard(con, t, path.name, [
                 ("Gross Credit (GC)", "Gross Currency"), ("Gross Debit (GC)", "Gross Currency"),
                 ("Net Credit (NC)", "Net Currency"), ("Net Debit (NC)", "Net Currency"),
-                ("Commission (NC)", "Net Currency"))):
+                ("Commission (NC)", "Net Currency")], refused):
             acq_tables.append(t)
             loaded.append(t)
     wal_tables = []
     for path in wallet:
         t = load("wal", path, WALLET_REQUIRED)
-        if t and not _guard(con, t, path.name, "amount", "currency", refused):
+        if t and not _guard(con, t, path.name, [("amount", "currency")], refused):
             wal_tables.append(t)
             loaded.append(t)
 
@@ -255,7 +269,7 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
         con.execute(f"""INSERT INTO matched SELECT p.trace_id, min(o.okey), any_value(p.amount),
             any_value(p.fee), any_value(p.booking_date), {n}
             FROM pay p JOIN orders o ON {cond} AND {window}
-            WHERE p.trace_id NOT IN (SELECT trace_id FROM matched)
+            ANTI JOIN matched mm ON mm.trace_id = p.trace_id
             GROUP BY p.trace_id""")
     tol = f"greatest({_abs_minor(rules)}, round(abs(o.expected) * {rules.tolerance_percent} / 100))"
     # duplicates: a payment that comes when the order is already paid and repeats an amount
@@ -290,9 +304,9 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
             WHERE counted > 0 AND abs(received - expected) > tol
         UNION ALL SELECT okey, 'paid_not_delivered' FROM verdict
             WHERE counted > 0 AND NOT delivered AND {require} AND status = 'confirmed'
-        UNION ALL SELECT pref, 'payment_without_order' FROM pay
-            WHERE trace_id NOT IN (SELECT trace_id FROM matched)
-              AND booking_date = DATE '{day.isoformat()}'""")
+        UNION ALL SELECT p.pref, 'payment_without_order' FROM pay p
+            ANTI JOIN matched m ON m.trace_id = p.trace_id
+            WHERE p.booking_date = DATE '{day.isoformat()}'""")
     # refunds and chargebacks: through the original payment's reference, else the merchant's
     con.execute("""CREATE TABLE refunds AS SELECT r.trace_id, r.kind, r.pref, r.booking_date,
         coalesce(pm.okey, om.okey) AS okey
@@ -347,11 +361,11 @@ def _abs_minor(rules: Rules) -> str:
     return str(int(rules.tolerance_absolute * 100))
 
 
-def _guard(con: Any, table: str, file: str, amount: str, currency: str,
+def _guard(con: Any, table: str, file: str, pairs: Sequence[tuple[str, str]],
            refused: list[str]) -> bool:
     """True when the file was refused."""
     try:
-        _check(con, table, file, amount, currency)
+        _check(con, table, file, pairs)
     except PaymentFileError as exc:
         refused.append(str(exc))
         return True
