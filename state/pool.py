@@ -738,8 +738,8 @@ def _write_chunk(
         table = PoolCode.__table__
         if pg:
             existing = _pg(session, "SELECT code_hash, id, batch_no FROM pool_code "
-                                    "WHERE code_hash = ANY(CAST(:h AS text[]))",
-                           {"h": list(fresh)}).fetchall()
+                                    "WHERE code_hash = ANY(string_to_array(:h, ','))",
+                           {"h": ",".join(fresh)}).fetchall()
         else:
             existing = []
             for part in _chunks(list(fresh), IN_CHUNK):
@@ -806,9 +806,10 @@ _PG_INSERT_CODES = """
 WITH ins AS (
     INSERT INTO pool_code (code_hash, code_enc, pin_enc, last4, sku, batch_no, status,
                            expiry_rank, batch_seq, updated_at)
-    SELECT v.h, v.c, v.p, v.l, :sku, :batch_no, 'in_stock', v.r, :seq, :now
-    FROM unnest(CAST(:h AS text[]), CAST(:c AS text[]), CAST(:p AS text[]),
-                CAST(:l AS text[]), CAST(:r AS int[])) WITH ORDINALITY AS v(h, c, p, l, r, o)
+    SELECT v.h, v.c, NULLIF(v.p, ''), v.l, :sku, :batch_no, 'in_stock', v.r, :seq, :now
+    FROM unnest(string_to_array(:h, ','), string_to_array(:c, ','), string_to_array(:p, ','),
+                CAST(:l AS text[]), CAST(string_to_array(:r, ',') AS int[]))
+         WITH ORDINALITY AS v(h, c, p, l, r, o)
     ORDER BY v.o
     ON CONFLICT (code_hash) DO NOTHING
     RETURNING id, code_hash
@@ -825,9 +826,15 @@ def _insert_codes_pg(
     columns: dict[str, list[Any]],
 ) -> list[tuple[int, str]]:
     """``columns``: the codes' hashes (h), ciphertexts (c), PIN ciphertexts (p), last four
-    characters (l) and expiry ranks (r), in input order."""
+    characters (l) and expiry ranks (r), in input order. Hashes, ciphertexts (urlsafe base64)
+    and ranks never hold a comma, so they travel as one comma-joined text each (a binary
+    array costs the driver a Python call per element); the last four characters of a code
+    may be anything and go as an array."""
+    joined = {"h": ",".join(columns["h"]), "c": ",".join(columns["c"]),
+              "p": ",".join(p or "" for p in columns["p"]),
+              "r": ",".join(map(str, columns["r"])), "l": columns["l"]}
     result = _pg(session, _PG_INSERT_CODES, {
-        **columns, "sku": batch.sku, "batch_no": batch.batch_no, "seq": batch.seq,
+        **joined, "sku": batch.sku, "batch_no": batch.batch_no, "seq": batch.seq,
         "now": now, "actor": actor, "system": system, "detail": f"batch {batch.batch_no}"})
     return [(int(i), h) for i, h in result]
 
