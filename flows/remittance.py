@@ -28,7 +28,7 @@ from connectors.treasury import TreasuryClient, TreasurySettings
 from connectors.treasury.client import canonical_body
 from flows.credentials import erp_settings
 from flows.reconcile import load_rules
-from flows.runtime import markdown_artifact, run_key, run_logger, state_engine, table_artifact
+from flows.runtime import run_key, run_logger, state_engine, table_artifact
 from state import remittance as remit
 from state.db import session_scope
 from state.models import OutboxMessage, OutboxStatus
@@ -66,28 +66,17 @@ def approval_form_markdown(blocked: Sequence[remit.RemittanceBatch]) -> str:
 async def request_approval(blocked: Sequence[remit.RemittanceBatch], *, timeout_s: int,
                            poll_interval_s: int) -> dict[str, Any] | None:
     """Pause the flow run with a form that shows the discrepancies and wait for an operator
-    (Prefect UI, or ``resume_flow_run(id, run_input=...)``). The one place that knows how
-    approvals are asked for; ``flows.approvals`` takes over when it lands."""
-    from prefect.flow_runs import pause_flow_run
-    from prefect.input import RunInput
+    (Prefect UI, or ``resume_flow_run(id, run_input={"decision": "approve", "operator":
+    ..., "comment": ...})``), through the shared approval step (``flows.approvals``)."""
+    from flows.approvals import request_approval as approval_step
 
-    class RemittanceApprovalInput(RunInput):
-        approved_by: str
-        """The operator's id (the open-source Prefect server has no user accounts)."""
-        approve: bool = False
-        comment: str = ""
-        batches: list[str] | None = None
-        """Batch ids to approve; empty: every batch shown."""
-
-    description = approval_form_markdown(blocked)
-    answer = await pause_flow_run(  # type: ignore[misc]
-        wait_for_input=RemittanceApprovalInput.with_initial_data(
-            description=description, approved_by="", approve=False),
-        timeout=timeout_s, poll_interval=poll_interval_s)
-    if answer is None:
-        return None
-    return {"approved_by": answer.approved_by, "approve": answer.approve,
-            "comment": answer.comment, "batches": answer.batches}
+    day = blocked[0].day if blocked else None
+    approval = await approval_step(
+        f"remittance batches of {day}: " + ", ".join(b.batch_id for b in blocked),
+        approval_form_markdown(blocked), key=f"remittance-{day}", timeout_s=timeout_s,
+        poll_interval_s=poll_interval_s)
+    return {"approved_by": approval.operator, "approve": approval.approved,
+            "comment": approval.comment, "batches": None}
 
 
 def validate_day(engine: Engine, day: date, threshold: Decimal,
@@ -151,9 +140,6 @@ async def close_remittance(day: date, batches: list[str] | None = None,
     closed = close_batches(engine, ready)
     approval = None
     if blocked and wait_for_approval:
-        await markdown_artifact(f"remittance-{day:%Y%m%d}-approval",
-                                approval_form_markdown(blocked),
-                                f"Remittance batches of {day} waiting for approval")
         approval = await request_approval(blocked, timeout_s=approval_timeout_s,
                                           poll_interval_s=poll_interval_s)
         if approval is not None:

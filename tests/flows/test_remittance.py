@@ -200,7 +200,7 @@ def test_an_approval_resumed_through_the_api_closes_the_blocked_batches_and_they
         closing = asyncio.create_task(close_remittance(DAY, poll_interval_s=1))
         run_id = await _paused_run("close-remittance")
         await resume_flow_run(UUID(run_id), run_input={
-            "approved_by": "ops-anna", "approve": True, "comment": "known differences"})
+            "decision": "approve", "operator": "ops-anna", "comment": "known differences"})
         closed = await asyncio.wait_for(closing, 120)
         posted = await post_remittance(DAY)
         return summary, closed, posted
