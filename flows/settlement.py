@@ -172,6 +172,23 @@ def runs_dir() -> Path:
     return StateSettings().resolved_home() / "payment-runs"
 
 
+def _write_run(engine: Any, view: st.RunView, data: bytes) -> str:
+    Path(view.file_name).write_bytes(data)
+    digest = hashlib.sha256(data).hexdigest()
+    with session_scope(engine) as s:
+        st.record_run_file(s, view.run_no, digest)
+    return digest
+
+
+def _finish_unwritten_runs(engine: Any, debtor: Debtor) -> None:
+    """Runs committed by a process that died before writing their file: the same bytes again
+    (the file is built from the run's stored rows only)."""
+    with session_scope(engine) as s:
+        views = [st.run_view(s, r) for r in st.unwritten_runs(s)]
+    for view in views:
+        _write_run(engine, view, run_file(view, debtor))
+
+
 @flow(name="payment-run", log_prints=False)
 async def payment_run(execution_date: date | None = None, bills: list[str] | None = None,
                       created_by: str = "vouchflow") -> dict[str, Any]:
@@ -179,17 +196,18 @@ async def payment_run(execution_date: date | None = None, bills: list[str] | Non
     engine = state_engine()
     directory = runs_dir()
     directory.mkdir(parents=True, exist_ok=True)
+    debtor = debtor_from_env()
+    _finish_unwritten_runs(engine, debtor)
     with session_scope(engine, immediate=True) as s:
         view = st.create_payment_run(s, execution_date=execution_date or now_utc().date(),
                                      created_by=created_by, bill_nos=bills,
                                      file_dir=str(directory))
+        # built (and validated) before the run commits: a file the schema refuses leaves
+        # no run behind, and the bills stay payable
+        data = run_file(view, debtor) if view is not None else b""
     if view is None:
         return {"run_no": None, "payments": 0}
-    data = run_file(view, debtor_from_env())
-    Path(view.file_name).write_bytes(data)
-    digest = hashlib.sha256(data).hexdigest()
-    with session_scope(engine) as s:
-        st.record_run_file(s, view.run_no, digest)
+    digest = _write_run(engine, view, data)
     totals: dict[str, Any] = {}
     for p in view.payments:
         totals[p.currency] = totals.get(p.currency, 0) + p.amount

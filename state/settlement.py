@@ -180,10 +180,10 @@ def _open_lines(session: Session, order: proc.PurchaseOrder
 
 def _settle_received(session: Session, vendor: proc.Vendor, report: SettlementReport,
                      first: date, nxt: date, bill_date: date) -> None:
-    """Code pool: every order's received, unbilled units (receipts before the period's end)."""
-    end = datetime.combine(nxt, datetime.min.time(), tzinfo=UTC)
+    """Code pool: every order's received units not billed yet (whenever received: a receipt
+    is billed by the first settlement after it)."""
     po_ids = sorted(set(session.scalars(select(proc.Receipt.po_id).where(
-        proc.Receipt.vendor_id == vendor.id, proc.Receipt.received_at < end))))
+        proc.Receipt.vendor_id == vendor.id))))
     for po_id in po_ids:
         order = session.get(proc.PurchaseOrder, po_id)
         assert order is not None
@@ -268,7 +268,7 @@ def _settle_write_offs(session: Session, vendor: proc.Vendor, report: Settlement
             code.po_id = po_id
             report.write_offs[WriteOffResult.MATCHED] += 1
         report.bills.append(_view(session, bill, order.po_no))
-    report.already_written_off = _refused_as_written_off(session, vendor.id, first, nxt)
+    report.already_written_off = _refused_as_written_off(session, vendor.id)
     if report.reported or report.already_written_off:
         counts = Counter(r for _, r in report.reported)
         parts = [f"{n} {what.replace('_', ' ')}" for what, n in sorted(counts.items())]
@@ -290,16 +290,20 @@ def _parts(items: Sequence[str], size: int = 500) -> list[Sequence[str]]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
-def _refused_as_written_off(session: Session, vendor_id: int, first: date, nxt: date) -> int:
-    start = datetime.combine(first, datetime.min.time(), tzinfo=UTC)
-    end = datetime.combine(nxt, datetime.min.time(), tzinfo=UTC)
-    return int(session.scalar(
-        select(func.count()).select_from(proc.UploadRow)
-        .join(proc.VendorUpload, proc.VendorUpload.id == proc.UploadRow.upload_id)
-        .where(proc.VendorUpload.vendor_id == vendor_id,
-               proc.VendorUpload.kind == proc.UploadKind.WRITE_OFF.value,
-               proc.VendorUpload.created_at >= start, proc.VendorUpload.created_at < end,
-               proc.UploadRow.rule == "already_written_off")) or 0)
+def _refused_as_written_off(session: Session, vendor_id: int) -> int:
+    """Rows of the vendor's write-off files refused as written off before, since the last
+    settlement that reported to it (so each is reported once)."""
+    last = session.scalar(select(func.max(proc.VendorDispute.created_at)).where(
+        proc.VendorDispute.vendor_id == vendor_id,
+        proc.VendorDispute.subject_ref.like("settlement-%")))  # type: ignore[attr-defined]
+    query = (select(func.count()).select_from(proc.UploadRow)
+             .join(proc.VendorUpload, proc.VendorUpload.id == proc.UploadRow.upload_id)
+             .where(proc.VendorUpload.vendor_id == vendor_id,
+                    proc.VendorUpload.kind == proc.UploadKind.WRITE_OFF.value,
+                    proc.UploadRow.rule == "already_written_off"))
+    if last is not None:
+        query = query.where(proc.VendorUpload.created_at > last)
+    return int(session.scalar(query) or 0)
 
 
 class _DayCapacity:
@@ -428,9 +432,14 @@ def run_view(session: Session, run_no: str) -> RunView:
         status=run.status, file_name=run.file_name,
         payments=tuple(PaymentLine(
             payment_no=p.payment_no, bill_no=b.bill_no, vendor_invoice_ref=b.vendor_invoice_ref,
-            amount=p.amount, currency=p.currency, vendor_name=ven.name,
+            amount=payment_amount(p.amount, p.currency), currency=p.currency,
+            vendor_name=ven.name,
             vendor_country=ven.country, bank_account=ven.bank_account, bank_bic=ven.bank_bic)
             for p, b, ven in rows))
+
+
+def unwritten_runs(session: Session) -> list[str]:
+    return list(session.scalars(select(PaymentRun.run_no).where(PaymentRun.sha256 == "")))
 
 
 def record_run_file(session: Session, run_no: str, sha256: str) -> None:

@@ -1,0 +1,124 @@
+"""The scripted month (tests/flows/purchasing_world.py) through every purchasing flow: daily
+API orders, settlement in all three modes, the payment run and its confirmation. Effects are
+counted at the far end (the ERP sandbox's effect log)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from lxml import etree
+from sqlalchemy import select
+
+from connectors.pain001 import NAMESPACE, validate
+from flows.api_purchase_orders import api_purchase_orders
+from flows.settlement import confirm_payments, payment_run, settle_vendors
+from state import procurement as proc
+from state.db import get_engine, session_scope
+from state.models import PoolBatch
+from tests.flows import purchasing_world as pw
+
+pytestmark = pytest.mark.usefixtures("prefect_harness", "state_url")
+
+
+def effects(sandboxes, name: str) -> Counter[str]:
+    return Counter(sandboxes.erp.effects.keys(name))
+
+
+def bills(vendor: str) -> list[tuple[str, int, Decimal, str]]:
+    """(po_no, quantity, total, currency) of a vendor's bills, in order."""
+    with session_scope(get_engine()) as s:
+        v = proc.get_vendor(s, vendor)
+        out = []
+        for b in s.scalars(select(proc.VendorBill).where(proc.VendorBill.vendor_id == v.id)
+                           .order_by(proc.VendorBill.id)):
+            qty = sum(ln.quantity for ln in s.scalars(select(proc.VendorBillLine).where(
+                proc.VendorBillLine.bill_id == b.id)))
+            po = s.get(proc.PurchaseOrder, b.po_id)
+            out.append((po.po_no, qty, b.total, b.currency))
+        return out
+
+
+@pytest.mark.seed(16, 0)
+def test_a_month_of_purchasing_ends_in_the_bills_and_payments_computed_by_hand(
+        sandboxes, monkeypatch):
+    monkeypatch.setenv("VOUCHFLOW_PAYER_NAME", "Vouchflow Pte Ltd")
+    monkeypatch.setenv("VOUCHFLOW_PAYER_ACCOUNT_SGD", "SG98VFLW00000001")
+    monkeypatch.setenv("VOUCHFLOW_PAYER_ACCOUNT", "VF-USD-0001")
+    monkeypatch.setenv("VOUCHFLOW_PAYER_BIC", "DBSSSGSG")
+    world = pw.build(sandboxes)
+    s1, s2 = world.sales_sku, world.write_off_sku
+
+    # daily API orders: sg1 (UTC+8) and th1 (UTC+7), each cut at its own midnight
+    for day in (pw.D1, pw.D2):
+        summary = asyncio.run(api_purchase_orders(day=day, sites=["sg1", "th1"]))
+        assert summary["dead_lettered"] == summary["problems"] == 0, summary
+    day_pos = {f"po-sg1-{s1}-20261005": 4, f"po-sg1-{s2}-20261005": 5,
+               f"po-th1-{s1}-20261005": 2, f"po-sg1-{s1}-20261006": 3}
+    assert effects(sandboxes, "purchaseOrder.created") == Counter(dict.fromkeys(day_pos, 1))
+    assert effects(sandboxes, "itemReceipt.transformed") == Counter(
+        {f"rcpt-{k.removeprefix('po-')}": 1 for k in day_pos})
+    with session_scope(get_engine()) as s:
+        sales_batch = s.get(PoolBatch, world.batches["sales"])
+        # 100 received, 9 sold and booked: the book holds 91, nothing unposted
+        assert (sales_batch.available, sales_batch.remaining, sales_batch.unposted) == (91, 91, 0)
+
+    # re-running a day changes nothing; a late sale goes into a correction, not a rewrite
+    again = asyncio.run(api_purchase_orders(day=pw.D1, sites=["sg1", "th1"]))
+    assert (again["orders"], again["corrections"], again["erp_receipts"]) == (0, 0, 0)
+    pw.late_sale(world)
+    late = asyncio.run(api_purchase_orders(day=pw.D1, sites=["sg1"]))
+    correction = f"po-sg1-{s1}-20261005-c1"
+    assert (late["orders"], late["corrections"], late["units"]) == (0, 1, 1)
+    assert effects(sandboxes, "purchaseOrder.created")[correction] == 1
+    assert sandboxes.erp.effects.count("purchaseOrder.updated") == 0  # no order rewritten
+    with session_scope(get_engine()) as s:
+        b = s.get(PoolBatch, world.batches["sales"])
+        assert (b.available, b.remaining, b.unposted) == (90, 90, 0)
+
+    # settlement of October in all three modes
+    first, second = pw.write_off_files(world)
+    assert (first.rows_accepted, second.rows_rejected) == (5, 1)
+    settled = asyncio.run(settle_vendors(pw.PERIOD, approve_by="cfo"))
+    assert settled["erp_bills"] == settled["bills"] == 6 and settled["dead_lettered"] == 0
+    assert bills(world.vendors["pool"]) == [(bills(world.vendors["pool"])[0][0], 10,
+                                             Decimal("72.50"), "SGD")]
+    assert bills(world.vendors["sales"]) == [
+        (f"po-sg1-{s1}-20261005", 4, Decimal("12.40"), "SGD"),
+        (f"po-th1-{s1}-20261005", 2, Decimal("6.20"), "SGD"),
+        (f"po-sg1-{s1}-20261006", 3, Decimal("9.30"), "SGD"),
+        (correction, 1, Decimal("3.10"), "SGD")]
+    assert bills(world.vendors["write_off"]) == [
+        (f"po-sg1-{s2}-20261005", 3, Decimal("6.00"), "USD")]
+    reported = {r["vendor"]: r for r in settled["vendors"]}[world.vendors["write_off"]]
+    assert (reported["matched"], reported["unknown"], reported["not sold"],
+            reported["written off before"]) == (3, 1, 1, 1)
+    with session_scope(get_engine()) as s:
+        vendor = proc.get_vendor(s, world.vendors["write_off"])
+        statement = proc.statement(s, vendor.id)
+    assert [d["subject_type"] for d in statement["open_disputes"]] == ["write_off"]
+    assert "1 unknown" in statement["open_disputes"][0]["reason"]
+    assert world.issued[3][-4:] not in statement["open_disputes"][0]["reason"]
+    assert effects(sandboxes, "vendorBill.transformed").total() == 6
+    again = asyncio.run(settle_vendors(pw.PERIOD))
+    assert again["bills"] == again["erp_bills"] == 0
+
+    # payment run: one pain.001.001.09 file, two currencies, validated; then confirmed
+    run = asyncio.run(payment_run(created_by="treasurer"))
+    assert run["payments"] == 6 and run["totals"] == {"SGD": "103.50", "USD": "6.00"}
+    data = Path(run["file"]).read_bytes()
+    validate(data)
+    doc = etree.fromstring(data)
+    ns = {"p": NAMESPACE}
+    assert doc.findtext("p:CstmrCdtTrfInitn/p:GrpHdr/p:NbOfTxs", namespaces=ns) == "6"
+    assert sorted(doc.xpath("//p:InstdAmt/@Ccy", namespaces=ns)) == ["SGD"] * 5 + ["USD"]
+    assert asyncio.run(payment_run())["payments"] == 0  # nothing left to pay
+    paid = asyncio.run(confirm_payments(run["run_no"]))
+    assert (paid["confirmed"], paid["bills_paid"]) == (6, 6)
+    assert effects(sandboxes, "vendorPayment.transformed").total() == 6
+    assert asyncio.run(confirm_payments(run["run_no"]))["bills_paid"] == 0
+    with session_scope(get_engine()) as s:
+        assert {b.status for b in s.scalars(select(proc.VendorBill))} == {"paid"}
