@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -14,11 +15,15 @@ from lxml import etree
 from sqlalchemy import select
 
 from connectors.pain001 import NAMESPACE, validate
+from flows import costing as flows_costing
 from flows.api_purchase_orders import api_purchase_orders
+from flows.costing import costing_daily
 from flows.settlement import confirm_payments, payment_run, settle_vendors
+from state import costing as state_costing
 from state import procurement as proc
 from state.db import get_engine, session_scope
 from state.models import PoolBatch
+from state.purchasing_models import CostKind
 from tests.flows import purchasing_world as pw
 
 pytestmark = pytest.mark.usefixtures("prefect_harness", "state_url")
@@ -122,3 +127,39 @@ def test_a_month_of_purchasing_ends_in_the_bills_and_payments_computed_by_hand(
     assert asyncio.run(confirm_payments(run["run_no"]))["bills_paid"] == 0
     with session_scope(get_engine()) as s:
         assert {b.status for b in s.scalars(select(proc.VendorBill))} == {"paid"}
+
+    # costing: the month's cost layers to the group finance system, once per document. The
+    # sales of the script were recorded today: the clock moves to tomorrow to post today.
+    tomorrow = datetime.now(UTC) + timedelta(days=1)
+    monkeypatch.setattr(flows_costing, "now_utc", lambda: tomorrow)
+    monkeypatch.setattr(state_costing, "now_utc", lambda: tomorrow)
+    today = datetime.now(UTC).date()
+    posted = asyncio.run(costing_daily(day=date(2026, 10, 1), through=today))
+    days = (today - date(2026, 10, 1)).days + 1
+    # purchases: Oct 1 SGD and USD (API batches), today SGD (the pool's codes); cost of
+    # sales today in both currencies; stock valued every day in both; six invoices
+    assert posted["documents"] == posted["booked"] == 3 + 2 + 2 * days + 6, posted
+    assert posted["differ"] == []
+    finance = sandboxes.finance
+    booked = finance.postings()
+    assert len(booked) == posted["documents"]
+    by_kind: dict[tuple[str, str], Decimal] = {}
+    for p in booked:
+        key = (p["kind"], p["currency"])
+        by_kind[key] = by_kind.get(key, Decimal(0)) + Decimal(p["totalAmount"])
+    pool_cost, sales_cost, wo_cost = pw.POOL_COST, pw.SALES_COST, pw.WRITE_OFF_COST
+    assert by_kind[("PURCHASE_COST", "SGD")] == 10 * pool_cost + 100 * sales_cost == Decimal("382.50")
+    assert by_kind[("PURCHASE_COST", "USD")] == 50 * wo_cost
+    assert by_kind[("COST_OF_SALES", "SGD")] == 5 * pool_cost + 10 * sales_cost == Decimal("67.25")
+    assert by_kind[("COST_OF_SALES", "USD")] == 5 * wo_cost
+    assert by_kind[("PROCUREMENT_INVOICE", "SGD")] == Decimal("103.50")
+    assert by_kind[("PROCUREMENT_INVOICE", "USD")] == Decimal("6.00")
+    last_day = {p["currency"]: Decimal(p["totalAmount"]) for p in booked
+                if p["documentId"].startswith(f"invval-{today:%Y%m%d}")}
+    assert last_day == {"SGD": 5 * pool_cost + 90 * sales_cost, "USD": 45 * wo_cost}
+    with session_scope(get_engine()) as s:
+        assert state_costing.totals(s, CostKind.SALE) == {"SGD": Decimal("67.25"),
+                                                          "USD": Decimal("10.00")}
+    again = asyncio.run(costing_daily(day=date(2026, 10, 1), through=today))
+    assert (again["booked"], again["skipped"], again["differ"]) == (0, posted["documents"], [])
+    assert len(finance.postings()) == posted["documents"]
