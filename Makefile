@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench sandbox clean
+.PHONY: demo test lint bench sandbox clean chromium server-up server-down
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,8 +15,24 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/vouchflow demo
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest
+
+# the browser tests drive Debian's chromium (headless); installed here when missing, so the
+# tests themselves install nothing (under CI=true a missing chromium fails them)
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) || \
+	  echo "warning: chromium is not installed (apt-get install -y chromium); browser tests need it" >&2
+
+# a Prefect server for vouchflow on this machine (PostgreSQL when VOUCHFLOW_PREFECT_DATABASE_URL
+# is set), the vouchflow work pool, limits, automations, deployments and WORKERS workers
+WORKERS ?= 1
+server-up: $(STAMP)
+	$(BIN)/vouchflow server up --workers $(WORKERS)
+
+server-down: $(STAMP)
+	$(BIN)/vouchflow server down
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -99,13 +101,14 @@ class PrefectServer:
 
 
 @pytest.fixture(scope="session")
-def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
+def prefect_server() -> Iterator[PrefectServer]:
     require_postgres()
     from state.db import make_engine, upgrade
 
     token = uuid.uuid4().hex[:10]
     database, schema = f"prefect_test_{token}", f"srv_{token}"
-    home = tmp_path_factory.mktemp("server-home")
+    # not under pytest's basetemp: other pytest sessions on the machine prune old ones
+    home = Path(tempfile.mkdtemp(prefix="vouchflow-server-"))
     pg = make_url(PG_URL)
     prefect_db = pg.set(drivername="postgresql", database=database).render_as_string(
         hide_password=False)
@@ -164,6 +167,7 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prefect
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
         with _pg_connect() as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def _kill_leftovers(home: Path) -> None:

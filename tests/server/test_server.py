@@ -272,7 +272,7 @@ def test_status_shows_the_deployments_and_up_twice_duplicates_nothing(
     state_after = json.loads((server.home / "server" / "state.json").read_text())
     assert after == before
     assert [p["pid"] for p in state_after["processes"]] == \
-        [p["pid"] for p in state_before["processes"]]
+        [p["pid"] for p in state_before["processes"]], again.stderr + server.tail_logs()
     assert "erp-123456-sb1" in after["limits"] and "wallet-sg1" in after["limits"]
     assert after["automations"].count("vouchflow-run-failed") == 1
     assert {"sync-catalog", "sync-catalog-site", "sync-inventory", "ingest-sales",
