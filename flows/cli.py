@@ -43,6 +43,12 @@ from flows.procurement_cli import purchasing_app, vendors_app  # noqa: E402
 app.add_typer(vendors_app, name="vendors")
 app.add_typer(purchasing_app, name="purchasing")
 
+# daily API orders, settlement, payment runs, code operations, costing (flows/purchasing_cli.py)
+from flows.purchasing_cli import codes_app, costing_app  # noqa: E402
+
+app.add_typer(codes_app, name="codes")
+app.add_typer(costing_app, name="costing")
+
 # reconciliation and remittance batches (flows/reconcile_cli.py) -----------------------------
 from flows.reconcile_cli import reconcile_app, remittance_app  # noqa: E402
 
