@@ -267,7 +267,6 @@ class PoolCode(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("code_hash", name="uq_pool_code_hash"),
         UniqueConstraint("line_ref", "unit", name="uq_pool_code_line_unit"),
-        Index("ix_pool_code_alloc", "sku", "status", "expiry_rank", "batch_seq", "id"),
         Index("ix_pool_code_in_stock", "sku", "expiry_rank", "batch_seq", "id",
               postgresql_where=text("status = 'in_stock'"),
               sqlite_where=text("status = 'in_stock'")),

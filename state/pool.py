@@ -315,11 +315,15 @@ def _batch_stock(row: Any) -> BatchStock:
         unit_cost=row.unit_cost, currency=row.currency)
 
 
+_IN_STOCK = text("status = 'in_stock'")
+"""The predicate of ``ix_pool_code_in_stock`` spelled as in the index (not a bound parameter),
+so that SQLite and PostgreSQL's generic plans can use that partial index."""
+
+
 def _codes_in_stock(session: Session, sku: str, batch_no: str) -> int:
     return int(session.scalar(
         select(func.count()).select_from(PoolCode).where(
-            PoolCode.sku == sku, PoolCode.status == CodeStatus.IN_STOCK,
-            PoolCode.batch_no == batch_no)) or 0)
+            PoolCode.sku == sku, _IN_STOCK, PoolCode.batch_no == batch_no)) or 0)
 
 
 def _lock_batch(session: Session, batch_no: str) -> Any:
@@ -1132,6 +1136,8 @@ class _Line:
     quantity: int
     issuance_mode: str | None
     held_reason: str | None
+    tid: str | None = None
+    """PostgreSQL: where the row this transaction locked is (its ctid, fixed while locked)."""
 
 
 @dataclass
@@ -1207,7 +1213,7 @@ def allocate(
 
 
 _PG_CLAIM_LINES = """
-SELECT site, order_id, line_id
+SELECT site, order_id, line_id, CAST(ctid AS text) AS tid
 FROM order_line
 WHERE status = 'pending'
 ORDER BY order_created_at, site, order_id
@@ -1235,22 +1241,22 @@ CROSS JOIN LATERAL (
 WHERE l.status = 'pending'
 """
 _PG_LOCK_LINES = """
-SELECT l.site, l.order_id, l.line_id
+SELECT l.site, l.order_id, l.line_id, CAST(l.tid AS text) AS tid
 FROM unnest(CAST(:sites AS text[]), CAST(:orders AS text[]), CAST(:lines AS text[]))
   AS o(site, order_id, line_id)
 CROSS JOIN LATERAL (
-    SELECT x.site, x.order_id, x.line_id, x.status FROM order_line x
+    SELECT x.site, x.order_id, x.line_id, x.status, x.ctid AS tid FROM order_line x
     WHERE x.site = o.site AND x.order_id = o.order_id AND x.line_id = o.line_id
     OFFSET 0 FOR UPDATE SKIP LOCKED
 ) l
 WHERE l.status = 'pending'
 """
 _PG_CLAIM_CODES = """
-SELECT w.g, c.id, c.batch_no, c.expiry_rank, c.batch_seq
+SELECT w.g, c.id, c.batch_no, c.expiry_rank, c.batch_seq, CAST(c.tid AS text) AS tid
 FROM unnest(CAST(:skus AS text[]), CAST(:ns AS int[]), CAST(:batches AS text[]))
   WITH ORDINALITY AS w(sku, n, batches, g)
 CROSS JOIN LATERAL (
-    SELECT p.id, p.batch_no, p.expiry_rank, p.batch_seq
+    SELECT p.id, p.batch_no, p.expiry_rank, p.batch_seq, p.ctid AS tid
     FROM pool_code p
     WHERE p.sku = w.sku AND p.status = 'in_stock' AND p.expiry_rank >= :today
       AND p.batch_no = ANY(string_to_array(w.batches, ','))
@@ -1270,30 +1276,25 @@ ORDER BY expiry_rank, batch_seq, id
 LIMIT :n
 """
 _PG_WRITE_ALLOCATIONS = """
-WITH lines AS (
+WITH lines AS MATERIALIZED (
     SELECT * FROM unnest(CAST(:sites AS text[]), CAST(:orders AS text[]),
                          CAST(:lines AS text[]), CAST(:skus AS text[]),
                          CAST(:modes AS text[]), CAST(:keys AS text[]),
+                         CAST(:refs AS text[]), CAST(:line_tids AS tid[]),
                          CAST(:first AS int[]), CAST(:count AS int[]))
-      WITH ORDINALITY AS l(site, order_id, line_id, sku, mode, key, first, count, n)
+      WITH ORDINALITY AS l(site, order_id, line_id, sku, mode, key, ref, tid, first, count, n)
 ), codes AS (
-    SELECT c.id, c.unit, (CAST(:refs AS text[]))[c.n] AS ref
-    FROM unnest(CAST(:ids AS bigint[]), CAST(:code_line AS int[]), CAST(:units AS int[]))
-      AS c(id, n, unit)
-), code_rows AS (
-    -- this transaction holds these rows (claimed FOR UPDATE): their ctid cannot change
-    SELECT x.tid, codes.ref, codes.unit
-    FROM codes
-    CROSS JOIN LATERAL (
-        SELECT p.ctid AS tid, p.status FROM pool_code p WHERE p.id = codes.id OFFSET 0
-    ) x
-    WHERE x.status = 'in_stock'
+    -- this transaction holds these rows (claimed FOR UPDATE): their ctid cannot change, so
+    -- each is reached directly; its id and status are checked again all the same
+    SELECT c.id, c.tid, c.unit, (CAST(:refs AS text[]))[c.n] AS ref
+    FROM unnest(CAST(:ids AS bigint[]), CAST(:code_tids AS tid[]), CAST(:code_line AS int[]),
+                CAST(:units AS int[])) AS c(id, tid, n, unit)
 ), upd AS (
     UPDATE pool_code p
-    SET status = 'allocated', line_ref = code_rows.ref, unit = code_rows.unit,
+    SET status = 'allocated', line_ref = codes.ref, unit = codes.unit,
         allocated_at = :now, updated_at = :now
-    FROM code_rows
-    WHERE p.ctid = code_rows.tid
+    FROM codes
+    WHERE p.ctid = codes.tid AND p.id = codes.id AND p.status = 'in_stock'
     RETURNING p.id, p.line_ref, p.unit
 ), ev AS (
     INSERT INTO code_event (code_id, at, actor, system, action, from_status, to_status,
@@ -1302,28 +1303,20 @@ WITH lines AS (
            line_ref || ' unit ' || unit
     FROM upd
     RETURNING 1
-), line_rows AS (
-    SELECT x.tid, lines.mode
-    FROM lines
-    CROSS JOIN LATERAL (
-        SELECT o.ctid AS tid, o.status FROM order_line o
-        WHERE o.site = lines.site AND o.order_id = lines.order_id
-          AND o.line_id = lines.line_id
-        OFFSET 0
-    ) x
-    WHERE x.status = 'pending'
 ), done AS (
+    -- the lines too are held by this transaction (claimed or locked FOR UPDATE)
     UPDATE order_line o
     SET status = 'allocated', allocated_at = :now, updated_at = :now, held_reason = NULL,
-        issuance_mode = line_rows.mode
-    FROM line_rows
-    WHERE o.ctid = line_rows.tid
+        issuance_mode = lines.mode
+    FROM lines
+    WHERE o.ctid = lines.tid AND o.site = lines.site AND o.order_id = lines.order_id
+      AND o.line_id = lines.line_id AND o.status = 'pending'
     RETURNING 1
 ), sent AS (
     -- the payload as state.types.JSONText writes it: sorted keys, no spaces
     INSERT INTO outbox (target, operation, idempotency_key, entity_type, entity_key, payload,
                         status, attempts, created_at)
-    SELECT 'wallet:' || site, :operation, key, :entity_type, (CAST(:refs AS text[]))[n],
+    SELECT 'wallet:' || site, :operation, key, :entity_type, ref,
            '{"code_ids":['
              || array_to_string((CAST(:ids AS bigint[]))[first:first + count - 1], ',')
              || '],"line_id":' || to_json(line_id)::text
@@ -1366,6 +1359,12 @@ CROSS JOIN LATERAL (
     OFFSET 0 FOR UPDATE SKIP LOCKED
 ) o
 """
+_PG_CATALOGUE = """
+SELECT batch_no, sku, issuance_mode, available, expires_on, sites
+FROM pool_batch
+WHERE sku = ANY(CAST(:skus AS text[])) AND status = 'active'
+ORDER BY seq
+"""
 _PG_LOCK_BATCHES = """
 SELECT batch_no FROM pool_batch WHERE batch_no = ANY(CAST(:b AS text[]))
 ORDER BY batch_no FOR UPDATE
@@ -1392,16 +1391,19 @@ class _Catalogue:
     batch may still sell (``budget``, its ``available``)."""
 
     def __init__(self, session: Session, skus: Sequence[str], today: date) -> None:
-        bt = PoolBatch.__table__
         self.batches: dict[str, list[Any]] = defaultdict(list)
-        for part in _chunks(list(skus), IN_CHUNK):
-            for b in session.execute(
-                    select(bt.c.batch_no, bt.c.sku, bt.c.issuance_mode, bt.c.available,
-                           bt.c.expires_on, bt.c.sites)
-                    .where(bt.c.sku.in_(part), bt.c.status == BatchStatus.ACTIVE.value)
-                    .order_by(bt.c.seq)):
-                if b.expires_on is None or b.expires_on >= today:
-                    self.batches[b.sku].append(b)
+        if _is_pg(session):
+            rows: Iterable[Any] = _pg(session, _PG_CATALOGUE, {"skus": list(skus)})
+        else:
+            bt = PoolBatch.__table__
+            rows = [b for part in _chunks(list(skus), IN_CHUNK) for b in session.execute(
+                select(bt.c.batch_no, bt.c.sku, bt.c.issuance_mode, bt.c.available,
+                       bt.c.expires_on, bt.c.sites)
+                .where(bt.c.sku.in_(part), bt.c.status == BatchStatus.ACTIVE.value)
+                .order_by(bt.c.seq))]
+        for b in rows:
+            if b.expires_on is None or b.expires_on >= today:
+                self.batches[b.sku].append(b)
         self.budget: dict[str, int] = {b.batch_no: b.available
                                        for bs in self.batches.values() for b in bs}
         self._modes: dict[str, str | None] = {}
@@ -1472,8 +1474,9 @@ def _allocate_chunk(
                     group = groups[(line.sku, usable)] = _Group(line.sku, usable)
                 group.demand += line.quantity
                 group_of[id(line)] = group
+    tids: dict[int, str] = {}
     if groups:
-        _claim_codes(session, pg, list(groups.values()), cat.budget, today_rank)
+        tids = _claim_codes(session, pg, list(groups.values()), cat.budget, today_rank)
 
     # 3. plan each order, all or nothing, oldest first
     budget = cat.budget
@@ -1548,7 +1551,7 @@ def _allocate_chunk(
     #    deliveries, holds, batch quantities (last: their row locks are the ones others wait on)
     if done_lines:
         if pg:
-            _write_allocations_pg(session, done_lines, now, actor, system)
+            _write_allocations_pg(session, done_lines, now, actor, system, tids)
         else:
             _write_allocations_sqlite(session, done_lines, now, actor, system)
     if api_rows:
@@ -1588,7 +1591,9 @@ def _claim_orders(
         keys = keys[:max_orders]
     if not keys:
         return [], {}, set()
-    held = {(r.site, r.order_id, r.line_id) for r in rows}
+    # the lines this transaction holds (PostgreSQL: with where their locked rows are)
+    held: dict[tuple[str, str, str], str | None] = {
+        (r.site, r.order_id, r.line_id): r.tid if pg else None for r in rows}
     if pg:
         all_rows = _pg(session, _PG_ORDER_LINES, {
             "sites": [k[0] for k in keys], "orders": [k[1] for k in keys]}).fetchall()
@@ -1608,17 +1613,18 @@ def _claim_orders(
         got = _pg(session, _PG_LOCK_LINES, {
             "sites": [m[0] for m in missing], "orders": [m[1] for m in missing],
             "lines": [m[2] for m in missing]}).fetchall()
-        held.update((g.site, g.order_id, g.line_id) for g in got)
+        held.update(((g.site, g.order_id, g.line_id), g.tid) for g in got)
     else:
-        held.update(missing)  # SQLite: this transaction holds the write lock
+        held.update((m, None) for m in missing)  # SQLite: this transaction holds the write lock
     lines_of: dict[OrderKey, list[_Line]] = defaultdict(list)
     deferred: set[OrderKey] = set()
     for r in all_rows:
         key = (r.site, r.order_id)
-        if (r.site, r.order_id, r.line_id) not in held:
+        ident = (r.site, r.order_id, r.line_id)
+        if ident not in held:
             deferred.add(key)
         lines_of[key].append(_Line(r.site, r.order_id, r.line_id, r.sku, r.quantity,
-                                   r.issuance_mode, r.held_reason))
+                                   r.issuance_mode, r.held_reason, held.get(ident)))
     # an order none of whose lines is still pending (allocated meanwhile) drops out
     keys = [k for k in keys if k in lines_of]
     return keys, lines_of, deferred
@@ -1634,13 +1640,15 @@ def _lock_orders(session: Session, keys: set[OrderKey]) -> set[OrderKey]:
 def _claim_codes(
     session: Session, pg: bool, groups: list[_Group], budget: Mapping[str, int],
     today_rank: int,
-) -> None:
+) -> dict[int, str]:
     """Claim up to each group's demand of in-stock codes, in allocation order.
 
     Normally one statement for the whole chunk. Where a batch holds more codes than it may
     still sell (its ``available`` is lower, e.g. after the ERP wrote units off), a further
-    round claims from the group's other batches."""
+    round claims from the group's other batches. Returns (PostgreSQL) where each claimed
+    code's locked row is: code id -> ctid."""
     found: dict[int, list[tuple[int, int, int, str]]] = defaultdict(list)
+    tids: dict[int, str] = {}
     requests = [(g, g.batches, g.demand) for g in groups]
     exclude: list[int] = []
     for _round in range(4):
@@ -1652,9 +1660,10 @@ def _claim_codes(
                 "skus": [g.sku for g, _, _ in requests], "ns": [n for _, _, n in requests],
                 "batches": [",".join(bs) for _, bs, _ in requests],
                 "exclude": exclude, "today": today_rank})
-            for g_index, cid, batch_no, rank, seq in result:
+            for g_index, cid, batch_no, rank, seq, tid in result:
                 found[id(requests[g_index - 1][0])].append((rank, seq, cid, batch_no))
                 exclude.append(cid)
+                tids[cid] = tid
         else:
             for g, bs, n in requests:
                 result = session.execute(_sql(_SQLITE_CLAIM_CODES), {
@@ -1679,6 +1688,7 @@ def _claim_codes(
         rows = found[id(g)]
         rows.sort()
         g.codes = [(cid, b) for _, _, cid, b in rows]
+    return tids
 
 
 def _take_codes(
@@ -1738,7 +1748,7 @@ def _sellable(
         pc = PoolCode.__table__
         rows = session.execute(
             select(pc.c.batch_no, func.count()).where(
-                pc.c.sku == line.sku, pc.c.status == CodeStatus.IN_STOCK.value,
+                pc.c.sku == line.sku, _IN_STOCK,
                 pc.c.expiry_rank >= today_rank).group_by(pc.c.batch_no)).all()
         per_batch = dict(rows)
         count = counted[key] = sum(min(per_batch.get(b, 0), budget.get(b, 0))
@@ -1748,10 +1758,11 @@ def _sellable(
 
 def _write_allocations_pg(
     session: Session, done: list[tuple[_Line, str, list[int]]], now: datetime, actor: str,
-    system: str,
+    system: str, tids: Mapping[int, str],
 ) -> None:
     """Codes, their events, lines and deliveries in one statement: the references, event
-    details and delivery payloads are put together by the database from the ids."""
+    details and delivery payloads are put together by the database from the ids. Codes and
+    lines are reached by where this transaction locked them (``tids``, ``_Line.tid``)."""
     code_ids: list[int] = []
     code_line: list[int] = []
     units: list[int] = []
@@ -1767,8 +1778,10 @@ def _write_allocations_pg(
         "modes": [m for _, m, _ in done],
         "keys": [delivery_key(ln.site, ln.order_id, ln.line_id) for ln, _, _ in done],
         "refs": [line_ref(ln.site, ln.order_id, ln.line_id) for ln, _, _ in done],
+        "line_tids": [ln.tid for ln, _, _ in done],
         "first": first, "count": [len(ids) for _, _, ids in done],
-        "ids": code_ids, "code_line": code_line, "units": units, "now": now,
+        "ids": code_ids, "code_tids": [tids[cid] for cid in code_ids],
+        "code_line": code_line, "units": units, "now": now,
         "actor": actor, "system": system, "operation": DELIVERY_OPERATION,
         "entity_type": LINE_ENTITY}).fetchone()
     deliveries = sum(1 for _, m, _ in done if m == CODE_POOL)
