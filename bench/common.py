@@ -29,34 +29,45 @@ def peak_rss_mb() -> float:
 
 
 @contextmanager
-def sandbox_process(home: Path, *, skus: int, invalid: int = 0,
-                    extra: list[str] | None = None) -> Iterator[dict[str, str]]:
-    """Serve the sandboxes in a separate process (so their work does not share this process's
-    interpreter with the code being measured); yields the environment pointing at them."""
-    erp_port, wallet_port = free_port(), free_port()
-    cmd = [sys.executable, "-m", "sandbox", "--home", str(home), "--erp-port", str(erp_port),
-           "--wallet-port", str(wallet_port), "--seed-skus", str(skus), "--invalid",
-           str(invalid), "--print-env", *(extra or [])]
+def serving_process(cmd: list[str], *, timeout_s: float = 120) -> Iterator[list[str]]:
+    """Run a serving command (``python -m sandbox...``) in its own process, so its work does
+    not share this process's interpreter with the code being measured; yields the lines it
+    printed before ``Ctrl-C to stop.``, and stops it on the way out."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    env: dict[str, str] = {}
+    lines: list[str] = []
     try:
         assert proc.stdout is not None
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + timeout_s
         for line in proc.stdout:
-            if line.startswith("export "):
-                name, _, value = line[len("export "):].strip().partition("=")
-                env[name] = value.strip("'\"")
             if line.startswith("Ctrl-C") or time.monotonic() > deadline:
                 break
-        if "VOUCHFLOW_ERP_BASE_URL" not in env:
-            raise RuntimeError("the sandbox process did not start")
-        yield env
+            lines.append(line.rstrip("\n"))
+        yield lines
     finally:
         proc.terminate()
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@contextmanager
+def sandbox_process(home: Path, *, skus: int, invalid: int = 0,
+                    extra: list[str] | None = None) -> Iterator[dict[str, str]]:
+    """Serve the sandboxes in a separate process; yields the environment pointing at them."""
+    erp_port, wallet_port = free_port(), free_port()
+    cmd = [sys.executable, "-m", "sandbox", "--home", str(home), "--erp-port", str(erp_port),
+           "--wallet-port", str(wallet_port), "--seed-skus", str(skus), "--invalid",
+           str(invalid), "--print-env", *(extra or [])]
+    with serving_process(cmd) as lines:
+        env: dict[str, str] = {}
+        for line in lines:
+            if line.startswith("export "):
+                name, _, value = line[len("export "):].strip().partition("=")
+                env[name] = value.strip("'\"")
+        if "VOUCHFLOW_ERP_BASE_URL" not in env:
+            raise RuntimeError("the sandbox process did not start")
+        yield env
 
 
 def admin(base_url: str, path: str, body: Any = None) -> Any:

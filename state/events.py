@@ -11,8 +11,9 @@ on SQLite writers take turns anyway; on PostgreSQL every transaction that emits 
 transaction-scoped advisory lock before numbering its events and keeps it until it commits.
 So a reader that has seen ``seq = n`` will never later find a smaller number committing
 behind it, and ``seq`` works as a cursor, both for the delivery worker and for a subscriber
-pulling what it missed. Call ``emit_events`` late in a transaction: on PostgreSQL concurrent
-emitters wait for each other from that point until they commit.
+pulling what it missed. Call ``emit_events`` last in a transaction: on PostgreSQL concurrent
+emitters wait for each other from that point until they commit, so a transaction must not
+take row locks after it that another emitter may be holding (that would be a deadlock).
 
 The body a subscriber receives (webhook or pull) is::
 

@@ -71,6 +71,7 @@ from canonical.sku import IssuanceMode
 from state.crypto import Keyring, last4, normalize_code
 from state.db import session_scope
 from state.events import (
+    Event,
     emit_events,
     order_line_allocated,
     order_line_delivered,
@@ -959,6 +960,7 @@ def record_orders(
     pg = _is_pg(session)
     if pg:
         _custom_plans(session)
+    recorded: list[Event] = []
     # one lock order for every writer (sorted keys), so concurrent calls cannot deadlock
     for part in _chunks([newest[k] for k in sorted(newest)], 5000 if pg else IN_CHUNK):
         order_rows = [
@@ -990,12 +992,12 @@ def record_orders(
             (_upsert_lines_pg if pg else _upsert_lines)(session, line_rows)
             report.lines_written += len(line_rows)
         totals = {(r["site"], r["order_id"]): r["total"] for r in order_rows}
-        emit_events(session, [sales_order_recorded(
+        recorded.extend(sales_order_recorded(
             site=o.site, order_id=o.order_id, status=o.status, currency=o.currency,
             total=totals[(o.site, o.order_id)], created_at=o.created_at,
             updated_at=o.updated_at,
             lines=[(ln.line_id, ln.sku, ln.quantity, ln.unit_price) for ln in o.lines])
-            for o in applied])
+            for o in applied)
         stopped = [(o.site, o.order_id) for o in applied
                    if o.status in CANCELLED_ORDER_STATUSES]
         for stop in _chunks(stopped, IN_CHUNK):
@@ -1005,6 +1007,8 @@ def record_orders(
                     ol.c.status.in_([LineStatus.PENDING.value, LineStatus.HELD.value]))
                 .values(status=LineStatus.CANCELLED.value, updated_at=now))
             report.lines_cancelled += result.rowcount or 0
+    # last: on PostgreSQL emitting holds the event lock until commit (no row locks after it)
+    emit_events(session, recorded)
     return report
 
 

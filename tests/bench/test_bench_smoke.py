@@ -40,3 +40,21 @@ def test_erp_upsert_bench_prints_its_json_line():
     assert {"single_records_per_s", "batch_records_per_s", "ceiling_records_per_s",
             "ceiling_fraction"} <= set(result)
     assert result["failed"] == 0 and result["sandbox_max_in_flight"] <= 5
+
+
+def test_deliver_bench_prints_its_json_line():
+    out = subprocess.run(
+        [sys.executable, "-m", "bench", "deliver", "--events", "120", "--subscribers", "2",
+         "--rounds", "2", "--lag-events", "15", "--concurrency", "4"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["bench"] == "deliver"
+    assert {"events_per_s", "baseline_events_per_s", "ratio", "lag_p50_s", "lag_p99_s",
+            "baseline"} <= set(result)
+    assert result["scale"]["events"] == 120 and result["scale"]["deliveries"] == 240
+    # counted at the subscribers: everything arrived, in order, for both sides
+    assert (result["missing"], result["baseline_missing"], result["out_of_order"],
+            result["rejected"]) == (0, 0, 0, 0)
+    assert result["lag_p50_s"] is not None and result["scale"]["lag_deliveries"] == 30

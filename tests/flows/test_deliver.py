@@ -16,6 +16,7 @@ from sqlalchemy import Engine
 from flows.deadletters import replay
 from flows.subscribers import DeliverySettings, claim, drain, release_all, worker_id
 from state.db import session_scope
+from state.events import covers
 from state.store import list_dead_letters
 from state.subscriptions import (
     SubscriptionStatus,
@@ -47,20 +48,20 @@ async def deliver_all(engine: Engine, settings: DeliverySettings = FAST,
 
 def test_events_reach_the_subscribers_that_cover_them_in_order(engine):
     with subscribers(engine, {"all": ["*"], "lines": ["order_line.*"]}) as subs:
-        emit(engine, order_events(0, 150, per_order=4))
+        emit(engine, order_events(0, 60, per_order=4))
         states = asyncio.run(deliver_all(engine))
         assert states == {"all": "caught up", "lines": "caught up"}
         for sub in subs.values():
             check_delivery(engine, sub)
             assert max(sub.sandbox.received().values()) == 1  # no crash, no repeat
-        assert len(subs["all"].sandbox.received()) == 600
-        assert len(subs["lines"].sandbox.received()) == 300
+        assert len(subs["all"].sandbox.received()) == 240
+        assert len(subs["lines"].sandbox.received()) == 120
         # an entity's events arrived in the order they were recorded
         seqs = [e.seq for e in recorded(engine) if e.entity_key == "sg1:SO-7"]
         assert subs["all"].sandbox.entity_order("sales_order:sg1:SO-7") == seqs
         # a second pass has nothing to send
         assert asyncio.run(deliver_all(engine)) == {"all": "caught up", "lines": "caught up"}
-        assert sum(subs["all"].sandbox.received().values()) == 600
+        assert sum(subs["all"].sandbox.received().values()) == 240
         with session_scope(engine) as s:
             assert all(lag.backlog == 0 and lag.lag_s == 0 for lag in subscription_lags(s))
 
@@ -136,7 +137,7 @@ def test_a_down_subscriber_gets_probes_only_and_catches_up_in_order(engine):
     with subscribers(engine, {"up": ["*"], "down": ["*"]}) as subs:
         down = subs["down"].sandbox
         down.fail()  # 503 to everything, until cleared
-        emit(engine, order_events(0, 200, per_order=3))
+        emit(engine, order_events(0, 80, per_order=3))
         states = asyncio.run(deliver_all(engine, settings))
         assert states == {"up": "caught up", "down": "down"}
         check_delivery(engine, subs["up"])
@@ -145,7 +146,7 @@ def test_a_down_subscriber_gets_probes_only_and_catches_up_in_order(engine):
         assert 3 <= hits <= settings.concurrency + settings.trip_after
         with session_scope(engine) as s:
             lags = {lag.name: lag for lag in subscription_lags(s)}
-        assert lags["down"].failing_since is not None and lags["down"].backlog > 500
+        assert lags["down"].failing_since is not None and lags["down"].backlog > 200
         assert "503" in (lags["down"].last_error or "")
         assert lags["up"].backlog == 0 and lags["up"].failing_since is None
         # while it is down, a pass sends it one probe at most
@@ -186,21 +187,32 @@ def test_a_sandbox_day_with_one_subscriber_down_and_one_throttled(engine):
     """Three subscribers over a compressed day of sales: ``bi`` is healthy, ``crm`` is down
     for the middle third of the day, ``ledger`` answers 429 half the time. Every event reaches
     every subscriber that covers it, in order per entity; the healthy one's lag stays low."""
-    day_s, batches, orders = 3.0, 30, 2
+    day_s, batches = 6.0, 30
     spec = {"bi": ["*"], "crm": ["sales_order.*"],
             "ledger": ["order_line.*", "sales_order.recorded"]}
     with subscribers(engine, spec) as subs:
         subs["ledger"].sandbox.throttle(rate=0.5, seed=3)
-        emitted: list[float] = []
+        emitted: dict[str, tuple[float, str]] = {}  # event id -> (when, type)
+        at_recovery: dict[str, float] = {}
+
+        def waited(name: str, now: float) -> float:
+            """How long the oldest covered event not yet at the subscriber has waited."""
+            got = subs[name].sandbox.received()
+            times = [t for i, (t, type_) in emitted.items()
+                     if covers(subs[name].types, type_) and i not in got]
+            return now - min(times) if times else 0.0
 
         async def day() -> None:
             start = time.monotonic()
             for batch in range(batches):
                 if batch == batches // 3:
                     subs["crm"].sandbox.fail(for_s=day_s / 3)
-                await asyncio.to_thread(emit, engine,
-                                        order_events(batch * orders, orders, per_order=3))
-                emitted.append(time.monotonic())
+                if batch == 2 * batches // 3:  # the outage ends: how long has each waited?
+                    now = time.time()
+                    at_recovery.update({n: waited(n, now) for n in subs})
+                events = order_events(batch * 2, 2, per_order=3)
+                await asyncio.to_thread(emit, engine, events)
+                emitted.update({e.id: (time.time(), e.type) for e in events})
                 await asyncio.sleep(max(0.0, start + (batch + 1) * day_s / batches
                                         - time.monotonic()))
 
@@ -208,7 +220,7 @@ def test_a_sandbox_day_with_one_subscriber_down_and_one_throttled(engine):
 
         def caught_up() -> bool:  # cheap: it runs in the worker's event loop
             if not expected:
-                if len(emitted) < batches:
+                if len(emitted) < batches * 6:
                     return False
                 expected.update({n: len(covered(engine, s)) for n, s in subs.items()})
             return all(len(s.sandbox.received()) >= expected[n] for n, s in subs.items())
@@ -222,9 +234,14 @@ def test_a_sandbox_day_with_one_subscriber_down_and_one_throttled(engine):
     assert throttled > len(subs["ledger"].sandbox.received()) / 4
     assert worker.totals["ledger"].rate_limited == throttled
     assert all(c.dead_lettered == 0 for c in worker.totals.values())
-    # the healthy subscriber's lag, measured at its end: first arrival - time recorded
+    # while crm was down the healthy subscriber did not wait with it: when the outage ended,
+    # crm's oldest event had waited about as long as the outage, bi's far less (compared at
+    # their ends, in the same run, so a busy machine slows both alike)
+    outage = day_s / 3
+    assert at_recovery["crm"] > outage * 0.6, at_recovery
+    assert at_recovery["bi"] < at_recovery["crm"] - outage / 2, at_recovery
+    # and over the day, at bi's end: first arrival - time recorded
     events = {e.event_id: e for e in recorded(engine)}
     first = subs["bi"].sandbox.first_arrivals()
     lags = sorted(first[i]["t"] - events[i].recorded_at.timestamp() for i in first)
-    p50, p99 = statistics.median(lags), lags[int(len(lags) * 0.99) - 1]
-    assert p50 < 0.5 and p99 < 2.0, (p50, p99)
+    assert statistics.median(lags) < 1.5, lags[len(lags) // 2:][:5]

@@ -20,6 +20,14 @@ pytestmark = pytest.mark.usefixtures("state_url")
 
 
 @pytest.fixture
+def engine(tmp_path):
+    """SQLite only: the queries behind these routes run on both databases in tests/state."""
+    from tests.conftest import _sqlite_engine
+
+    yield from _sqlite_engine(tmp_path)
+
+
+@pytest.fixture
 def client(monkeypatch):
     monkeypatch.setenv("VOUCHFLOW_OPERATOR_TOKEN", TOKEN)
     return TestClient(create_app())
