@@ -180,6 +180,7 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
     if threads:
         con.execute(f"SET threads={int(threads)}")
     con.execute("SET TimeZone='UTC'")
+    con.execute("SET enable_progress_bar=false")
     con.execute("CREATE TABLE currencies (code VARCHAR, exp INTEGER, scale BIGINT)")
     con.executemany("INSERT INTO currencies VALUES (?, ?, ?)",
                     [(c, e, 10 ** e) for c, e in _currencies()])
@@ -302,37 +303,34 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
     d = f"DATE '{day.isoformat()}'"
     window = (f"p.booking_date BETWEEN {{o}}.day - {rules.days_before} AND {{o}}.day + {{o}}.lag"
               " AND p.currency = {o}.currency")
-    joins = []
-    first = None
+    rules_known = []
     for rule in rules.references:
         key = {("provider_reference", "provider_reference"): ("pref", "pref"),
                ("merchant_reference", "order_id"): ("mref", "order_id")}.get(
                    (rule.trace, rule.order))
-        if key is None:
-            continue  # a reference these files do not carry
-        alias = f"o{len(joins)}"
-        guard = f" AND {first}.order_id IS NULL" if first else ""
-        joins.append(f"LEFT JOIN orders {alias} ON {alias}.{key[1]} = p.{key[0]}"
-                     f" AND {window.format(o=alias)}{guard}")
-        first = first or alias
-        if len(joins) > 1:
-            guard_all = " AND ".join(f"o{i}.order_id IS NULL" for i in range(len(joins) - 1))
-            joins[-1] = joins[-1].replace(guard, f" AND {guard_all}")
-    aliases = [f"o{i}" for i in range(len(joins))]
-    pick = lambda col: "coalesce(" + ", ".join(f"{a}.{col}" for a in aliases) + ")"  # noqa: E731
-    con.execute(f"""CREATE TABLE pm AS SELECT p.pref, p.amount, p.fee, p.booking_date,
-        p.file, {pick('site')} AS site, {pick('order_id')} AS order_id
-        FROM traces p {' '.join(joins)} WHERE p.kind = 'payment' AND p.credit""")
-    ambiguous = con.execute("""SELECT count(*) FROM (SELECT pref FROM pm GROUP BY pref, file
-                               HAVING count(*) > 1)""").fetchone()
-    if ambiguous and ambiguous[0]:  # an order reference two sites share: the first site wins
+        if key is not None:  # references these files do not carry are skipped
+            rules_known.append(key)
+    # the first rule in one join; each later rule only for the payments still without order
+    tcol, ocol = rules_known[0] if rules_known else ("pref", "pref")
+    con.execute(f"""CREATE TABLE pm AS SELECT p.pref, p.mref, p.currency, p.amount, p.fee,
+        p.booking_date, p.file, o.site, o.order_id
+        FROM traces p LEFT JOIN orders o ON o.{ocol} = p.{tcol} AND {window.format(o="o")}
+        WHERE p.kind = 'payment' AND p.credit""")
+    for tcol, ocol in rules_known[1:]:
+        con.execute(f"""UPDATE pm AS p SET site = o.site, order_id = o.order_id
+            FROM orders o WHERE p.order_id IS NULL AND o.{ocol} = p.{tcol}
+            AND {window.format(o="o")}""")
+    rows = con.execute("SELECT count(*) FROM pm").fetchone()
+    payments = con.execute("SELECT count(*) FROM traces WHERE kind = 'payment' AND credit"
+                           ).fetchone()
+    if rows and payments and rows[0] != payments[0]:
+        # an order reference two orders share: the first site wins
         con.execute("""CREATE OR REPLACE TABLE pm AS SELECT * FROM pm
                        QUALIFY row_number() OVER (PARTITION BY pref, file ORDER BY site) = 1""")
     tol = (f"greatest({_abs_tol(rules)}, round(abs(expected) * {rules.tolerance_percent}"
            " / 100, 2))")
     con.execute("""CREATE TABLE agg AS SELECT site, order_id, count(*) AS n,
-        sum(amount) AS received, sum(fee) AS fee FROM pm WHERE order_id IS NOT NULL
-        GROUP BY site, order_id""")
+        sum(amount) AS received FROM pm WHERE order_id IS NOT NULL GROUP BY site, order_id""")
     # several payments for one order: which of them repeat a payment once the order was paid
     con.execute(f"""CREATE TABLE multi AS SELECT site, order_id,
         sum(CASE WHEN dup THEN 0 ELSE amount END) AS received,
@@ -344,8 +342,8 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
               coalesce(sum(m.amount) OVER w, 0) AS before, count(*) OVER w AS n_before,
               first_value(m.amount) OVER (PARTITION BY m.site, m.order_id
                                           ORDER BY m.booking_date, m.pref) AS first_amount
-            FROM pm m JOIN agg a USING (site, order_id) JOIN orders o USING (site, order_id)
-            WHERE a.n > 1
+            FROM pm m JOIN (SELECT * FROM agg WHERE n > 1) a USING (site, order_id)
+            JOIN orders o USING (site, order_id)
             WINDOW w AS (PARTITION BY m.site, m.order_id ORDER BY m.booking_date, m.pref
                          ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)))
         GROUP BY site, order_id""")
@@ -353,8 +351,7 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
     con.execute(f"""CREATE TABLE verdict AS SELECT o.site, o.order_id, o.expected, o.status,
         coalesce(mu.received, a.received, 0) AS received,
         coalesce(mu.counted, a.n, 0) AS counted, coalesce(mu.dups, 0) AS dups,
-        d.order_id IS NOT NULL AS delivered,
-        {tol} AS tol
+        d.order_id IS NOT NULL AS delivered, {tol} AS tol
         FROM orders o LEFT JOIN agg a USING (site, order_id)
         LEFT JOIN multi mu USING (site, order_id)
         LEFT JOIN (SELECT DISTINCT site, order_id FROM dlv) d USING (site, order_id)
