@@ -30,29 +30,12 @@ from sqlalchemy import (
     Date,
     Index,
     Integer,
-    String,
     UniqueConstraint,
 )
 from sqlmodel import Field, SQLModel
 
-from state.models import ExactDecimal
-from state.types import JSONText, UTCDateTime
-
-
-def _ts(nullable: bool = False) -> Any:
-    return Field(default=None, sa_column=Column(UTCDateTime(), nullable=nullable))
-
-
-def _money(nullable: bool = False) -> Any:
-    return Field(default=None, sa_column=Column(ExactDecimal(), nullable=nullable))
-
-
-def _int(default: int = 0) -> Any:
-    return Field(default=default, sa_column=Column(Integer, nullable=False, default=default))
-
-
-def _text(length: int, nullable: bool = True) -> Any:
-    return Field(default=None, sa_column=Column(String(length), nullable=nullable))
+from state.procurement import _int, _money, _text, _ts
+from state.types import JSONText
 
 
 def _day(nullable: bool = False) -> Any:

@@ -184,9 +184,14 @@ def _settle_received(session: Session, vendor: proc.Vendor, report: SettlementRe
     is billed by the first settlement after it)."""
     po_ids = sorted(set(session.scalars(select(proc.Receipt.po_id).where(
         proc.Receipt.vendor_id == vendor.id))))
-    for po_id in po_ids:
-        order = session.get(proc.PurchaseOrder, po_id)
-        assert order is not None
+    orders = [session.get(proc.PurchaseOrder, po_id) for po_id in po_ids]
+    _bill_open(session, [o for o in orders if o is not None], report, bill_date)
+
+
+def _bill_open(session: Session, orders: Sequence[proc.PurchaseOrder],
+               report: SettlementReport, bill_date: date) -> None:
+    """A bill per order of what its lines received and were not billed."""
+    for order in orders:
         lines = _open_lines(session, order)
         if lines:
             bill = bill_lines(session, order, lines, mode=report.mode, period=report.period,
@@ -202,12 +207,7 @@ def _settle_sales(session: Session, vendor: proc.Vendor, report: SettlementRepor
         po.vendor_id == vendor.id,
         po.kind.in_([proc.OrderKind.DAILY_API.value, proc.OrderKind.CORRECTION.value]),  # type: ignore[attr-defined]
         po.business_date >= first, po.business_date < nxt).order_by(po.id)))
-    for order in orders:
-        lines = _open_lines(session, order)
-        if lines:
-            bill = bill_lines(session, order, lines, mode=report.mode, period=report.period,
-                              bill_date=bill_date)
-            report.bills.append(_view(session, bill, order.po_no))
+    _bill_open(session, orders, report, bill_date)
 
 
 def _settle_write_offs(session: Session, vendor: proc.Vendor, report: SettlementReport,
