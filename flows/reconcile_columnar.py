@@ -181,6 +181,7 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
         con.execute(f"SET threads={int(threads)}")
     con.execute("SET TimeZone='UTC'")
     con.execute("SET enable_progress_bar=false")
+    con.execute("SET preserve_insertion_order=false")  # results never depend on row order
     con.execute("CREATE TABLE currencies (code VARCHAR, exp INTEGER, scale BIGINT)")
     con.executemany("INSERT INTO currencies VALUES (?, ?, ?)",
                     [(c, e, 10 ** e) for c, e in _currencies()])
@@ -249,10 +250,12 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
             f"SELECT count(*) FROM {table} WHERE file = ? AND bad", [number]).fetchone()
         if failed or (bad and bad[0]) or not post_check(table, stored):
             con.execute(f"DELETE FROM {table} WHERE file = ?", [number])
+            con.execute("SET preserve_insertion_order=true")  # lines are counted in order
             con.execute(f"""CREATE OR REPLACE TEMP TABLE explain AS SELECT *
                             FROM read_csv({_q(path)}, all_varchar=true, header=true)""")
             if not _guard(con, "explain", path.name, pairs, refused):
                 refused.append(f"{path.name}: an amount cannot be read [invalid_amount]")
+            con.execute("SET preserve_insertion_order=false")
 
     for path in orders:
         take("orders", path, ORDER_COLUMNS, f"""INSERT INTO orders SELECT {{n}}, r.site,
