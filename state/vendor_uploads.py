@@ -569,8 +569,22 @@ def receive_code_file(
         _drain(rows)
         run.flush()
         return _finish(engine, run, meter, file_refused=refused)
+    except Exception as exc:
+        return _finish_after(engine, run, meter, exc)
     run.flush()
     return _finish(engine, run, meter, added=report.added if report else 0)
+
+
+def _finish_after(engine: Engine, run: _Run, meter: _Meter, exc: Exception) -> UploadResult:
+    """An error midway (the database, say): finish the upload as interrupted with what was
+    stored, if the database lets us; otherwise the error stands and recovery finishes it."""
+    run.stop(f"the upload stopped on an error ({exc.__class__.__name__}); rows after the "
+             "last one stored were not received")
+    try:
+        run.flush()
+        return _finish(engine, run, meter)
+    except Exception:
+        raise exc from None
 
 
 def _drain(rows: Iterator[Parsed]) -> None:
@@ -590,7 +604,7 @@ def _finish(engine: Engine, run: _Run, meter: _Meter | None, *, added: int | Non
             accepted = added if added is not None else _codes_in(session, run.batch_no)
             receipt_no = _receive(session, run, upload, accepted)
         else:
-            accepted = added or 0
+            accepted = added if added is not None else _write_offs_in(session, run.upload_id)
         if file_refused is not None:
             status, message = UploadStatus.REJECTED, (
                 f"{run.file_name}: {file_refused.detail} (rule {file_refused.rule.value})")
@@ -634,6 +648,11 @@ def _finish(engine: Engine, run: _Run, meter: _Meter | None, *, added: int | Non
         size_bytes=upload.size_bytes, content_hash=upload.content_hash, receipt_no=receipt_no,
         batch_no=upload.batch_no if accepted and isinstance(run, _CodeRun) else None,
         message=upload.message, rejected_sample=run.sample_rows())
+
+
+def _write_offs_in(session: Session, upload_id: int) -> int:
+    return int(session.scalar(select(func.count()).select_from(WriteOff)
+                              .where(WriteOff.upload_id == upload_id)) or 0)
 
 
 def _codes_in(session: Session, batch_no: str) -> int:
@@ -693,8 +712,7 @@ def _finish_stale(session: Session, upload: VendorUpload) -> None:
         accepted = _codes_in(session, run.batch_no)
         _receive(session, run, upload, accepted)
     elif upload.kind == UploadKind.WRITE_OFF:
-        accepted = int(session.scalar(select(func.count()).select_from(WriteOff)
-                                      .where(WriteOff.upload_id == upload.id)) or 0)
+        accepted = _write_offs_in(session, upload.id)  # type: ignore[arg-type]
     upload.status = UploadStatus.INTERRUPTED
     upload.rows_accepted = accepted
     upload.message = note
@@ -784,6 +802,8 @@ def receive_write_off_file(
         _drain(rows)
         run.flush()
         return _finish(engine, run, meter, added=0, file_refused=refused)
+    except Exception as exc:
+        return _finish_after(engine, run, meter, exc)
     run.flush()
     return _finish(engine, run, meter, added=added)
 

@@ -295,6 +295,26 @@ def test_body_over_the_limit_stops_and_says_so(world, ring):
     assert "larger than the 300 bytes" in result.message
 
 
+def test_error_midway_finishes_the_upload_with_what_was_stored(world, ring, monkeypatch):
+    party = vendor_with_po(world, ring, "Flaky", quantity=10)
+    real, calls = pool._write_chunk, []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise ConnectionError("database went away")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pool, "_write_chunk", flaky)
+    result = upload(world, ring, party, codes_csv([f"FLAKYCODE{i:03d},," for i in range(5)]),
+                    chunk_size=2)
+    assert result.status == "interrupted" and result.rows_accepted == 2
+    assert "ConnectionError" in result.message and result.receipt_no
+    with session_scope(world) as s:
+        _, line = proc.get_order_line(s, party.po_no, 1)
+        assert line.received_quantity == 2
+
+
 def test_one_upload_per_line_and_a_dead_one_is_recovered(world, ring):
     party = vendor_with_po(world, ring, "Busy", quantity=10)
     stuck: list[vu.UploadResult] = []
