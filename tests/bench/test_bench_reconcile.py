@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_reconcile_bench_prints_its_json_line_and_agrees_with_the_row_engine():
-    out = subprocess.run([sys.executable, "-m", "bench", "reconcile", "--orders", "2000",
+    out = subprocess.run([sys.executable, "-m", "bench", "reconcile", "--orders", "1000",
                           "--check"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -25,7 +25,7 @@ def test_reconcile_bench_prints_its_json_line_and_agrees_with_the_row_engine():
             "accuracy", "baseline"} <= set(result)
     assert result["bench"] == "reconcile" and result["accuracy"] == 1.0
     assert result["python_agrees"] is True and result["python_accuracy"] == 1.0
-    assert result["scale"]["traces"] > 2000 and result["refused"] == []
+    assert result["scale"]["traces"] > 1000 and result["refused"] == []
 
 
 def test_the_columnar_path_refuses_a_bad_file_and_reads_the_others(tmp_path):
