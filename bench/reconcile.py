@@ -22,7 +22,7 @@ import shutil
 import tempfile
 import time
 from collections import defaultdict
-from datetime import date, timedelta
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -283,4 +283,3 @@ if __name__ == "__main__":  # pragma: no cover
 
     raise SystemExit(main(sys.argv[1:]))
 
-_ = timedelta

@@ -28,7 +28,7 @@ import os
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, timedelta
+from datetime import date, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -367,12 +367,6 @@ async def reconcile_day(day: date, payment_files: list[str], order_files: list[s
         logger.warning("refused %s: %s", o.file, o.error)
     logger.info("reconcile-day %s: %s", day, summary["by_class"])
     return summary
-
-
-def today_utc() -> date:
-    from datetime import datetime
-
-    return datetime.now(UTC).date()
 
 
 def dump(summary: dict[str, Any]) -> str:
