@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session
 from sqlmodel import Field, SQLModel
 
 from canonical import now_utc
+from canonical.money import minor_unit
 from state.models import ExactDecimal
 from state.store import OutboxItem, enqueue
 from state.types import JSONText, UTCDateTime
@@ -284,6 +285,12 @@ def corrections(session: Session, day: date) -> list[ReconCorrection]:
 
 
 # batches ------------------------------------------------------------------------------------
+def exact(value: Decimal | str, currency: str) -> str:
+    """An amount as the contracts write money: a decimal string with the currency's minor
+    unit (the store keeps four decimals; the value never has more than its currency)."""
+    return str(Decimal(value).quantize(Decimal(1).scaleb(-minor_unit(currency))))
+
+
 def batch_id_for(day: date, site: str, method: str) -> str:
     return f"{day:%Y%m%d}-{site}-{method}"
 
@@ -357,8 +364,8 @@ def batch_contents(session: Session, day: date) -> list[BatchContent]:
             amount = o.received + o.refunded
             if amount == 0 and o.fee == 0:
                 continue
-            lines.append({"order_id": o.order_id, "amount": str(amount), "fee": str(o.fee),
-                          "reference": o.reference})
+            lines.append({"order_id": o.order_id, "amount": exact(amount, currency),
+                          "fee": exact(o.fee, currency), "reference": o.reference})
         gross = sum((Decimal(line["amount"]) for line in lines), Decimal(0))
         fees = sum((Decimal(line["fee"]) for line in lines), Decimal(0))
         out.append(BatchContent(day, site, method, currency, lines, gross, fees))
@@ -435,7 +442,7 @@ def validate_batch(session: Session, batch_id: str, *, threshold: Decimal
 def treasury_body(batch: RemittanceBatch) -> dict[str, Any]:
     """RemittanceBatch as CONTRACTS.md gives it (money as decimal strings)."""
     def money(value: Decimal | str) -> dict[str, str]:
-        return {"amount": str(value), "currency": batch.currency}
+        return {"amount": exact(value, batch.currency), "currency": batch.currency}
 
     return {
         "batch_id": batch.batch_id, "version": batch.version,
@@ -472,7 +479,7 @@ def journal_body(batch: RemittanceBatch, accounts: JournalAccounts) -> dict[str,
             return
         side = "debit" if (amount > 0) == debit else "credit"
         lines.append({"line": len(lines) + 1, "account": {"id": account},
-                      side: abs(amount), "memo": memo})
+                      side: Decimal(exact(abs(amount), batch.currency)), "memo": memo})
 
     add(accounts.clearing, batch.net, True, "net collected")
     add(accounts.fees, batch.fees, True, "payment fees")
@@ -555,8 +562,8 @@ def reopen_batch(session: Session, batch_id: str, *, who: str, why: str,
         batch_id=batch_id, version=head.version + 1, day=head.day, site=head.site,
         method=head.method, currency=head.currency, status=BatchStatus.CLOSED,
         gross=-head.gross, fees=-head.fees, net=-head.net, count=head.count,
-        lines=[{**line, "amount": str(-Decimal(line["amount"])),
-                "fee": str(-Decimal(line["fee"]))} for line in head.lines],
+        lines=[{**line, "amount": exact(-Decimal(line["amount"]), head.currency),
+                "fee": exact(-Decimal(line["fee"]), head.currency)} for line in head.lines],
         reverses_version=head.version, approved_by=who, note=why[:2000], created_at=now,
         closed_at=now)
     session.add(reversal)
@@ -597,7 +604,8 @@ def entity_version(entity_key: str) -> tuple[str, int]:
 def summarize(items: Iterable[RemittanceBatch]) -> list[dict[str, Any]]:
     return [{"batch_id": b.batch_id, "version": b.version, "day": b.day.isoformat(),
              "site": b.site, "method": b.method, "currency": b.currency, "status": b.status,
-             "gross": str(b.gross), "fees": str(b.fees), "net": str(b.net), "count": b.count,
+             "gross": exact(b.gross, b.currency), "fees": exact(b.fees, b.currency),
+             "net": exact(b.net, b.currency), "count": b.count,
              "reverses": b.reverses_version, "approved_by": b.approved_by,
              "blocking": len(b.blocking or []), "treasury_ref": b.treasury_ref,
              "erp_id": b.erp_id} for b in items]
