@@ -186,6 +186,7 @@ def test_postgres_numbers_become_visible_in_order(pg_engine):
 
     def second() -> None:
         with session_scope(pg_engine) as s:
+            done["pid"] = s.scalar(text("SELECT pg_backend_pid()"))
             emit_events(s, [ev("late")])
         done["at"] = time.monotonic()
 
@@ -193,8 +194,9 @@ def test_postgres_numbers_become_visible_in_order(pg_engine):
     thread.start()
     deadline = time.monotonic() + 10
     with pg_engine.connect() as watch:  # the second emitter queues on the advisory lock
-        while not watch.scalar(text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
-                                    "AND NOT granted")):
+        while "pid" not in done or not watch.scalar(text(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+                "AND pid = :pid"), {"pid": done["pid"]}):
             assert time.monotonic() < deadline, "the second emitter never waited"
             time.sleep(0.01)
     with session_scope(pg_engine) as s:

@@ -37,8 +37,6 @@ def upgrade() -> None:
         # never reuse a number, even the highest one deleted: readers keep cursors
         sqlite_autoincrement=True,
     )
-    op.create_index("ix_outbound_event_entity", "outbound_event",
-                    ["entity_type", "entity_key", "seq"], unique=False)
     op.create_index("ix_outbound_event_type", "outbound_event", ["type", "seq"], unique=False)
     op.create_table(
         "subscription",
@@ -82,5 +80,4 @@ def downgrade() -> None:
     op.drop_table("subscription_delivery")
     op.drop_table("subscription")
     op.drop_index("ix_outbound_event_type", table_name="outbound_event")
-    op.drop_index("ix_outbound_event_entity", table_name="outbound_event")
     op.drop_table("outbound_event")
