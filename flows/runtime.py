@@ -73,6 +73,38 @@ async def markdown_artifact(key: str, markdown: str, description: str) -> None:
     await acreate_markdown_artifact(markdown=markdown, key=key, description=description)
 
 
+class Progress:
+    """A progress artifact for a long run (0-100 %), updated as its chunks finish; nothing
+    outside a flow run, and a failed update never fails the run."""
+
+    def __init__(self, key: str, description: str, total: int) -> None:
+        self.key, self.description, self.total = key, description, max(total, 1)
+        self.done = 0
+        self._id: Any = None
+
+    async def start(self) -> Progress:
+        if in_flow_run():
+            try:
+                from prefect.artifacts import acreate_progress_artifact
+
+                self._id = await acreate_progress_artifact(
+                    progress=0.0, key=self.key, description=self.description)
+            except Exception as exc:
+                log.debug("no progress artifact: %s", exc.__class__.__name__)
+        return self
+
+    async def advance(self, steps: int = 1) -> None:
+        self.done += steps
+        if self._id is None:
+            return
+        try:
+            from prefect.artifacts import aupdate_progress_artifact
+
+            await aupdate_progress_artifact(self._id, round(100.0 * self.done / self.total, 1))
+        except Exception as exc:
+            log.debug("progress not updated: %s", exc.__class__.__name__)
+
+
 def global_limits_enabled() -> bool:
     """Prefect global concurrency limits cost a round trip per slot; use them when a real
     server coordinates several workers (``VOUCHFLOW_GLOBAL_LIMITS=1``, or auto when

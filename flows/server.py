@@ -293,6 +293,40 @@ def _reap(pid: int) -> None:
         pass
 
 
+def supervise(argv: Sequence[str], *, max_restarts: int = 10, window_s: float = 600.0) -> int:
+    """Run a worker and start it again when it dies (a Prefect 3.8 worker started with
+    ``--limit`` exits on an internal error when it is handed a flow run it is still finishing,
+    e.g. a run retried at once after it failed). SIGTERM/SIGINT stop both for good; more than
+    ``max_restarts`` deaths within ``window_s`` give up."""
+    stop = False
+    child: subprocess.Popen[bytes] | None = None
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        nonlocal stop
+        stop = True
+        if child is not None and child.poll() is None:
+            child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    deaths: list[float] = []
+    code = 0
+    while not stop:
+        child = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL)
+        code = child.wait()
+        if stop:
+            break
+        now = time.monotonic()
+        deaths = [t for t in deaths if now - t < window_s] + [now]
+        print(f"vouchflow: worker exited with code {code}; restart {len(deaths)}",
+              file=sys.stderr, flush=True)
+        if len(deaths) > max_restarts:
+            print("vouchflow: too many restarts, giving up", file=sys.stderr, flush=True)
+            return code or 1
+        time.sleep(min(2.0 * len(deaths), 30.0))
+    return 0
+
+
 # health -------------------------------------------------------------------------------------
 def api_healthy(api_url: str, timeout_s: float = 2.0) -> bool:
     try:
@@ -583,10 +617,11 @@ def up(cfg: ServerConfig, log: Any = None) -> UpReport:
         index += 1
         if name in taken:
             continue
-        argv = prefect_argv("worker", "start", "--pool", WORK_POOL, "--type", "process",
-                            "--name", name)
+        worker = prefect_argv("worker", "start", "--pool", WORK_POOL, "--type", "process",
+                              "--name", name)
         if cfg.worker_limit:
-            argv += ["--limit", str(cfg.worker_limit)]
+            worker += ["--limit", str(cfg.worker_limit)]
+        argv = [sys.executable, "-m", "flows.server", "supervise", "--", *worker]
         proc = _spawn("worker", name, argv, cfg.client_env(),
                       cfg.server_dir / f"{name}.log", cfg.project_dir)
         workers.append(proc)
@@ -773,3 +808,9 @@ async def deployment_status_lines(api_url: str | None = None, timeout_s: float =
     lines.append(f"runs waiting for an approval (paused): {len(waiting)}")
     lines += [f"  {r.name} ({r.id})" for r in waiting[:20]]
     return lines
+
+
+if __name__ == "__main__":  # `python -m flows.server supervise -- ARGV...` (used by `up`)
+    if len(sys.argv) > 2 and sys.argv[1] == "supervise" and sys.argv[2] == "--":
+        sys.exit(supervise(sys.argv[3:]))
+    sys.exit("usage: python -m flows.server supervise -- COMMAND...")

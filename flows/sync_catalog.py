@@ -39,6 +39,7 @@ from flows.deadletters import replay_handler
 from flows.delivery import DeliveryReport, deliver
 from flows.runtime import (
     Bulk,
+    Progress,
     limit_name,
     markdown_artifact,
     run_key,
@@ -621,10 +622,14 @@ async def sync_catalog(
         logger.info("sync-catalog: %d item(s) changed since %s in %d chunk(s)", len(ids),
                     since.isoformat() if since else "the beginning", len(chunks))
         gate = asyncio.Semaphore(max(chunk_concurrency, 1))
+        progress = await Progress("sync-catalog-progress", "Catalogue sync: chunks done",
+                                  len(chunks)).start()
 
         async def one(index: int, chunk: list[Any]) -> dict[str, Any]:
             async with gate:
-                return await sync_catalog_chunk(quote(run), quote(chunk), index)
+                result = await sync_catalog_chunk(quote(run), quote(chunk), index)
+            await progress.advance()
+            return result
 
         results = await asyncio.gather(*(one(i, c) for i, c in enumerate(chunks)))
         for result in results:
