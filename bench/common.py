@@ -8,6 +8,7 @@ import resource
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,7 +34,8 @@ def serving_process(cmd: list[str], *, timeout_s: float = 120) -> Iterator[list[
     """Run a serving command (``python -m sandbox...``) in its own process, so its work does
     not share this process's interpreter with the code being measured; yields the lines it
     printed before ``Ctrl-C to stop.``, and stops it on the way out."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    errors = tempfile.TemporaryFile(mode="w+")  # kept to explain a process that never started
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errors, text=True)
     lines: list[str] = []
     try:
         assert proc.stdout is not None
@@ -42,6 +44,9 @@ def serving_process(cmd: list[str], *, timeout_s: float = 120) -> Iterator[list[
             if line.startswith("Ctrl-C") or time.monotonic() > deadline:
                 break
             lines.append(line.rstrip("\n"))
+        if not lines or not any(line.startswith("export ") for line in lines):
+            errors.seek(0)
+            lines.append("# stderr: " + errors.read()[-2000:].replace("\n", "\n# "))
         yield lines
     finally:
         proc.terminate()
@@ -49,6 +54,7 @@ def serving_process(cmd: list[str], *, timeout_s: float = 120) -> Iterator[list[
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+        errors.close()
 
 
 @contextmanager
@@ -66,7 +72,8 @@ def sandbox_process(home: Path, *, skus: int, invalid: int = 0,
                 name, _, value = line[len("export "):].strip().partition("=")
                 env[name] = value.strip("'\"")
         if "VOUCHFLOW_ERP_BASE_URL" not in env:
-            raise RuntimeError("the sandbox process did not start")
+            said = "\n".join(line for line in lines if line.startswith("#"))
+            raise RuntimeError(f"the sandbox process did not start\n{said}")
         yield env
 
 

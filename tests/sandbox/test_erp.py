@@ -413,24 +413,25 @@ def _get(erp_client: httpx.Client, auth: httpx.Auth | None) -> httpx.Response:
 
 
 @pytest.mark.parametrize(
-    ("auth", "reason"),
+    ("make_auth", "reason"),
     [
-        (NetSuiteAuth(consumer_secret="wrong"), "signature does not match"),
-        (NetSuiteAuth(realm="123456-sb1"), "realm"),
-        (NetSuiteAuth(realm="123456_sb1"), "realm"),
-        (NetSuiteAuth(timestamp=str(int(time.time()) - 600)), "timestamp"),
-        (NetSuiteAuth(timestamp=str(int(time.time()) + 600)), "timestamp"),
-        (NetSuiteAuth(signature_method=SIGNATURE_HMAC_SHA1), "signature method"),
-        (NetSuiteAuth(Credentials("123456_SB1", "other", "s", DEFAULT_CREDENTIALS.token_id, "t")),
+        (lambda: NetSuiteAuth(consumer_secret="wrong"), "signature does not match"),
+        (lambda: NetSuiteAuth(realm="123456-sb1"), "realm"),
+        (lambda: NetSuiteAuth(realm="123456_sb1"), "realm"),
+        (lambda: NetSuiteAuth(timestamp=str(int(time.time()) - 600)), "timestamp"),
+        (lambda: NetSuiteAuth(timestamp=str(int(time.time()) + 600)), "timestamp"),
+        (lambda: NetSuiteAuth(signature_method=SIGNATURE_HMAC_SHA1), "signature method"),
+        (lambda: NetSuiteAuth(Credentials("123456_SB1", "other", "s", DEFAULT_CREDENTIALS.token_id, "t")),
          "unknown consumer key"),
-        (NetSuiteAuth(Credentials("123456_SB1", DEFAULT_CREDENTIALS.consumer_key, "s", "other", "t")),
+        (lambda: NetSuiteAuth(Credentials("123456_SB1", DEFAULT_CREDENTIALS.consumer_key, "s", "other", "t")),
          "unknown token"),
     ],
 )  # fmt: skip
 def test_oauth_failures(
-    erp: ErpSandbox, erp_client: httpx.Client, auth: httpx.Auth, reason: str
+    erp: ErpSandbox, erp_client: httpx.Client, make_auth: Any, reason: str
 ) -> None:
-    r = _get(erp_client, auth)
+    # built when the test runs: a timestamp taken at collection ages with the suite
+    r = _get(erp_client, make_auth())
     assert r.status_code == 401 and error_code(r) == "INVALID_LOGIN"
     assert r.json()["title"] == "Unauthorized"
     assert reason in erp.auth_failures[-1]
