@@ -39,9 +39,9 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import Engine
 
@@ -85,30 +85,30 @@ class DeliverySettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="VOUCHFLOW_DELIVERY_", extra="ignore")
 
-    concurrency: int = 16
+    concurrency: int = Field(default=16, ge=1)
     """Requests in flight per subscriber (distinct entities)."""
-    chunk_size: int = 2000
+    chunk_size: int = Field(default=2000, ge=1)
     """Events read per chunk (one Prefect task in the flow)."""
-    max_attempts: int = 8
+    max_attempts: int = Field(default=8, ge=1)
     """Failed attempts of one event before it becomes a dead letter."""
-    backoff_base_s: float = 1.0
-    backoff_max_s: float = 300.0
-    trip_after: int = 5
+    backoff_base_s: float = Field(default=1.0, gt=0)
+    backoff_max_s: float = Field(default=300.0, gt=0)
+    trip_after: int = Field(default=5, ge=1)
     """Failures in a row after which a subscriber counts as down (one probe at a time)."""
-    max_inline_wait_s: float = 30.0
+    max_inline_wait_s: float = Field(default=30.0, ge=0)
     """The longest 429/Retry-After pause a chunk waits out; a longer one parks the events as
     rows due when the pause ends."""
-    max_rate_limited: int = 20
+    max_rate_limited: int = Field(default=20, ge=1)
     """429s in a row for one event before its lane is parked for later."""
-    timeout_s: float = 10.0
-    lease_s: float = 60.0
+    timeout_s: float = Field(default=10.0, gt=0)
+    lease_s: float = Field(default=60.0, gt=0)
     """How long a worker's claim on a subscription lasts without renewal (a killed worker's
     subscriptions are taken over after this)."""
-    poll_interval_s: float = 0.25
+    poll_interval_s: float = Field(default=0.25, gt=0)
     """How often an idle worker looks for new events."""
-    refresh_s: float = 2.0
+    refresh_s: float = Field(default=2.0, gt=0)
     """How often the worker re-reads the subscription list (new, paused, removed)."""
-    replay_wait_s: float = 30.0
+    replay_wait_s: float = Field(default=30.0, ge=0)
     """How long ``deadletters replay`` waits for a worker that holds the subscription."""
 
 
@@ -518,12 +518,29 @@ class SubscriberDelivery:
 
 
 # several subscriptions ----------------------------------------------------------------------
+@overload
+def claim(
+    engine: Engine, owner: str, settings: DeliverySettings, *,
+    names: Sequence[str] | None = ..., keyring: Keyring | None = ..., skip: Sequence[int] = ...,
+    with_active: Literal[False] = ...,
+) -> tuple[list[SubscriberDelivery], list[SubscriptionInfo]]: ...
+
+
+@overload
+def claim(
+    engine: Engine, owner: str, settings: DeliverySettings, *,
+    names: Sequence[str] | None = ..., keyring: Keyring | None = ..., skip: Sequence[int] = ...,
+    with_active: Literal[True],
+) -> tuple[list[SubscriberDelivery], list[SubscriptionInfo], set[int]]: ...
+
+
 def claim(
     engine: Engine, owner: str, settings: DeliverySettings, *, names: Sequence[str] | None = None,
-    keyring: Keyring | None = None, skip: Sequence[int] = (),
-) -> tuple[list[SubscriberDelivery], list[SubscriptionInfo]]:
+    keyring: Keyring | None = None, skip: Sequence[int] = (), with_active: bool = False,
+) -> Any:
     """Lease the active subscriptions (of ``names``) that nobody else delivers; returns the
-    deliveries set up for them and the subscriptions another owner holds."""
+    deliveries set up for them and the subscriptions another owner holds (and, with
+    ``with_active``, the ids of every active subscription, skipped ones included)."""
     keyring = keyring or Keyring.load()
     taken: list[SubscriberDelivery] = []
     busy: list[SubscriptionInfo] = []
@@ -539,6 +556,8 @@ def claim(
             fresh = get_subscription(s, sub.name)
             secret = load_secret(s, keyring, sub.id)
         taken.append(SubscriberDelivery(engine, fresh, secret, owner=owner, settings=settings))
+    if with_active:
+        return taken, busy, {sub.id for sub in subs}
     return taken, busy
 
 
@@ -649,15 +668,12 @@ class DeliveryWorker:
                 error = task.exception() if not task.cancelled() else None
                 if error is not None and not isinstance(error, LeaseLost):
                     log.error("delivery to %s stopped: %s", delivery.name, error)
-        with session_scope(self.engine) as s:
-            active = {sub.id for sub in list_subscriptions(
-                s, status=SubscriptionStatus.ACTIVE.value, names=self.names)}
+        taken, _, active = await asyncio.to_thread(
+            claim, self.engine, self.owner, self.settings, names=self.names,
+            keyring=self.keyring, skip=list(self._runners), with_active=True)
         for sub_id, (_, _, halt) in self._runners.items():
             if sub_id not in active:  # paused or removed meanwhile
                 halt.set()
-        taken, _ = await asyncio.to_thread(claim, self.engine, self.owner, self.settings,
-                                           names=self.names, keyring=self.keyring,
-                                           skip=list(self._runners))
         for delivery in taken:
             halt = asyncio.Event()
             task = asyncio.create_task(self._drive(delivery, halt))

@@ -31,6 +31,7 @@ SIGNATURE_HEADER = "X-Vouchflow-Signature"
 EVENT_ID_HEADER = "X-Vouchflow-Event-Id"
 EVENT_TYPE_HEADER = "X-Vouchflow-Event-Type"
 EXCERPT_CHARS = 300
+TOKEN_CHARS = 8
 DEFAULT_TIMEOUTS = Timeouts(connect=5.0, read=10.0, write=10.0, pool=60.0)
 
 
@@ -76,10 +77,11 @@ class SubscriberClient(HttpConnector):
                          transport=transport, max_connections=max_connections,
                          headers={"User-Agent": "vouchflow-webhooks/1"})
         register_secret(secret)
-        # a URL may carry a token (user info, query values): httpx logs URLs, so mask them
-        register_secret(parts.password)
-        for pair in parts.query.split("&"):
-            register_secret(pair.partition("=")[2] or None)
+        # a URL may carry a token (user info, a query value): httpx logs URLs, so mask them
+        # (values long enough to be tokens: masking "json" would garble every log line)
+        for value in [parts.password, *(p.partition("=")[2] for p in parts.query.split("&"))]:
+            if value and len(value) >= TOKEN_CHARS:
+                register_secret(value)
         self._secret = secret
 
     async def post_event(self, body: bytes, *, event_id: str, event_type: str,
