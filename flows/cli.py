@@ -92,6 +92,9 @@ def quiet_prefect(verbose: bool = False) -> None:
     os.environ.setdefault("PREFECT_LOGGING_LOG_PRINTS", "false")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_UI_ENABLED", "false")
+    # the local API starts and migrates its database first: on a busy machine that takes
+    # longer than Prefect's default wait
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 
 def _fail(message: str) -> None:

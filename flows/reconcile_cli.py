@@ -32,13 +32,9 @@ def _fail(message: str) -> None:
 
 
 def _quiet() -> None:
-    import os
-
     from flows.cli import quiet_prefect
 
     quiet_prefect()
-    # a busy machine can take longer than Prefect's default to start the local API
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 
 @reconcile_app.command("run")
