@@ -604,10 +604,6 @@ def up(cfg: ServerConfig, log: Any = None) -> UpReport:
     say(f"work pool {WORK_POOL}: {configured['work_pool']}; "
         f"{len(configured['limits'])} concurrency limit(s); "
         f"{len(configured['automations'])} automation(s)")
-    if cfg.deploy:
-        say("deploying prefect.yaml")
-        deploy(cfg)
-
     workers = state.live("worker")
     started = 0
     taken = {w.name for w in workers}
@@ -630,6 +626,9 @@ def up(cfg: ServerConfig, log: Any = None) -> UpReport:
     state.processes = [p for p in state.processes if p.role == "server" and p.alive()] + \
         workers
     state.save(cfg.state_file)
+    if cfg.deploy:  # workers are up already: they take runs as soon as deployments exist
+        say("deploying prefect.yaml")
+        deploy(cfg)
     return UpReport(api_url=cfg.api_url, ui_url=cfg.ui_url, database=cfg.database_kind,
                     server=server_status, workers_started=started,
                     workers_running=len(workers), configured=configured,
