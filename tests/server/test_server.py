@@ -174,6 +174,7 @@ def test_a_failed_run_retried_through_the_api_pushes_only_unfinished_chunks(
         wallet.faults.clear()
     run = runs[ids[0]]
     assert run.state.name == "Failed", run.state
+    assert_the_failed_run_automation_fired(server, started_at)
     done_before = created_new()
     ok_before = [r for r in pushes() if r["status"] == 200]
     assert 40 <= done_before < 120 and len(ok_before) * 20 == done_before
@@ -197,6 +198,32 @@ def test_a_failed_run_retried_through_the_api_pushes_only_unfinished_chunks(
                    if str(e.get("key", "")).startswith(f"{site}:")).most_common(1)[0][1] == 1
     ok = [r for r in pushes() if r["status"] == 200]
     assert len(ok) == 120 // 20, [(r["status"], r["t"]) for r in pushes()]
+
+
+def assert_the_failed_run_automation_fired(server: PrefectServer, since: float) -> None:
+    """automations/failed-runs.yaml, created by `server up`, reacted to a failure (its action
+    ran after ``since``, a time.time())."""
+    from datetime import UTC, datetime
+
+    async def automation_id() -> str:
+        async with server.client() as client:
+            found = await client.read_automations_by_name("vouchflow-run-failed")
+        assert len(found) == 1
+        return str(found[0].id)
+
+    resource = f"prefect.automation.{asyncio.run(automation_id())}"
+    deadline = time.monotonic() + 60
+    while True:
+        answer = httpx.post(f"{server.api_url}/events/filter", timeout=10, json={
+            "filter": {"any_resource": {"id": [resource]},
+                       "event": {"prefix": ["prefect.automation.action."]},
+                       "occurred": {"since": datetime.fromtimestamp(since, UTC).isoformat()}},
+            "limit": 50})
+        assert answer.status_code == 200, answer.text
+        if answer.json()["events"]:
+            return
+        assert time.monotonic() < deadline, f"the automation did not fire: {answer.text[:2000]}"
+        time.sleep(1)
 
 
 def test_an_approval_is_answered_through_the_api(prefect_server: PrefectServer) -> None:
