@@ -153,7 +153,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--lag-rate", type=float, default=500.0,
                         help="at most this many events recorded per second in the lag phase "
                              "(and at most a quarter of the measured rate)")
-    parser.add_argument("--rounds", type=int, default=10,
+    parser.add_argument("--rounds", type=int, default=40,
                         help="rounds alternating vouchflow and the baseline")
     parser.add_argument("--database-url", default=None,
                         help="state database (default: SQLite in a temporary directory)")
