@@ -187,7 +187,7 @@ def test_a_sandbox_day_with_one_subscriber_down_and_one_throttled(engine):
     """Three subscribers over a compressed day of sales: ``bi`` is healthy, ``crm`` is down
     for the middle third of the day, ``ledger`` answers 429 half the time. Every event reaches
     every subscriber that covers it, in order per entity; the healthy one's lag stays low."""
-    day_s, batches = 6.0, 30
+    day_s, batches = 4.5, 30
     spec = {"bi": ["*"], "crm": ["sales_order.*"],
             "ledger": ["order_line.*", "sales_order.recorded"]}
     with subscribers(engine, spec) as subs:
