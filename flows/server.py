@@ -46,9 +46,9 @@ class ServerError(RuntimeError):
 
 # configuration ------------------------------------------------------------------------------
 def vouchflow_home() -> Path:
-    path = Path(os.environ.get("VOUCHFLOW_HOME", "~/.vouchflow")).expanduser()
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    from state.settings import StateSettings
+
+    return StateSettings().resolved_home()
 
 
 def prefect_database_url(url: str) -> str:
