@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import emit, peak_rss_mb
+from connectors.payments import wallet_balance
+from connectors.payments.acquirer import COLUMNS as ACQ_COLUMNS
 
 DAY = date(2026, 11, 20)
 SITES = (("sg1", "SGD"), ("my1", "MYR"))
@@ -34,15 +36,7 @@ BASELINE = ("DuckDB read_csv of the same order, acquirer and wallet files (all c
             "text), one exact-key join of the payment traces to the orders on the merchant "
             "reference, and a count of matched and unmatched; no validation, rules, "
             "duplicates, refunds, deliveries, payouts or classes")
-ACQ_COLUMNS = (
-    "Company Account", "Merchant Account", "Psp Reference", "Merchant Reference",
-    "Payment Method", "Creation Date", "TimeZone", "Type", "Modification Reference",
-    "Gross Currency", "Gross Debit (GC)", "Gross Credit (GC)", "Exchange Rate", "Net Currency",
-    "Net Debit (NC)", "Net Credit (NC)", "Commission (NC)", "Markup (NC)", "Scheme Fees (NC)",
-    "Interchange (NC)", "Payment Method Variant", "Batch Number",
-)  # fmt: skip
-WALLET_COLUMNS = ("site", "transaction_id", "type", "order_id", "created_at", "currency",
-                  "amount", "settlement_id", "customer_ref")
+WALLET_COLUMNS = wallet_balance.REQUIRED + wallet_balance.OPTIONAL
 BATCH = 10_000
 
 

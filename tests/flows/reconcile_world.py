@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 
 from tests.connectors.payments.expected import CAMT
 from tests.connectors.payments.samples import (
+    ACQUIRER_COLUMNS,
     COD_COLUMNS,
     PAYPAL_COLUMNS,
     SPLIT_COLUMNS,
@@ -26,13 +27,6 @@ from tests.connectors.payments.samples import (
 DAY = date(2026, 11, 20)
 ZONES = {"sg1": "Asia/Singapore", "my1": "Asia/Kuala_Lumpur"}
 CURRENCY = {"sg1": "SGD", "my1": "MYR"}
-ACQUIRER_COLUMNS = (
-    "Company Account", "Merchant Account", "Psp Reference", "Merchant Reference",
-    "Payment Method", "Creation Date", "TimeZone", "Type", "Modification Reference",
-    "Gross Currency", "Gross Debit (GC)", "Gross Credit (GC)", "Exchange Rate", "Net Currency",
-    "Net Debit (NC)", "Net Credit (NC)", "Commission (NC)", "Markup (NC)", "Scheme Fees (NC)",
-    "Interchange (NC)", "Payment Method Variant", "Batch Number",
-)  # fmt: skip
 
 
 @dataclass
