@@ -136,6 +136,11 @@ def _jsonl(path: Path, model: type[Any], kind: str) -> tuple[list[Any], SourceOu
     return items, outcome
 
 
+_RECORD_LISTS = {PaymentTrace: "traces", Payout: "payouts", Fee: "fees",
+                 Delivery: "deliveries"}
+"""Each canonical payment record type -> the ``DaySources`` list (and count) it goes to."""
+
+
 def read_sources(payment_files: Iterable[str | Path], order_files: Iterable[str | Path] = (),
                  delivery_files: Iterable[str | Path] = ()) -> DaySources:
     """Every source of the day, each on its own: one that cannot be read is refused whole
@@ -161,18 +166,9 @@ def read_sources(payment_files: Iterable[str | Path], order_files: Iterable[str 
             continue
         counts: dict[str, int] = defaultdict(int)
         for record in records:
-            if isinstance(record, PaymentTrace):
-                out.traces.append(record)
-                counts["traces"] += 1
-            elif isinstance(record, Payout):
-                out.payouts.append(record)
-                counts["payouts"] += 1
-            elif isinstance(record, Fee):
-                out.fees.append(record)
-                counts["fees"] += 1
-            elif isinstance(record, Delivery):
-                out.deliveries.append(record)
-                counts["deliveries"] += 1
+            name = _RECORD_LISTS[type(record)]
+            getattr(out, name).append(record)
+            counts[name] += 1
         outcome.counts = dict(counts)
         out.outcomes.append(outcome)
     return out

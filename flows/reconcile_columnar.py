@@ -24,9 +24,11 @@ from typing import Any
 
 from iso4217 import Currency
 
+from canonical import TraceKind
 from connectors.payments.acquirer import REQUIRED as ACQUIRER_REQUIRED
 from connectors.payments.common import _ABBREVIATIONS, PaymentFileError
 from connectors.payments.wallet_balance import REQUIRED as WALLET_REQUIRED
+from mappings.payments import ACQUIRER_KINDS as ROW_ACQUIRER_KINDS
 from mappings.reconcile import Rules
 
 ORDER_COLUMNS = ("site", "order_id", "status", "created_at", "currency", "total", "method",
@@ -47,15 +49,17 @@ class ColumnarResult:
     orders: int = 0
 
 
-def _header(path: Path, required: Sequence[str]) -> None:
+def _header(path: Path, required: Sequence[str]) -> list[str]:
+    """The file's column names, once the required ones are known to be there."""
     with path.open(encoding="utf-8-sig", newline="") as fh:
-        first = fh.readline()
-    header = {" ".join(h.split()).casefold() for h in next(csv.reader([first]))}
+        names = next(csv.reader([fh.readline()]))
+    header = {" ".join(h.split()).casefold() for h in names}
     missing = [c for c in required if " ".join(c.split()).casefold() not in header]
     if missing:
         raise PaymentFileError(path.name, "missing_column", "missing column"
                                + ("s " if len(missing) > 1 else " ")
                                + ", ".join(repr(m) for m in missing), line=1)
+    return names
 
 
 def _currencies() -> list[tuple[str, int]]:
@@ -124,15 +128,10 @@ def _check(con: Any, table: str, file: str, pairs: Sequence[tuple[str, str]]) ->
     raise PaymentFileError(file, "invalid_amount", "an amount cannot be read", line=line)
 
 
-def _minor(column: str) -> str:
-    """An exact decimal string as integer minor units of the row's currency."""
-    return (f"CAST(CAST(\"{column}\" AS DECIMAL(18,6)) * CAST(pow(10, cur.exp) AS BIGINT) "
-            "AS BIGINT)")
-
-
-ACQUIRER_KINDS = {"settled": "payment", "settledbulk": "payment", "refunded": "refund",
-                  "refundedbulk": "refund", "chargeback": "chargeback",
-                  "secondchargeback": "chargeback", "merchantpayout": "payout"}
+ACQUIRER_KINDS = {name: kind.value for name, kind in ROW_ACQUIRER_KINDS.items()
+                  if kind in {TraceKind.PAYMENT, TraceKind.REFUND, TraceKind.CHARGEBACK,
+                              TraceKind.PAYOUT}}
+"""The row path's acquirer types, for the kinds this path matches (the others are ``other``)."""
 
 
 def _valid(amount: str) -> str:
@@ -154,11 +153,6 @@ def _columns(names: Sequence[str], typed: dict[str, str]) -> str:
     items = ", ".join("'" + n.replace("'", "''") + "': '" + typed.get(n, "VARCHAR") + "'"
                       for n in names)
     return "{" + items + "}"
-
-
-def _file_columns(path: Path) -> list[str]:
-    with path.open(encoding="utf-8-sig", newline="") as fh:
-        return next(csv.reader([fh.readline()]))
 
 
 AMOUNT = "DECIMAL(18,6)"
@@ -230,8 +224,7 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
         number += 1
         failed = False
         try:
-            _header(path, required)
-            names = _file_columns(path)
+            names = _header(path, required)
             src = (f"read_csv({_q(path)}, header=true, auto_detect=false, "
                    f"columns={_columns(names, typed or {})}, "
                    "timestampformat='%Y-%m-%d %H:%M:%S')")

@@ -725,19 +725,6 @@ def reconcile(rules: Rules, data: DayInput) -> DayResult:
     return _Engine(rules, data).run()
 
 
-def blocking(result_discrepancies: Iterable[Discrepancy], threshold: Decimal
-             ) -> list[Discrepancy]:
-    """Open discrepancies whose absolute difference is above the closing threshold (one
-    without an amount always blocks)."""
-    out = []
-    for d in result_discrepancies:
-        if d.status != "open":
-            continue
-        if d.difference is None or abs(d.difference.amount) > threshold:
-            out.append(d)
-    return out
-
-
 __all__ = [
     "Correction",
     "CorrectionKind",
@@ -750,7 +737,6 @@ __all__ = [
     "OrderOutcome",
     "Rules",
     "RulesError",
-    "blocking",
     "order_day",
     "order_target",
     "reconcile",
