@@ -251,13 +251,8 @@ class StripeClient(HttpConnector):
             params["created[lt]"] = int(created_lt.timestamp())
         if type is not None:
             params["type"] = type
-        index = 0
-        async for page in paginate(self, "GET", "/v1/balance_transactions",
-                                   StartingAfterPaginator(page_size), params=params or None):
-            items = []
-            for obj in page["data"]:
-                items.append(self._parse(parse_balance_transaction, obj, index, payout=payout))
-                index += 1
+        async for items in self._pages("/v1/balance_transactions", params, page_size,
+                                       parse_balance_transaction, payout=payout):
             yield items
 
     async def payouts(
@@ -269,18 +264,23 @@ class StripeClient(HttpConnector):
             params["created[gte]"] = int(created_gte.timestamp())
         if status is not None:
             params["status"] = status
-        index = 0
-        async for page in paginate(self, "GET", "/v1/payouts",
-                                   StartingAfterPaginator(page_size), params=params or None):
-            items = []
-            for obj in page["data"]:
-                items.append(self._parse(parse_payout, obj, index))
-                index += 1
+        async for items in self._pages("/v1/payouts", params, page_size, parse_payout):
             yield items
 
     async def payout(self, payout_id: str) -> StripePayout:
         body = await self.request_json("GET", f"/v1/payouts/{payout_id}")
         return self._parse(parse_payout, body, 0)
+
+    async def _pages(self, path: str, params: dict[str, Any], page_size: int, parser: Any,
+                     **kwargs: Any) -> AsyncIterator[list[Any]]:
+        """Pages of a cursor-paged list, each object parsed (numbered across pages)."""
+        index = 0
+        async for page in paginate(self, "GET", path, StartingAfterPaginator(page_size),
+                                   params=params or None):
+            items = [self._parse(parser, obj, index + i, **kwargs)
+                     for i, obj in enumerate(page["data"])]
+            index += len(items)
+            yield items
 
     def _parse(self, parser: Any, obj: Any, index: int, **kwargs: Any) -> Any:
         try:
