@@ -986,22 +986,40 @@ def bill_received(
     and were not billed yet (None when there is nothing to bill)."""
     order = get_order(session, po_no)
     contract = session.get(SupplierContract, order.contract_id)
-    vendor = session.get(Vendor, order.vendor_id)
-    assert contract is not None and vendor is not None
+    assert contract is not None
     if contract.settlement_mode != SettlementMode.PURCHASED_QUANTITY:
         raise Blocked(f"contract {contract.contract_no} settles by {contract.settlement_mode}, "
                       "not by the received quantity")
-    lines = [(line, line.received_quantity - line.billed_quantity)
-             for line in order_lines(session, order.id)]  # type: ignore[arg-type]
-    lines = [(line, n) for line, n in lines if n > 0]
+    lines = unbilled_lines(session, order)
     if not lines:
         return None
-    bill_date = bill_date or _today()
+    return bill_lines(session, order, lines, mode=contract.settlement_mode,
+                      bill_date=bill_date or _today(), vendor_invoice_ref=vendor_invoice_ref)
+
+
+def unbilled_lines(session: Session, order: PurchaseOrder
+                   ) -> list[tuple[PurchaseOrderLine, int]]:
+    """(line, units received and not billed yet) of the order's lines that have any."""
+    lines = [(ln, ln.received_quantity - ln.billed_quantity)
+             for ln in order_lines(session, order.id)]  # type: ignore[arg-type]
+    return [(ln, n) for ln, n in lines if n > 0]
+
+
+def bill_lines(
+    session: Session, order: PurchaseOrder, lines: Sequence[tuple[PurchaseOrderLine, int]],
+    *, mode: str, bill_date: date, period: str | None = None, memo: str | None = None,
+    vendor_invoice_ref: str | None = None,
+) -> VendorBill:
+    """A vendor bill of ``quantity`` units of each given line of one order; each line's billed
+    quantity rises in the same transaction, never past what it received."""
+    contract = session.get(SupplierContract, order.contract_id)
+    vendor = session.get(Vendor, order.vendor_id)
+    assert contract is not None and vendor is not None
     now = _now()
-    total = sum((line.unit_cost * n for line, n in lines), Decimal(0))
+    total = sum((ln.unit_cost * n for ln, n in lines), Decimal(0))
     bill = _numbered(session, VendorBill(
-        vendor_id=vendor.id, po_id=order.id, settlement_mode=contract.settlement_mode,
-        currency=order.currency, vendor_invoice_ref=vendor_invoice_ref, bill_date=bill_date,
+        vendor_id=vendor.id, po_id=order.id, settlement_mode=mode, currency=order.currency,
+        vendor_invoice_ref=vendor_invoice_ref, period=period, bill_date=bill_date,
         due_date=bill_date + timedelta(days=contract.payment_terms_days), total=total,
         created_at=now, updated_at=now), "bill_no", "bill", vendor.slug)
     pol = PurchaseOrderLine
@@ -1012,11 +1030,12 @@ def bill_received(
             .values(billed_quantity=pol.billed_quantity + quantity)
             .execution_options(synchronize_session="fetch")).rowcount
         if changed != 1:
-            raise Blocked(f"purchase order {po_no} line {line.line_no} was billed meanwhile")
-        session.add(VendorBillLine(bill_id=bill.id, line_no=n, po_line_id=line.id, sku=line.sku,
-                                   quantity=quantity, unit_cost=line.unit_cost,
-                                   amount=line.unit_cost * quantity,
-                                   description=f"{po_no} line {line.line_no}"))
+            raise Blocked(f"purchase order {order.po_no} line {line.line_no}: billing "
+                          f"{quantity} would pass what it received")
+        session.add(VendorBillLine(
+            bill_id=bill.id, line_no=n, po_line_id=line.id, sku=line.sku, quantity=quantity,
+            unit_cost=line.unit_cost, amount=line.unit_cost * quantity,
+            description=memo or f"{order.po_no} line {line.line_no}"))
     session.flush()
     return bill
 

@@ -112,40 +112,6 @@ def _vendor_contract_mode(session: Session, vendor: proc.Vendor) -> str:
     return contract.settlement_mode
 
 
-def bill_lines(
-    session: Session, order: proc.PurchaseOrder, lines: Sequence[tuple[proc.PurchaseOrderLine, int]],
-    *, mode: str, period: str | None, bill_date: date, memo: str | None = None,
-) -> proc.VendorBill:
-    """A vendor bill of ``quantity`` units of each given line of one order; each line's billed
-    quantity rises in the same transaction, never past what it received."""
-    contract = session.get(proc.SupplierContract, order.contract_id)
-    vendor = session.get(proc.Vendor, order.vendor_id)
-    assert contract is not None and vendor is not None
-    now = now_utc()
-    total = sum((ln.unit_cost * n for ln, n in lines), Decimal(0))
-    bill = proc._numbered(session, proc.VendorBill(
-        vendor_id=vendor.id, po_id=order.id, settlement_mode=mode, currency=order.currency,
-        period=period, bill_date=bill_date,
-        due_date=bill_date + timedelta(days=contract.payment_terms_days), total=total,
-        created_at=now, updated_at=now), "bill_no", "bill", vendor.slug)
-    pol = proc.PurchaseOrderLine
-    for n, (line, quantity) in enumerate(lines, 1):
-        changed = session.execute(
-            update(pol).where(pol.id == line.id,
-                              pol.billed_quantity + quantity <= pol.received_quantity)
-            .values(billed_quantity=pol.billed_quantity + quantity)
-            .execution_options(synchronize_session="fetch")).rowcount
-        if changed != 1:
-            raise proc.Blocked(f"purchase order {order.po_no} line {line.line_no}: billing "
-                               f"{quantity} would pass what it received")
-        session.add(proc.VendorBillLine(
-            bill_id=bill.id, line_no=n, po_line_id=line.id, sku=line.sku, quantity=quantity,
-            unit_cost=line.unit_cost, amount=line.unit_cost * quantity,
-            description=memo or f"{order.po_no} line {line.line_no}"))
-    session.flush()
-    return bill
-
-
 def _view(session: Session, bill: proc.VendorBill, po_no: str) -> BillView:
     quantity = session.scalar(select(func.sum(proc.VendorBillLine.quantity)).where(
         proc.VendorBillLine.bill_id == bill.id)) or 0
@@ -171,13 +137,6 @@ def settle_vendor(session: Session, vendor_ref: str, period: str, *,
     return report
 
 
-def _open_lines(session: Session, order: proc.PurchaseOrder
-                ) -> list[tuple[proc.PurchaseOrderLine, int]]:
-    lines = [(ln, ln.received_quantity - ln.billed_quantity)
-             for ln in proc.order_lines(session, order.id)]  # type: ignore[arg-type]
-    return [(ln, n) for ln, n in lines if n > 0]
-
-
 def _settle_received(session: Session, vendor: proc.Vendor, report: SettlementReport,
                      first: date, nxt: date, bill_date: date) -> None:
     """Code pool: every order's received units not billed yet (whenever received: a receipt
@@ -192,10 +151,10 @@ def _bill_open(session: Session, orders: Sequence[proc.PurchaseOrder],
                report: SettlementReport, bill_date: date) -> None:
     """A bill per order of what its lines received and were not billed."""
     for order in orders:
-        lines = _open_lines(session, order)
+        lines = proc.unbilled_lines(session, order)
         if lines:
-            bill = bill_lines(session, order, lines, mode=report.mode, period=report.period,
-                              bill_date=bill_date)
+            bill = proc.bill_lines(session, order, lines, mode=report.mode,
+                                   period=report.period, bill_date=bill_date)
             report.bills.append(_view(session, bill, order.po_no))
 
 
@@ -257,9 +216,9 @@ def _settle_write_offs(session: Session, vendor: proc.Vendor, report: Settlement
         order = session.get(proc.PurchaseOrder, po_id)
         assert order is not None
         lines = {ln.id: ln for ln in proc.order_lines(session, po_id)}
-        bill = bill_lines(session, order, [(lines[i], n) for i, n in sorted(to_bill[po_id].items())],
-                          mode=report.mode, period=report.period, bill_date=bill_date,
-                          memo=f"{order.po_no}: codes reported redeemed")
+        bill = proc.bill_lines(session, order, [(lines[i], n) for i, n in sorted(to_bill[po_id].items())],
+                               mode=report.mode, period=report.period, bill_date=bill_date,
+                               memo=f"{order.po_no}: codes reported redeemed")
         for w, code, _ in billed_codes[po_id]:
             w.status = WriteOffResult.MATCHED
             w.bill_id = bill.id
