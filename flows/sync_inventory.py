@@ -88,49 +88,53 @@ async def import_erp_batches(engine: Engine, erp: ErpClient, since: datetime | N
         rows.extend(page)
     if not rows:
         return
-    with session_scope(engine) as session:
+    dead: list[DeadLetterItem] = []
+    with session_scope(engine) as session:  # one transaction; a savepoint per record
         skus = canonical_ids(session, "erp", "inventoryItem",
                              [r["custrecord_vf_batch_sku"] for r in rows
                               if r.get("custrecord_vf_batch_sku")])
         catalog = load_skus(session, skus.values())
-    dead: list[DeadLetterItem] = []
-    for row in rows:
-        label = f"{BATCH_TYPE} {row.get('id')} ({row.get('name', '?')})"
-        sku = skus.get(row.get("custrecord_vf_batch_sku", ""))
-        entry = catalog.get(sku) if sku else None
-        try:
-            if entry is None:
-                raise ValueError("custrecord_vf_batch_sku: the item is not in the catalogue "
-                                 "(run sync-catalog first)")
-            mode = entry.issuance_mode.value
-            expires = row.get("expires_on")
-            with session_scope(engine) as session:
-                pool.upsert_batch(
-                    session, batch_no=row["name"], sku=sku, issuance_mode=mode,
-                    unit_cost=Decimal(row.get("custrecord_vf_batch_unit_cost", "0")),
-                    currency=row.get("custrecord_vf_batch_currency") or
-                    entry.face_value.currency,
-                    status=row.get("custrecord_vf_batch_status") or None,
-                    expiry_type=row.get("custrecord_vf_batch_expiry_type") or "none",
-                    expires_on=date.fromisoformat(expires) if expires else None,
-                    purchase_order=row.get("custrecord_vf_batch_po"),
-                    sites=[s for s in (row.get("custrecord_vf_batch_sites") or "").split(",")
-                           if s],
-                    quantity=(int(row["custrecord_vf_batch_quantity"])
-                              if mode == "api" and row.get("custrecord_vf_batch_quantity")
-                              else None),
-                    remaining=(int(row["custrecord_vf_batch_remaining"])
-                               if row.get("custrecord_vf_batch_remaining") else None),
-                )
-            counts.erp_batches += 1
-        except (ValueError, InvalidOperation, KeyError, pool.PoolError) as exc:
-            dead.append(DeadLetterItem(flow=FLOW, source="erp", entity_type=BATCH_TYPE,
-                                       entity_key=str(row.get("id", "?")),
-                                       reason=f"{label}: {exc}", payload=row))
-    if dead:
-        with session_scope(engine) as session:
-            record_dead_letters(session, dead)
-        counts.dead_lettered += len(dead)
+        for row in rows:
+            _import_batch_row(session, row, skus, catalog, counts, dead)
+        record_dead_letters(session, dead)
+    counts.dead_lettered += len(dead)
+
+
+def _import_batch_row(session: Any, row: dict[str, Any], skus: dict[str, str],
+                      catalog: dict[str, Any], counts: InventoryCounts,
+                      dead: list[DeadLetterItem]) -> None:
+    """One ERP batch record into the pool, or a dead letter: a bad record rolls back only
+    its own savepoint, the rest of the read goes on."""
+    label = f"{BATCH_TYPE} {row.get('id')} ({row.get('name', '?')})"
+    sku = skus.get(row.get("custrecord_vf_batch_sku", ""))
+    entry = catalog.get(sku) if sku else None
+    try:
+        if entry is None:
+            raise ValueError("custrecord_vf_batch_sku: the item is not in the catalogue "
+                             "(run sync-catalog first)")
+        mode = entry.issuance_mode.value
+        expires = row.get("expires_on")
+        with session.begin_nested():
+            pool.upsert_batch(
+                session, batch_no=row["name"], sku=sku, issuance_mode=mode,
+                unit_cost=Decimal(row.get("custrecord_vf_batch_unit_cost", "0")),
+                currency=row.get("custrecord_vf_batch_currency") or entry.face_value.currency,
+                status=row.get("custrecord_vf_batch_status") or None,
+                expiry_type=row.get("custrecord_vf_batch_expiry_type") or "none",
+                expires_on=date.fromisoformat(expires) if expires else None,
+                purchase_order=row.get("custrecord_vf_batch_po"),
+                sites=[s for s in (row.get("custrecord_vf_batch_sites") or "").split(",") if s],
+                quantity=(int(row["custrecord_vf_batch_quantity"])
+                          if mode == "api" and row.get("custrecord_vf_batch_quantity")
+                          else None),
+                remaining=(int(row["custrecord_vf_batch_remaining"])
+                           if row.get("custrecord_vf_batch_remaining") else None),
+            )
+        counts.erp_batches += 1
+    except (ValueError, InvalidOperation, KeyError, pool.PoolError) as exc:
+        dead.append(DeadLetterItem(flow=FLOW, source="erp", entity_type=BATCH_TYPE,
+                                   entity_key=str(row.get("id", "?")),
+                                   reason=f"{label}: {exc}", payload=row))
 
 
 def recent_sales(engine: Engine, days: int, only: set[str] | None = None

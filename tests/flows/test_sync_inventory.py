@@ -122,3 +122,48 @@ def test_later_runs_rebalance_only_the_skus_that_changed(sandboxes):
     # a full run looks at everything again and finds nothing else to send
     whole = run(full=True)
     assert whole["skus"] == len(catalog) and whole["pushed"] == 0
+
+
+@pytest.mark.seed(20, 0)
+def test_erp_batch_records_reach_the_pool_and_a_bad_one_does_not_stop_the_rest(sandboxes):
+    asyncio.run(sc.sync_catalog())
+    items = [r for r in sandboxes.erp.store.table("inventoryItem").records.values()
+             if r["custitem_vf_issuance_mode"] == "api"]
+    good, other = items[0], items[1]
+    base = {"custrecord_vf_batch_quantity": 30, "custrecord_vf_batch_remaining": 30,
+            "custrecord_vf_batch_status": "active", "custrecord_vf_batch_expiry_type": "none"}
+    sandboxes.erp.set_record("customrecord_vf_batch", {
+        **base, "name": "ERP-B1", "custrecord_vf_batch_sku": {"id": good["id"]},
+        "custrecord_vf_batch_unit_cost": Decimal("1.25"),
+        "custrecord_vf_batch_currency": good["custitem_vf_currency"]})
+    sandboxes.erp.set_record("customrecord_vf_batch", {  # more decimals than the pool keeps
+        **base, "name": "ERP-B2", "custrecord_vf_batch_sku": {"id": other["id"]},
+        "custrecord_vf_batch_unit_cost": Decimal("1.234567"),
+        "custrecord_vf_batch_currency": other["custitem_vf_currency"]})
+    sandboxes.erp.set_record("customrecord_vf_batch", {  # an item vouchflow does not know
+        **base, "name": "ERP-B3", "custrecord_vf_batch_sku": {"id": "99999"},
+        "custrecord_vf_batch_unit_cost": Decimal("1.00"), "custrecord_vf_batch_currency": "SGD"})
+    sandboxes.erp.set_record("customrecord_vf_batch", {
+        **base, "name": "ERP-B4", "custrecord_vf_batch_sku": {"id": other["id"]},
+        "custrecord_vf_batch_unit_cost": Decimal("2.00"),
+        "custrecord_vf_batch_currency": other["custitem_vf_currency"]})
+    summary = run()
+    assert summary["erp_batches"] == 2 and summary["dead_lettered"] == 2, _reasons()
+    with session_scope(get_engine()) as s:
+        held = {b.batch_no for x in pool.stock(s) for b in x.batches}
+    assert {"ERP-B1", "ERP-B4"} <= held and not {"ERP-B2", "ERP-B3"} & held
+    reasons = " | ".join(_reasons("customrecord_vf_batch"))
+    assert "ERP-B2" in reasons and "at most 4 decimals" in reasons
+    assert "ERP-B3" in reasons and "not in the catalogue" in reasons
+
+
+def _reasons(entity_type: str | None = None) -> list[str]:
+    from sqlalchemy import select
+
+    from state.models import DeadLetter
+
+    query = select(DeadLetter)
+    if entity_type:
+        query = query.where(DeadLetter.entity_type == entity_type)
+    with session_scope(get_engine()) as s:
+        return [d.reason for d in s.scalars(query)]
