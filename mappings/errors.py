@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from canonical.schema import SchemaValidationError, Violation
+from canonical.schema import SchemaValidationError, Violation, validate
 
 
 class MappingError(ValueError):
@@ -28,6 +29,15 @@ def violations_from(exc: ValidationError | SchemaValidationError) -> list[Violat
         message = err["msg"].removeprefix("Value error, ")
         found.append(Violation(path=path, rule=err["type"], message=message))
     return found
+
+
+def validated(model: str, payload: Any, record: str) -> BaseModel:
+    """``payload`` as the canonical ``model`` (schema, then the model's own rules), or a
+    MappingError naming ``record`` and every problem."""
+    try:
+        return validate(model, payload)
+    except (SchemaValidationError, ValidationError) as exc:
+        raise MappingError(record, violations_from(exc)) from None
 
 
 def rename(violations: Sequence[Violation], source_fields: Mapping[str, str]) -> list[Violation]:

@@ -25,21 +25,27 @@ class ErpLine:
     batch_no: str | None = None
 
 
+def line_item(line: int, quantity: int, rate: Decimal, *, item_id: str | None = None,
+              description: str | None = None, batch_no: str | None = None) -> dict[str, Any]:
+    """One line of an ERP transaction body; the amount is exactly ``rate * quantity``."""
+    item: dict[str, Any] = {"line": line}
+    if item_id is not None:
+        item["item"] = {"id": item_id}
+    item.update(quantity=quantity, rate=rate, amount=rate * quantity)
+    if description:
+        item["description"] = description
+    if batch_no:
+        item["custcol_vf_batch_no"] = batch_no
+    return item
+
+
 def _lines(lines: Sequence[ErpLine]) -> dict[str, Any]:
-    items = []
-    for ln in lines:
-        item: dict[str, Any] = {"line": ln.line, "item": {"id": ln.item_id},
-                                "quantity": ln.quantity, "rate": ln.rate,
-                                "amount": ln.rate * ln.quantity}
-        if ln.description:
-            item["description"] = ln.description
-        if ln.batch_no:
-            item["custcol_vf_batch_no"] = ln.batch_no
-        items.append(item)
-    return {"items": items}
+    return {"items": [line_item(ln.line, ln.quantity, ln.rate, item_id=ln.item_id,
+                                description=ln.description, batch_no=ln.batch_no)
+                      for ln in lines]}
 
 
-def _clean(record: dict[str, Any]) -> dict[str, Any]:
+def clean(record: dict[str, Any]) -> dict[str, Any]:
     """Fields without a value are left out (an upsert replaces the record: absent = empty)."""
     return {k: v for k, v in record.items() if v is not None}
 
@@ -49,7 +55,7 @@ def vendor_record(
     country: str | None, bank_account: str | None, bank_bic: str | None,
     settlement_mode: str | None, contract_signed: bool, inactive: bool,
 ) -> dict[str, Any]:
-    return _clean({
+    return clean({
         "externalId": external_id, "entityId": external_id, "companyName": name,
         "currency": currency, "email": email, "isInactive": inactive,
         "custentity_vf_settlement_mode": settlement_mode,
@@ -63,7 +69,7 @@ def purchase_requisition(
     *, request_no: str, vendor_id: str, tran_date: date, currency: str, memo: str | None,
     lines: Sequence[ErpLine],
 ) -> dict[str, Any]:
-    return _clean({
+    return clean({
         "externalId": request_no, "entity": {"id": vendor_id},
         "tranDate": tran_date.isoformat(), "currency": currency, "memo": memo,
         "item": _lines(lines),
@@ -74,7 +80,7 @@ def purchase_order(
     *, po_no: str, vendor_id: str, tran_date: date, currency: str, memo: str | None,
     status: str, site: str | None, business_date: date | None, lines: Sequence[ErpLine],
 ) -> dict[str, Any]:
-    return _clean({
+    return clean({
         "externalId": po_no, "tranId": po_no, "entity": {"id": vendor_id},
         "tranDate": tran_date.isoformat(), "currency": currency, "memo": memo,
         "status": status, "custbody_vf_site": site,
@@ -87,7 +93,7 @@ def item_receipt(*, receipt_no: str, tran_date: date, line: int, quantity: int,
                  batch_no: str, memo: str | None = None) -> dict[str, Any]:
     """The body of the purchaseOrder -> itemReceipt transform: the one PO line received, with
     the batch it became."""
-    return _clean({
+    return clean({
         "externalId": receipt_no, "tranId": receipt_no, "tranDate": tran_date.isoformat(),
         "memo": memo,
         "item": {"items": [{"line": line, "quantity": quantity,
@@ -100,7 +106,7 @@ def batch_record(
     status: str, unit_cost: Decimal, currency: str, expiry_type: str,
     expires_on: date | None, po_id: str | None, sites: Sequence[str],
 ) -> dict[str, Any]:
-    return _clean({
+    return clean({
         "externalId": batch_no, "name": batch_no,
         "custrecord_vf_batch_sku": {"id": item_id},
         "custrecord_vf_batch_quantity": quantity,

@@ -15,6 +15,8 @@ from datetime import date
 from decimal import Decimal
 from typing import Any
 
+from mappings.procurement import clean, line_item
+
 
 @dataclass(frozen=True)
 class TransformLine:
@@ -26,24 +28,14 @@ class TransformLine:
 
 
 def _items(lines: Sequence[TransformLine]) -> dict[str, Any]:
-    items = []
-    for ln in lines:
-        item: dict[str, Any] = {"line": ln.line, "quantity": ln.quantity, "rate": ln.rate,
-                                "amount": ln.rate * ln.quantity}
-        if ln.batch_no:
-            item["custcol_vf_batch_no"] = ln.batch_no
-        items.append(item)
-    return {"items": items}
-
-
-def _clean(record: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in record.items() if v is not None}
+    return {"items": [line_item(ln.line, ln.quantity, ln.rate, batch_no=ln.batch_no)
+                      for ln in lines]}
 
 
 def day_receipt(*, receipt_no: str, tran_date: date, lines: Sequence[TransformLine],
                 memo: str | None = None) -> dict[str, Any]:
     """purchaseOrder -> itemReceipt: every line of a daily API order, received in full."""
-    return _clean({"externalId": receipt_no, "tranId": receipt_no,
+    return clean({"externalId": receipt_no, "tranId": receipt_no,
                    "tranDate": tran_date.isoformat(), "memo": memo, "item": _items(lines)})
 
 
@@ -51,7 +43,7 @@ def vendor_bill(*, bill_no: str, bill_date: date, due_date: date,
                 lines: Sequence[TransformLine], memo: str | None = None,
                 vendor_invoice_ref: str | None = None) -> dict[str, Any]:
     """purchaseOrder -> vendorBill: the quantities settled of the order's lines."""
-    return _clean({"externalId": bill_no, "tranId": vendor_invoice_ref or bill_no,
+    return clean({"externalId": bill_no, "tranId": vendor_invoice_ref or bill_no,
                    "tranDate": bill_date.isoformat(), "dueDate": due_date.isoformat(),
                    "memo": memo, "approvalStatus": "approved", "item": _items(lines)})
 
@@ -59,13 +51,13 @@ def vendor_bill(*, bill_no: str, bill_date: date, due_date: date,
 def vendor_payment(*, payment_no: str, paid_on: date, memo: str | None = None
                    ) -> dict[str, Any]:
     """vendorBill -> vendorPayment: the bill paid in full (the ERP applies its total)."""
-    return _clean({"externalId": payment_no, "tranId": payment_no,
+    return clean({"externalId": payment_no, "tranId": payment_no,
                    "tranDate": paid_on.isoformat(), "memo": memo})
 
 
 def vendor_credit(*, credit_no: str, credit_date: date, lines: Sequence[TransformLine],
                   memo: str | None = None) -> dict[str, Any]:
     """vendorBill -> vendorCredit: returned units of the bill's lines."""
-    return _clean({"externalId": credit_no, "tranId": credit_no,
+    return clean({"externalId": credit_no, "tranId": credit_no,
                    "tranDate": credit_date.isoformat(), "memo": memo,
                    "item": _items(lines)})

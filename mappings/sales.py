@@ -7,11 +7,8 @@ from collections.abc import Mapping, Sequence
 from datetime import date
 from typing import Any
 
-from pydantic import ValidationError
-
 from canonical import Order, Refund, Site
-from canonical.schema import SchemaValidationError, validate
-from mappings.errors import MappingError, violations_from
+from mappings.errors import MappingError, validated
 
 
 def wallet_order_to_order(raw: Mapping[str, Any], *, site: str) -> Order:
@@ -23,21 +20,14 @@ def wallet_order_to_order(raw: Mapping[str, Any], *, site: str) -> Order:
         raise MappingError(label, [_violation(
             "site", "same_site", f"says {body.get('site')!r}, arrived from {site!r}")])
     body["site"] = site
-    try:
-        order = validate("Order", body)
-    except (SchemaValidationError, ValidationError) as exc:
-        raise MappingError(label, violations_from(exc)) from None
+    order = validated("Order", body, label)
     assert isinstance(order, Order)
     return order
 
 
 def wallet_refund_to_refund(raw: Mapping[str, Any], *, site: str) -> Refund:
     label = f"refund {raw.get('refund_id', '?')} of site {site}"
-    body = {**raw, "site": site}
-    try:
-        refund = validate("Refund", body)
-    except (SchemaValidationError, ValidationError) as exc:
-        raise MappingError(label, violations_from(exc)) from None
+    refund = validated("Refund", {**raw, "site": site}, label)
     assert isinstance(refund, Refund)
     return refund
 
