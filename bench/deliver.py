@@ -113,6 +113,7 @@ async def baseline(subs: list[tuple[str, str, str]], bodies: list[tuple[str, str
     """Seconds to post every body to every subscriber, and how many requests were sent again
     because their connection broke (the only retry: the work must be done)."""
     from connectors.signing import sign
+    from connectors.subscriber import EVENT_ID_HEADER, EVENT_TYPE_HEADER, SIGNATURE_HEADER
 
     resent = 0
 
@@ -126,9 +127,8 @@ async def baseline(subs: list[tuple[str, str, str]], bodies: list[tuple[str, str
                 for event_id, type_, body in queue:
                     while True:
                         headers = {"Content-Type": "application/json",
-                                   "X-Vouchflow-Signature": sign(secret, int(time.time()), body),
-                                   "X-Vouchflow-Event-Id": event_id,
-                                   "X-Vouchflow-Event-Type": type_}
+                                   SIGNATURE_HEADER: sign(secret, int(time.time()), body),
+                                   EVENT_ID_HEADER: event_id, EVENT_TYPE_HEADER: type_}
                         try:
                             response = await client.post(url, content=body, headers=headers)
                         except httpx.TransportError:

@@ -30,7 +30,7 @@ from prefect.input import RunInput
 from pydantic import Field
 
 from canonical import now_utc
-from flows.runtime import emit, in_flow_run, markdown_artifact, run_logger
+from flows.runtime import emit, in_flow_run, markdown_artifact, run_key, run_logger
 
 DEFAULT_TIMEOUT_S = 7 * 24 * 3600
 
@@ -92,13 +92,6 @@ def describe(subject: str, details: Mapping[str, Any] | str | None = None) -> st
     return "\n".join(lines)
 
 
-def _flow_run_id() -> str | None:
-    from prefect.context import FlowRunContext
-
-    ctx = FlowRunContext.get()
-    return str(ctx.flow_run.id) if ctx is not None and ctx.flow_run is not None else None
-
-
 async def request_approval(
     subject: str,
     details: Mapping[str, Any] | str | None = None,
@@ -122,7 +115,7 @@ async def request_approval(
     form = ApprovalForm.with_initial_data(description=description)
     await markdown_artifact("approval-request", description,
                             f"Waiting for approval: {subject}")
-    run_id = _flow_run_id()
+    run_id = run_key()  # the flow run's id: a flow run is required above
     logger.info("waiting for approval: %s", subject)
     if suspend:
         from prefect.flow_runs import suspend_flow_run

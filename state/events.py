@@ -244,42 +244,44 @@ def sales_order_recorded(
                          "unit_price": _money(price)} for lid, sku, qty, price in lines]})
 
 
+def _line_event(type_: str, *, site: str, order_id: str, line_id: str, at: datetime,
+                data: Mapping[str, Any]) -> Event:
+    """An event about one line of a sales order, once per line (the line id is the version)."""
+    return Event(
+        type=type_, entity_type="sales_order", entity_key=sales_order_ref(site, order_id),
+        occurred_at=at, version=line_id,
+        data={"site": site, "order_id": order_id, "line_id": line_id, **data})
+
+
 def order_line_allocated(
     *, site: str, order_id: str, line_id: str, sku: str, quantity: int, issuance_mode: str,
     at: datetime,
 ) -> Event:
     """A line took what it sells (once per line): never the codes themselves."""
-    return Event(
-        type="order_line.allocated", entity_type="sales_order",
-        entity_key=sales_order_ref(site, order_id), occurred_at=at,
-        version=line_id,
-        data={"site": site, "order_id": order_id, "line_id": line_id, "sku": sku,
-              "quantity": quantity, "issuance_mode": issuance_mode,
-              "allocated_at": format_time(at)})
+    return _line_event("order_line.allocated", site=site, order_id=order_id, line_id=line_id,
+                       at=at, data={"sku": sku, "quantity": quantity,
+                                    "issuance_mode": issuance_mode,
+                                    "allocated_at": format_time(at)})
 
 
 def order_line_delivered(
     *, site: str, order_id: str, line_id: str, codes: int, at: datetime,
 ) -> Event:
     """A line's codes were accepted by the site (once per line): how many, never which."""
-    return Event(
-        type="order_line.delivered", entity_type="sales_order",
-        entity_key=sales_order_ref(site, order_id), occurred_at=at,
-        version=line_id,
-        data={"site": site, "order_id": order_id, "line_id": line_id, "codes": codes,
-              "delivered_at": format_time(at)})
+    return _line_event("order_line.delivered", site=site, order_id=order_id, line_id=line_id,
+                       at=at, data={"codes": codes, "delivered_at": format_time(at)})
 
 
 def sku_changed(sku: Sku) -> Event:
     """A SKU as mapped from the ERP. The version is the ERP's modification time and a hash of
     the content, so the same version seen again (a re-run, a forced re-read) has the same id,
     and a change back to an earlier content is still a new event."""
+    from state.store import fingerprint
+
     data = sku.model_dump(mode="json")
-    digest = hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":"),
-                                       default=str).encode()).hexdigest()[:12]
     return Event(type="sku.changed", entity_type="sku", entity_key=sku.sku,
-                 occurred_at=sku.updated_at, version=f"{version_of(sku.updated_at)}_{digest}",
-                 data=data)
+                 occurred_at=sku.updated_at,
+                 version=f"{version_of(sku.updated_at)}_{fingerprint(data)[:12]}", data=data)
 
 
 def sku_events(skus: Iterable[Sku]) -> list[Event]:

@@ -43,10 +43,14 @@ EVENT_TYPE_HEADER = "x-vouchflow-event-type"
 REQUIRED = ("id", "type", "occurred_at", "data")
 
 
+def _mac(secret: str, body: bytes, t: int) -> str:
+    """HMAC-SHA256(secret, ``"{t}.{raw body}"``), hex."""
+    return hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
+
+
 def signature_header(secret: str, body: bytes, t: int) -> str:
     """``t={t},v1={hex}`` as a sender computes it (tests use it to forge requests)."""
-    mac = hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
-    return f"t={t},v1={mac}"
+    return f"t={t},v1={_mac(secret, body, t)}"
 
 
 class SubscriberSandbox(Sandbox):
@@ -152,8 +156,7 @@ class SubscriberSandbox(Sandbox):
             return "missing or malformed signature"
         if abs(time.time() - t) > self.tolerance_s:
             return "signature timestamp outside the allowed window"
-        expected = hmac.new(self.secret.encode(), f"{t}.".encode() + body,
-                            hashlib.sha256).hexdigest()
+        expected = _mac(self.secret, body, t)
         if not any(hmac.compare_digest(expected, s) for s in signatures):
             return "signature does not match the body"
         return None
