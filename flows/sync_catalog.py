@@ -52,6 +52,7 @@ from mappings.catalog import inventory_item_to_sku, sku_to_wallet_product
 from mappings.errors import MappingError
 from state.catalog import load_skus, remember_skus
 from state.db import session_scope
+from state.events import emit_events, sku_events
 from state.inbox import mark_processed, pending_events
 from state.models import DeadLetter, DeadLetterStatus, LedgerStatus
 from state.store import (
@@ -309,6 +310,7 @@ async def process_records(
         upsert_xrefs(session, SOURCE, RECORD_TYPE, xrefs)
         erp_ids = {code: raw_id for raw_id, code in xrefs.items()}
         remember_skus(session, [(s, erp_ids.get(s.sku)) for s in skus])
+        emit_events(session, sku_events(skus))  # same id for a version seen again
         writes, unchanged = plan_products(session, skus, list(run.wallets))
     counts.changed += sum(len(w) for w in writes.values())
     counts.skipped += unchanged

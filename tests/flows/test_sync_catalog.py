@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -13,6 +14,7 @@ from sqlalchemy import select
 from flows import sync_catalog as sc
 from sandbox import SandboxSet
 from state.db import get_engine, session_scope
+from state.events import read_events
 from state.models import DeadLetter
 from tests.flows.conftest import BOTH_DATABASES
 
@@ -83,6 +85,31 @@ def test_second_run_pushes_nothing_and_does_not_double_dead_letters(sandboxes):
     assert writes() == writes_after_first  # not one write to any site
     assert len(open_dead_letters()) == first["dead_lettered"] == 6
     assert all(d.occurrences == 1 for d in open_dead_letters())
+
+
+def sku_events_by_key() -> Counter[str]:
+    with session_scope(get_engine()) as s:
+        return Counter(e.entity_key for e in read_events(s, after=0, patterns=["sku.*"],
+                                                         limit=100_000))
+
+
+def test_subscribers_get_one_sku_event_per_version(sandboxes):
+    first = run()
+    events = sku_events_by_key()
+    assert len(events) == first["mapped"] and set(events.values()) == {1}
+    run()
+    run(full=True)  # every item read again
+    assert sku_events_by_key() == events  # re-reads of the same versions emit nothing
+    table = sandboxes.erp.store.table("inventoryItem")
+    victim = next(r for r in table.records.values()
+                  if r["id"] not in sandboxes.erp.invalid_seeds())
+    sandboxes.erp.touch("inventoryItem", victim["id"], displayName="Renamed voucher")
+    run()
+    assert sku_events_by_key() - events == Counter({victim["itemId"]: 1})
+    with session_scope(get_engine()) as s:
+        last = read_events(s, after=0, patterns=["sku.changed"], limit=100_000)[-1]
+    assert last.entity_key == victim["itemId"]
+    assert json.loads(last.data_json)["name"] == "Renamed voucher"
 
 
 def test_only_changed_items_are_pushed_again(sandboxes):
