@@ -446,6 +446,28 @@ def subscriptions_remove(
     typer.echo(f"subscription {name} removed")
 
 
+events_app = typer.Typer(help="The event log subscribers read from.", no_args_is_help=True)
+app.add_typer(events_app, name="events")
+
+
+@events_app.command("prune")
+def events_prune(
+    older_than_days: Annotated[float, typer.Option(
+        "--older-than-days", min=0, help="Delete events recorded more than this many days "
+        "ago, once every subscription covering them is past them.")],
+) -> None:
+    """Delete old events no subscriber needs any more (never one a subscription still has
+    to deliver, retry or replay)."""
+    from datetime import timedelta
+
+    from state.db import get_engine, session_scope
+    from state.subscriptions import prune_events
+
+    with session_scope(get_engine(), immediate=True) as session:
+        report = prune_events(session, older_than=timedelta(days=older_than_days))
+    typer.echo(json.dumps(report.as_dict(), default=str))
+
+
 @app.command("deliver")
 def deliver(
     subscription: Annotated[list[str] | None, typer.Option(

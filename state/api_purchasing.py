@@ -219,7 +219,7 @@ def _order_day(
             business_date=business_date,
             memo=(f"API sales of {sku} on {site}, business day {business_date}"
                   + (f" (correction {correction}: sales recorded after the day was booked)"
-                     if correction else "")))
+                     if correction else "")), events=False)
         pol = proc.PurchaseOrderLine
         session.execute(update(pol).where(pol.po_id == order.id)
                         .values(received_quantity=pol.quantity)
@@ -233,6 +233,7 @@ def _order_day(
                                     batch_no=batch_no, quantity=n, po_id=order.id,
                                     line_no=line_no, created_at=now))
         session.flush()
+        proc.announce_created(session, order)  # received at once: one event says it all
         nested.commit()
     except BaseException:
         nested.rollback()

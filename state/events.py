@@ -29,7 +29,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +46,7 @@ from sqlalchemy import (
     text,
     type_coerce,
 )
+from sqlalchemy import event as sa_event
 from sqlalchemy.orm import Session
 from sqlmodel import Field, SQLModel
 
@@ -288,6 +289,166 @@ def sku_events(skus: Iterable[Sku]) -> list[Event]:
     """``sku.changed`` for SKUs just mapped: ``emit_events(session, sku_events(skus))`` in the
     transaction that remembers them (``state.catalog.remember_skus``)."""
     return [sku_changed(s) for s in skus]
+
+
+# announcing with the change: events emitted when the transaction commits ---------------------
+_ANNOUNCED = "vf_announced_events"
+
+
+def announce(session: Session, events: Iterable[Event]) -> None:
+    """Emit ``events`` with ``emit_events`` when this session's transaction commits, after its
+    last flush: in the same transaction as the change and last in it, as ``emit_events`` asks,
+    even when the caller writes more after the state function that made the change. Events
+    announced inside a savepoint that rolls back (or a transaction that does) are dropped."""
+    found = list(events)
+    if found:
+        tx = session.get_nested_transaction() or session.get_transaction()
+        session.info.setdefault(_ANNOUNCED, []).append((tx, found))
+
+
+@sa_event.listens_for(Session, "before_commit")
+def _emit_announced(session: Session) -> None:
+    if session.in_nested_transaction():
+        return  # a savepoint: its events wait for the transaction
+    pending = session.info.pop(_ANNOUNCED, None)
+    if pending:
+        session.flush()  # every row lock before the event lock (PostgreSQL)
+        emit_events(session, [e for _, events in pending for e in events])
+
+
+@sa_event.listens_for(Session, "after_soft_rollback")
+def _drop_announced(session: Session, previous: Any) -> None:
+    pending = session.info.get(_ANNOUNCED)
+    if not pending:
+        return
+
+    def inside(tx: Any) -> bool:
+        while tx is not None:
+            if tx is previous:
+                return True
+            tx = tx.parent
+        return False
+
+    kept = [(tx, events) for tx, events in pending if not inside(tx)]
+    if kept:
+        session.info[_ANNOUNCED] = kept
+    else:
+        session.info.pop(_ANNOUNCED, None)
+
+
+# builders: procurement, settlement, remittance ------------------------------------------------
+EVENT_TYPES.update({
+    "purchase_order.created": "a purchase order was made (by an operator, from a request, or "
+                              "as a daily API order or its correction); entity purchase_order "
+                              "{po_no}",
+    "purchase_order.received": "goods were received against a purchase order line (a receipt "
+                               "into a batch); entity purchase_order",
+    "purchase_order.changed": "a purchase order as it stands after a receipt or a bill changed "
+                              "it; entity purchase_order",
+    "vendor_bill.created": "a vendor bill was made from a purchase order; entity vendor_bill "
+                           "{bill_no}",
+    "vendor_bill.approved": "a vendor bill was approved for payment; entity vendor_bill",
+    "vendor_bill.paid": "a vendor bill was paid (its payment confirmed by the bank and in the "
+                        "ERP); entity vendor_bill",
+    "vendor_bill.payment_rejected": "the bank rejected a vendor bill's payment; entity "
+                                    "vendor_bill",
+    "remittance_batch.closed": "a remittance batch version was closed (a reversal is closed "
+                               "when made); entity remittance_batch {batch_id}",
+    "remittance_batch.posted": "a closed remittance batch version reached treasury and the "
+                               "ERP; entity remittance_batch",
+    "remittance_batch.reopened": "a closed or posted batch was reopened: a reversal version "
+                                 "and a new open version; entity remittance_batch",
+    "discrepancy.opened": "a day's matching found an open discrepancy; entity discrepancy "
+                          "{day}:{key}",
+    "discrepancy.resolved": "an open discrepancy was accepted by a correction or no longer "
+                            "found by the day's matching; entity discrepancy",
+})
+
+
+def plain(value: Any) -> Any:
+    """Event data as JSON: money (Decimal) as a string with every digit kept, days as ISO
+    dates, instants as RFC 3339 in UTC; containers converted throughout."""
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, datetime):
+        return format_time(value)
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    return value
+
+
+def purchase_order_created(order: Mapping[str, Any], *, at: datetime) -> Event:
+    """Once per order: ``order`` is its business fields and lines
+    (``state.procurement.order_view``)."""
+    return Event(type="purchase_order.created", entity_type="purchase_order",
+                 entity_key=order["po_no"], occurred_at=at, data=plain(order))
+
+
+def purchase_order_received(receipt: Mapping[str, Any], *, order_status: str,
+                            line_received: int, at: datetime) -> Event:
+    """Once per receipt (its number is the version): what came in, into which batch."""
+    return Event(type="purchase_order.received", entity_type="purchase_order",
+                 entity_key=receipt["po_no"], occurred_at=at, version=receipt["receipt_no"],
+                 data=plain({**receipt, "order_status": order_status,
+                             "line_received_quantity": line_received}))
+
+
+def purchase_order_changed(order: Mapping[str, Any], *, cause: str, ref: str,
+                           at: datetime) -> Event:
+    """The order after a change, once per change: ``cause`` (``receipt``, ``bill``) and the
+    number of the receipt or bill that made it are the version."""
+    return Event(type="purchase_order.changed", entity_type="purchase_order",
+                 entity_key=order["po_no"], occurred_at=at, version=f"{cause}-{ref}",
+                 data=plain({**order, "change": {"cause": cause, "ref": ref}}))
+
+
+def _bill_event(type_: str, bill_no: str, at: datetime, data: Mapping[str, Any],
+                version: str = "") -> Event:
+    return Event(type=type_, entity_type="vendor_bill", entity_key=bill_no, occurred_at=at,
+                 version=version, data=plain({"bill_no": bill_no, **data}))
+
+
+def vendor_bill_created(bill: Mapping[str, Any], *, at: datetime) -> Event:
+    """Once per bill: ``bill`` is its business fields and lines (``state.procurement``)."""
+    return _bill_event("vendor_bill.created", bill["bill_no"], at, bill)
+
+
+def vendor_bill_approved(*, bill_no: str, total: Decimal, currency: str, approved_by: str,
+                         at: datetime) -> Event:
+    return _bill_event("vendor_bill.approved", bill_no, at, {
+        "total": total, "currency": currency, "approved_by": approved_by, "approved_at": at})
+
+
+def vendor_bill_payment(type_: str, *, bill_no: str, payment_no: str, run_no: str | None,
+                        amount: Decimal, currency: str, at: datetime) -> Event:
+    """``vendor_bill.paid`` or ``vendor_bill.payment_rejected``, once per payment."""
+    return _bill_event(type_, bill_no, at, {
+        "payment_no": payment_no, "run_no": run_no, "amount": amount, "currency": currency,
+        "at": at}, version=payment_no)
+
+
+def remittance_batch_event(type_: str, batch: Mapping[str, Any], *, at: datetime,
+                           version: int | None = None, **extra: Any) -> Event:
+    """An event about one batch version (``closed``, ``posted``) or a reopen (the new
+    version's number): ``batch`` is the version's business fields
+    (``state.remittance.batch_view``)."""
+    return Event(type=type_, entity_type="remittance_batch", entity_key=batch["batch_id"],
+                 occurred_at=at, version=f"v{version or batch['version']}",
+                 data=plain({**batch, **extra}))
+
+
+def discrepancy_event(type_: str, found: Mapping[str, Any], *, at: datetime,
+                      **extra: Any) -> Event:
+    """``discrepancy.opened`` or ``.resolved``: the matching of the day that saw the change
+    (its time) is the version, so a re-run that finds the same discrepancies emits nothing
+    (only changes are announced) and a discrepancy that opens again later is a new event."""
+    return Event(type=type_, entity_type="discrepancy",
+                 entity_key=ref(str(found["day"]), found["key"]), occurred_at=at,
+                 version=version_of(at), data=plain({**found, **extra}))
 
 
 # reading ------------------------------------------------------------------------------------

@@ -58,6 +58,13 @@ from canonical.sku import IssuanceMode
 from state import pool
 from state.catalog import load_skus
 from state.crypto import Keyring
+from state.events import (
+    announce,
+    purchase_order_changed,
+    purchase_order_created,
+    purchase_order_received,
+    vendor_bill_created,
+)
 from state.models import ExactDecimal
 from state.types import JSONText, UTCDateTime
 
@@ -826,11 +833,12 @@ def create_purchase_order(
     session: Session, contract_no: str, lines: Sequence[LineIn], *,
     tran_date: date | None = None, po_no: str | None = None, kind: str = OrderKind.STANDARD,
     site: str | None = None, business_date: date | None = None, request_id: int | None = None,
-    memo: str | None = None,
+    memo: str | None = None, events: bool = True,
 ) -> PurchaseOrder:
     """A purchase order under a signed contract. ``po_no`` defaults to ``po-{vendor}-{n}``;
     the daily API flow passes its own (e.g. ``po-{site}-{sku}-{yyyymmdd}``) and gets an error,
-    not a second order, when it exists already."""
+    not a second order, when it exists already. ``purchase_order.created`` is announced with
+    it (``events=False``: the caller announces it once the order is complete)."""
     contract = get_contract(session, contract_no)
     tran_date = tran_date or _today()
     check_purchasing(contract, tran_date)
@@ -862,7 +870,37 @@ def create_purchase_order(
         session.add(PurchaseOrderLine(po_id=order.id, line_no=n, sku=sku, quantity=quantity,
                                       unit_cost=cost, description=description))
     session.flush()
+    if events:
+        announce_created(session, order)
     return order
+
+
+def order_view(session: Session, order: PurchaseOrder) -> dict[str, Any]:
+    """A purchase order's business fields and lines, as subscribers see it."""
+    vendor = session.get(Vendor, order.vendor_id)
+    contract = session.get(SupplierContract, order.contract_id)
+    request = session.get(PurchaseRequest, order.request_id) if order.request_id else None
+    assert vendor is not None and contract is not None
+    lines = order_lines(session, order.id)  # type: ignore[arg-type]
+    return {
+        "po_no": order.po_no, "kind": order.kind, "status": order.status,
+        "vendor": vendor.external_id, "vendor_name": vendor.name,
+        "contract_no": contract.contract_no, "request_no": request.request_no if request else None,
+        "issuance_mode": order.issuance_mode, "currency": order.currency,
+        "tran_date": order.tran_date, "site": order.site, "business_date": order.business_date,
+        "memo": order.memo,
+        "total": sum((ln.unit_cost * ln.quantity for ln in lines), Decimal(0)),
+        "lines": [{"line_no": ln.line_no, "sku": ln.sku, "quantity": ln.quantity,
+                   "unit_cost": ln.unit_cost, "received_quantity": ln.received_quantity,
+                   "billed_quantity": ln.billed_quantity, "description": ln.description}
+                  for ln in lines],
+    }
+
+
+def announce_created(session: Session, order: PurchaseOrder) -> None:
+    """``purchase_order.created``, with the order as it stands now, when the transaction
+    commits."""
+    announce(session, [purchase_order_created(order_view(session, order), at=order.created_at)])
 
 
 def get_order(session: Session, po_no: str, vendor_id: int | None = None) -> PurchaseOrder:
@@ -924,11 +962,13 @@ def plan_receipt(session: Session, po_line_id: int, *, vendor_id: int | None = N
 
 def record_receipt(
     session: Session, plan: ReceivingPlan, *, batch_no: str, quantity: int,
-    upload_id: int | None = None, received_at: datetime | None = None,
+    upload_id: int | None = None, received_at: datetime | None = None, events: bool = True,
 ) -> Receipt:
     """The receipt of ``quantity`` units on the plan's line (into ``batch_no``, which exists
     in the pool): the line's received quantity rises, the order is received when every line
-    is. The line is re-read under lock: the receipt never takes it past its quantity."""
+    is. The line is re-read under lock: the receipt never takes it past its quantity.
+    ``purchase_order.received`` and ``.changed`` are announced (``events=False``: the caller
+    announces them with ``announce_receipt`` once the receipt is complete)."""
     line = PurchaseOrderLine
     result = session.execute(
         update(line).where(line.id == plan.line.id,
@@ -950,7 +990,27 @@ def record_receipt(
                         .values(status=OrderStatus.RECEIVED.value, updated_at=_now())
                         .execution_options(synchronize_session="fetch"))
     session.flush()
+    if events:
+        announce_receipt(session, plan.order, receipt)
     return receipt
+
+
+def announce_receipt(session: Session, order: PurchaseOrder, receipt: Receipt) -> None:
+    """``purchase_order.received`` (the receipt) and ``purchase_order.changed`` (the order
+    after it), when the transaction commits."""
+    view = order_view(session, order)
+    line = session.get(PurchaseOrderLine, receipt.po_line_id)
+    assert line is not None
+    announce(session, [
+        purchase_order_received(
+            {"po_no": order.po_no, "receipt_no": receipt.receipt_no, "line_no": line.line_no,
+             "sku": receipt.sku, "quantity": receipt.quantity, "unit_cost": receipt.unit_cost,
+             "currency": receipt.currency, "batch_no": receipt.batch_no,
+             "received_at": receipt.received_at},
+            order_status=view["status"], line_received=line.received_quantity,
+            at=receipt.received_at),
+        purchase_order_changed(view, cause="receipt", ref=receipt.receipt_no,
+                               at=receipt.received_at)])
 
 
 def receive_quantity(
@@ -965,7 +1025,7 @@ def receive_quantity(
         raise ProcurementError(f"purchase order {po_no} line {line_no}: quantity must be 1 to "
                                f"{plan.open_quantity}, got {quantity}")
     receipt = record_receipt(session, plan, batch_no=_placeholder(), quantity=quantity,
-                             received_at=received_at)
+                             received_at=received_at, events=False)
     receipt.batch_no = _number("b", plan.vendor.slug, receipt.id, "r")  # type: ignore[arg-type]
     pool.add_batch(session, batch_no=receipt.batch_no, sku=line.sku,
                    issuance_mode=IssuanceMode.API.value, unit_cost=line.unit_cost,
@@ -974,6 +1034,7 @@ def receive_quantity(
                    expires_on=expires_on, purchase_order=order.po_no, sites=sites,
                    received_at=receipt.received_at)
     session.flush()
+    announce_receipt(session, order, receipt)
     return receipt
 
 
@@ -1037,6 +1098,18 @@ def bill_lines(
             unit_cost=line.unit_cost, amount=line.unit_cost * quantity,
             description=memo or f"{order.po_no} line {line.line_no}"))
     session.flush()
+    view = {"bill_no": bill.bill_no, "vendor": vendor.external_id, "vendor_name": vendor.name,
+            "po_no": order.po_no, "settlement_mode": bill.settlement_mode,
+            "currency": bill.currency, "period": bill.period, "bill_date": bill.bill_date,
+            "due_date": bill.due_date, "status": bill.status, "total": bill.total,
+            "vendor_invoice_ref": bill.vendor_invoice_ref,
+            "lines": [{"line_no": n, "po_line_no": line.line_no, "sku": line.sku,
+                       "quantity": quantity, "unit_cost": line.unit_cost,
+                       "amount": line.unit_cost * quantity}
+                      for n, (line, quantity) in enumerate(lines, 1)]}
+    announce(session, [vendor_bill_created(view, at=bill.created_at),
+                       purchase_order_changed(order_view(session, order), cause="bill",
+                                              ref=bill.bill_no, at=bill.created_at)])
     return bill
 
 

@@ -31,6 +31,7 @@ from sqlmodel import Field, SQLModel
 
 from canonical import now_utc
 from canonical.money import minor_unit
+from state.events import Event, announce, discrepancy_event, remittance_batch_event
 from state.models import ExactDecimal
 from state.store import OutboxItem, enqueue
 from state.types import JSONText, UTCDateTime
@@ -220,11 +221,13 @@ def store_day_result(session: Session, result: Any, *, run_key: str,
                      sources: Sequence[Mapping[str, Any]] = ()) -> None:
     """Replace the day's stored result with ``result`` (a ``mappings.reconcile.DayResult``)."""
     day = result.day
+    before = {d.key: _discrepancy_view(d) for d in discrepancies(session, day)}
     for model in (ReconGroup, ReconDiscrepancy, ReconOutcome):
         session.execute(delete(model).where(model.day == day))  # type: ignore[attr-defined]
     session.execute(delete(ReconDay).where(ReconDay.day == day))  # type: ignore[arg-type]
+    matched_at = now_utc()
     session.add(ReconDay(day=day, run_key=run_key, rules_digest=result.rules_digest,
-                         counts=result.counts(), sources=list(sources), matched_at=now_utc()))
+                         counts=result.counts(), sources=list(sources), matched_at=matched_at))
     session.add_all([ReconGroup(
         day=day, group_id=g.group_id, kind=g.kind.value, site=g.site, method=g.method,
         order_id=g.order_id, payout_id=g.payout_id, trace_ids=list(g.trace_ids),
@@ -243,6 +246,37 @@ def store_day_result(session: Session, result: Any, *, run_key: str,
         expected=o.expected, received=o.received, fee=o.fee, refunded=o.refunded,
         reference=o.reference, matched=o.matched) for o in result.outcomes])
     session.flush()
+    after = {d.key: _discrepancy_view(d) for d in discrepancies(session, day)}
+    announce(session, discrepancy_changes(before, after, at=matched_at))
+
+
+def _discrepancy_view(d: ReconDiscrepancy) -> dict[str, Any]:
+    return {"day": d.day, "key": d.key, "class": d.category, "status": d.status,
+            "site": d.site, "method": d.method, "order_id": d.order_id,
+            "payout_id": d.payout_id, "trace_ids": list(d.trace_ids or []),
+            "currency": d.currency, "expected": d.expected, "actual": d.actual,
+            "difference": d.difference, "detail": d.detail}
+
+
+def discrepancy_changes(before: Mapping[str, Mapping[str, Any]],
+                        after: Mapping[str, Mapping[str, Any]], *, at: datetime
+                        ) -> list[Event]:
+    """What a new match of a day changed for subscribers: discrepancies open now that were
+    not (``discrepancy.opened``), and those open before that are accepted now or gone
+    (``discrepancy.resolved``, with how). The same result again changes nothing."""
+    events = []
+    for key in sorted(set(before) | set(after)):
+        was, now = before.get(key), after.get(key)
+        was_open = was is not None and was["status"] == "open"
+        is_open = now is not None and now["status"] == "open"
+        if is_open and not was_open:
+            events.append(discrepancy_event("discrepancy.opened", now, at=at))  # type: ignore[arg-type]
+        elif was_open and not is_open:
+            how = "accepted" if now is not None else "cleared"
+            events.append(discrepancy_event(
+                "discrepancy.resolved", {**(now or was), "status": now["status"] if now else how},  # type: ignore[index, dict-item]
+                at=at, resolution=how))
+    return events
 
 
 def discrepancies(session: Session, day: date, *, status: str | None = None
@@ -529,7 +563,23 @@ def close_batch(session: Session, batch_id: str, *, approval: RemittanceApproval
     batch.closed_at = now_utc()
     _enqueue_posting(session, batch, accounts or JournalAccounts())
     session.flush()
+    announce(session, [remittance_batch_event("remittance_batch.closed", batch_view(batch),
+                                              at=batch.closed_at)])
     return batch
+
+
+def batch_view(batch: RemittanceBatch) -> dict[str, Any]:
+    """A batch version's business fields, as subscribers see them (the lines stay out: a
+    batch may hold thousands; ``count`` and the totals say what it holds)."""
+    return {"batch_id": batch.batch_id, "version": batch.version,
+            "business_date": batch.day, "site": batch.site, "payment_method": batch.method,
+            "currency": batch.currency, "status": batch.status,
+            "gross": exact(batch.gross, batch.currency),
+            "fees": exact(batch.fees, batch.currency), "net": exact(batch.net, batch.currency),
+            "count": batch.count, "reverses_version": batch.reverses_version,
+            "approved_by": batch.approved_by, "closed_at": batch.closed_at,
+            "posted_at": batch.posted_at, "treasury_ref": batch.treasury_ref,
+            "erp_journal_id": batch.erp_id}
 
 
 def record_approval(session: Session, batch_id: str, *, approved: bool, approved_by: str,
@@ -576,6 +626,12 @@ def reopen_batch(session: Session, batch_id: str, *, who: str, why: str,
         note=f"reopened by {who}: {why}"[:2000], created_at=now)
     session.add(fresh)
     session.flush()
+    announce(session, [
+        remittance_batch_event("remittance_batch.closed", batch_view(reversal), at=now),
+        remittance_batch_event("remittance_batch.reopened", batch_view(fresh), at=now,
+                               reopened_version=head.version,
+                               reversal_version=reversal.version, reopened_by=who,
+                               reason=why[:2000])])
     return reversal, fresh
 
 
@@ -588,6 +644,8 @@ def mark_posted(session: Session, batch_id: str, version: int, *, treasury_ref: 
             if batch.status == BatchStatus.CLOSED and batch.treasury_ref and batch.erp_id:
                 batch.status = BatchStatus.POSTED
                 batch.posted_at = now_utc()
+                announce(session, [remittance_batch_event(
+                    "remittance_batch.posted", batch_view(batch), at=batch.posted_at)])
     session.flush()
 
 

@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session
 from canonical import CodeStatus, now_utc
 from canonical.money import minor_unit
 from state import procurement as proc
+from state.events import announce, vendor_bill_approved, vendor_bill_payment
 from state.models import PoolCode
 from state.purchasing_models import (
     ApiDayOrder,
@@ -305,6 +306,9 @@ def approve_bills(session: Session, bill_nos: Sequence[str] | None, *, by: str) 
         bill.approved_at = now_utc()
         bill.updated_at = bill.approved_at
         done.append(bill.bill_no)
+        announce(session, [vendor_bill_approved(
+            bill_no=bill.bill_no, total=bill.total, currency=bill.currency, approved_by=by,
+            at=bill.approved_at)])
     session.flush()
     return done
 
@@ -418,6 +422,7 @@ def confirm_payments(session: Session, run_no: str, *, rejected: Sequence[str] =
                                               vp.status == proc.PaymentStatus.SENT.value)):
         if p.end_to_end_id in rejected or p.payment_no in rejected:
             p.status = proc.PaymentStatus.REJECTED
+            _announce_payment(session, "vendor_bill.payment_rejected", p, at)
         else:
             p.status = proc.PaymentStatus.CONFIRMED
             p.confirmed_at = at
@@ -459,7 +464,20 @@ def mark_bill_paid(session: Session, payment_id: int, erp_id: str) -> None:
     payment.updated_at = now_utc()
     session.execute(update(proc.VendorBill).where(proc.VendorBill.id == payment.bill_id)
                     .values(status=proc.BillStatus.PAID.value, updated_at=payment.updated_at))
+    _announce_payment(session, "vendor_bill.paid", payment,
+                      payment.confirmed_at or payment.updated_at)
     session.flush()
+
+
+def _announce_payment(session: Session, type_: str, payment: proc.VendorPayment,
+                      at: datetime) -> None:
+    bill_no = session.scalar(select(proc.VendorBill.bill_no).where(
+        proc.VendorBill.id == payment.bill_id))
+    assert bill_no is not None
+    announce(session, [vendor_bill_payment(
+        type_, bill_no=bill_no, payment_no=payment.payment_no, run_no=payment.run_no,
+        amount=payment_amount(payment.amount, payment.currency), currency=payment.currency,
+        at=at)])
 
 
 def bills_to_write(session: Session) -> list[tuple[proc.VendorBill, proc.PurchaseOrder,

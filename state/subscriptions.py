@@ -54,7 +54,13 @@ from sqlmodel import Field, SQLModel
 
 from canonical import now_utc
 from state.crypto import Keyring
-from state.events import OutboundEvent, latest_seq, pending_summary, validate_patterns
+from state.events import (
+    OutboundEvent,
+    covers,
+    latest_seq,
+    pending_summary,
+    validate_patterns,
+)
 from state.models import DeadLetter, DeadLetterStatus
 from state.store import _chunks, _upsert_many
 from state.types import UTCDateTime
@@ -457,3 +463,59 @@ def subscription_lags(session: Session, names: Sequence[str] | None = None
             lag_s=max(0.0, (now - first).total_seconds()) if first else 0.0,
             failing_since=sub.failing_since, last_error=sub.last_error))
     return out
+
+
+# retention ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PruneReport:
+    cutoff: datetime
+    deleted: dict[str, int]
+    """Events deleted, by type."""
+    kept: int
+    """Events older than the cutoff kept because a subscription still needs them."""
+
+    @property
+    def total(self) -> int:
+        return sum(self.deleted.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"cutoff": self.cutoff, "deleted": self.total, "by_type": dict(self.deleted),
+                "kept": self.kept}
+
+
+def prune_events(session: Session, *, older_than: timedelta,
+                 now: datetime | None = None) -> PruneReport:
+    """Delete events recorded before ``now - older_than`` that no subscription needs any
+    more: for each type, only events at or below the cursor (``settled_seq``) of every
+    subscription covering it, active or paused, and none that a subscription still tracks
+    (a delivery waiting for its retry, held behind its entity, or dead and replayable). A
+    type no subscription covers is kept ``older_than`` only. Cursors only move forward, so a
+    cursor read here that has moved on meanwhile deletes less, never more. Delivered rows of
+    the deleted events go with them. Sequence numbers are never given out again."""
+    if older_than < timedelta(0):
+        raise SubscriptionError("older_than must not be negative")
+    cutoff = (now or now_utc()) - older_than
+    e, d = OutboundEvent.__table__, SubscriptionDelivery.__table__
+    subs = list_subscriptions(session)
+    tracked = (select(d.c.event_seq).where(
+        d.c.event_seq == e.c.seq,
+        d.c.status.in_([DeliveryStatus.PENDING.value, DeliveryStatus.DEAD.value]))
+        .exists())
+    types = sorted(session.scalars(select(e.c.type).where(e.c.recorded_at < cutoff)
+                                   .distinct()))
+    deleted: dict[str, int] = {}
+    for type_ in types:
+        bounds = [s.settled_seq for s in subs if covers(s.event_types, type_)]
+        query = delete(e).where(e.c.type == type_, e.c.recorded_at < cutoff, ~tracked)
+        if bounds:
+            query = query.where(e.c.seq <= min(bounds))
+        gone = session.execute(query).rowcount or 0
+        if gone:
+            deleted[type_] = gone
+    if deleted:
+        session.execute(delete(d).where(
+            d.c.status == DeliveryStatus.DELIVERED.value,
+            ~select(e.c.seq).where(e.c.seq == d.c.event_seq).exists()))
+    kept = int(session.scalar(select(func.count()).select_from(e)
+                              .where(e.c.recorded_at < cutoff)) or 0)
+    return PruneReport(cutoff=cutoff, deleted=deleted, kept=kept)

@@ -3,6 +3,7 @@ contracts, purchase orders to receive against."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -15,6 +16,7 @@ from state import procurement as proc
 from state.catalog import remember_skus
 from state.crypto import Keyring
 from state.db import session_scope
+from state.events import read_events
 
 TODAY = date(2026, 11, 24)
 CODE_FORMAT = r"^[A-Z0-9]{12}$"
@@ -65,3 +67,10 @@ def vendor_with_po(engine: Engine, keyring: Keyring, name: str, *, quantity: int
 
 def codes_csv(rows: list[str], header: str = "code,pin,expires_at") -> bytes:
     return ("\n".join([header, *rows]) + "\n").encode()
+
+
+def events(engine: Engine, *patterns: str) -> list[tuple[str, str, dict[str, Any]]]:
+    """(type, entity key, data) of the recorded events of these types, oldest first."""
+    with session_scope(engine) as s:
+        return [(e.type, e.entity_key, json.loads(e.data_json)) for e in read_events(
+            s, after=0, patterns=list(patterns) or None, limit=100_000)]

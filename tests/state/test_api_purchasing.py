@@ -18,7 +18,7 @@ from state.crypto import Keyring
 from state.db import session_scope
 from state.models import PoolBatch
 from state.purchasing_models import ApiIssuedCode
-from tests.state.procurement_world import seed_catalog, vendor_with_po
+from tests.state.procurement_world import events, seed_catalog, vendor_with_po
 
 SGT = timezone(timedelta(hours=8))
 DAY = date(2026, 11, 2)
@@ -107,3 +107,32 @@ def test_codes_issued_for_a_sale_are_kept_as_hashes(world):
     assert [(r.last4, r.batch_no, r.status) for r in rows] == [
         ("0001", batch_no, "sold"), ("0002", batch_no, "sold")]
     assert all("ISSUED" not in r.code_hash for r in rows)
+
+
+def test_a_daily_order_is_announced_once_and_a_correction_apart(world):
+    engine, _, batch_no = world
+    before = len(events(engine))
+    sell(engine, "a", datetime(2026, 11, 2, 9, tzinfo=SGT), 3)
+    sell(engine, "b", datetime(2026, 11, 2, 20, tzinfo=SGT), 2)
+    allocated = len(events(engine))  # the sales' own events
+    book(engine)
+    got = events(engine)[allocated:]
+    assert [(t, k) for t, k, _ in got] == [("purchase_order.created", "po-sg1-SKU-API-20261102")]
+    data = got[0][2]
+    assert (data["kind"], data["status"], data["site"], data["business_date"], data["total"]) == (
+        "daily_api", "received", "sg1", "2026-11-02", "6.2500")
+    assert [(ln["quantity"], ln["received_quantity"], ln["description"])
+            for ln in data["lines"]] == [(5, 5, f"batch {batch_no}")]
+    assert book(engine).unchanged and len(events(engine)) == allocated + 1  # a re-run: none
+    sell(engine, "late", datetime(2026, 11, 2, 12, tzinfo=SGT), 1)
+    late = len(events(engine))
+    book(engine)
+    got = events(engine)[late:]
+    assert [(t, k, d["kind"]) for t, k, d in got] == [
+        ("purchase_order.created", "po-sg1-SKU-API-20261102-c1", "correction")]
+    with session_scope(engine) as s:
+        pool.refund(s, "sg1", "a", "1", 2, delivered=True, refund_id="r-a")
+    refunds = len(events(engine))
+    assert book(engine).refunded_after_close == 2
+    assert len(events(engine, "purchase_order.*")) == 3 + 2 and len(events(engine)) == refunds
+    assert before == 3  # the fixture's API order: created, received, changed

@@ -16,8 +16,16 @@ from state import procurement as proc
 from state import vendor_uploads as vu
 from state.crypto import Keyring
 from state.db import session_scope
+from state.events import read_events
 from state.models import DeadLetter, PoolBatch, PoolCode, PoolCodeEvent
-from tests.state.procurement_world import TODAY, codes_csv, seed_catalog, vendor_with_po
+from state.subscriptions import create_subscription
+from tests.state.procurement_world import (
+    TODAY,
+    codes_csv,
+    events,
+    seed_catalog,
+    vendor_with_po,
+)
 
 FUTURE = "2027-12-31"
 
@@ -440,3 +448,114 @@ def test_add_codes_limit_and_every_refusal_seen(engine, ring):
         (5, pool.RefusalRule.OVER_LIMIT), (6, pool.RefusalRule.OVER_LIMIT),
         (7, pool.RefusalRule.REPEATED)]
     assert seen[2].first_position == 1
+
+
+# events for subscribers -----------------------------------------------------------------------
+def test_orders_receipts_and_bills_are_announced_once_with_the_change(world, ring):
+    party = vendor_with_po(world, ring, "Evented", quantity=4)
+    assert [(t, k) for t, k, _ in events(world)] == [("purchase_order.created", party.po_no)]
+    created = events(world)[0][2]
+    assert (created["status"], created["currency"], created["total"], created["vendor"]) == (
+        "open", "SGD", "30.0000", "vendor-evented")
+    assert created["lines"] == [{"line_no": 1, "sku": "SKU-A", "quantity": 4,
+                                 "unit_cost": "7.5000", "received_quantity": 0,
+                                 "billed_quantity": 0, "description": None}]
+
+    # a receipt (codes uploaded): the receipt, and the order after it; never the codes
+    result = upload(world, ring, party, codes_csv(["EVENTCODE001,PIN1,", "EVENTCODE002,,",
+                                                   "EVENTCODE003,,"]))
+    got = events(world)[1:]
+    assert [(t, k) for t, k, _ in got] == [("purchase_order.received", party.po_no),
+                                           ("purchase_order.changed", party.po_no)]
+    received, changed = got[0][2], got[1][2]
+    assert (received["receipt_no"], received["quantity"], received["batch_no"],
+            received["order_status"], received["line_received_quantity"]) == (
+        result.receipt_no, 3, result.batch_no, "open", 3)
+    assert changed["change"] == {"cause": "receipt", "ref": result.receipt_no}
+    assert changed["lines"][0]["received_quantity"] == 3
+    assert "EVENTCODE" not in json.dumps(got) and "PIN1" not in json.dumps(got)
+
+    # a bill, and the order it billed; nothing when there is nothing to bill
+    with session_scope(world) as s:
+        bill = proc.bill_received(s, party.po_no, bill_date=TODAY)
+    got = events(world)[3:]
+    assert [(t, k) for t, k, _ in got] == [("vendor_bill.created", bill.bill_no),
+                                           ("purchase_order.changed", party.po_no)]
+    assert (got[0][2]["total"], got[0][2]["currency"], got[0][2]["po_no"],
+            got[0][2]["due_date"]) == ("22.5000", "SGD", party.po_no,
+                                       (TODAY + timedelta(days=30)).isoformat())
+    assert got[0][2]["lines"] == [{"line_no": 1, "po_line_no": 1, "sku": "SKU-A",
+                                   "quantity": 3, "unit_cost": "7.5000", "amount": "22.5000"}]
+    assert got[1][2]["change"] == {"cause": "bill", "ref": bill.bill_no}
+    with session_scope(world) as s:
+        assert proc.bill_received(s, party.po_no) is None
+    assert len(events(world)) == 5
+
+    # a change that rolls back announces nothing, in a savepoint or the whole transaction
+    with session_scope(world) as s:
+        nested = s.begin_nested()
+        proc.create_purchase_order(s, party.contract_no, [proc.LineIn("SKU-A", 1)],
+                                   tran_date=TODAY)
+        nested.rollback()
+    with pytest.raises(RuntimeError), session_scope(world) as s:
+        proc.create_purchase_order(s, party.contract_no, [proc.LineIn("SKU-A", 1)],
+                                   tran_date=TODAY)
+        raise RuntimeError("changed my mind")
+    assert len(events(world)) == 5
+
+    # an API receipt (a quantity): its batch number, not a placeholder
+    api = vendor_with_po(world, ring, "Api Evented", quantity=10, mode="api",
+                         sku_code="SKU-API", settlement="sales_quantity")
+    with session_scope(world) as s:
+        receipt = proc.receive_quantity(s, api.po_no, 1, 10)
+    got = events(world, "purchase_order.*")[-3:]
+    assert [(t, k) for t, k, _ in got] == [("purchase_order.created", api.po_no),
+                                           ("purchase_order.received", api.po_no),
+                                           ("purchase_order.changed", api.po_no)]
+    assert got[1][2]["batch_no"] == receipt.batch_no and got[1][2]["order_status"] == "received"
+    assert got[2][2]["status"] == "received"
+
+    # a subscription covering the types reads them, and only them
+    with session_scope(world) as s:
+        sub, _ = create_subscription(s, ring, name="ap", url="https://ap.example.com/hook",
+                                     event_types=["vendor_bill.*"], start="beginning")
+        seen = read_events(s, after=sub.settled_seq, patterns=sub.event_types)
+    assert [(e.type, e.entity_key) for e in seen] == [("vendor_bill.created", bill.bill_no)]
+
+
+def test_bill_approval_payment_and_rejection_are_announced_once(world, ring):
+    from state import settlement as st
+
+    party = vendor_with_po(world, ring, "Paid Co", quantity=2)
+    upload(world, ring, party, codes_csv(["PAIDCODE0001,,", "PAIDCODE0002,,"]))
+    with session_scope(world) as s:
+        bill = proc.bill_received(s, party.po_no, bill_date=TODAY)
+        bill.erp_id = "501"
+    start = len(events(world))
+    with session_scope(world) as s:
+        assert st.approve_bills(s, None, by="cfo") == [bill.bill_no]
+        assert st.approve_bills(s, None, by="cfo") == []  # approved once
+        run = st.create_payment_run(s, execution_date=TODAY, created_by="treasurer")
+        (payment,) = run.payments
+        st.confirm_payments(s, run.run_no, rejected=[payment.payment_no])
+    with session_scope(world) as s:
+        again = st.create_payment_run(s, execution_date=TODAY, created_by="treasurer")
+        (second,) = again.payments
+        assert st.confirm_payments(s, again.run_no) == [second.payment_no]
+        (todo,) = st.confirmed_unrecorded(s)
+        st.mark_bill_paid(s, todo.payment_id, "801")
+    got = events(world, "vendor_bill.*")
+    assert len(events(world)) == start + 3
+    assert [(t, k) for t, k, _ in got] == [
+        ("vendor_bill.created", bill.bill_no), ("vendor_bill.approved", bill.bill_no),
+        ("vendor_bill.payment_rejected", bill.bill_no), ("vendor_bill.paid", bill.bill_no)]
+    assert (got[1][2]["approved_by"], got[1][2]["total"]) == ("cfo", "15.0000")
+    assert (got[2][2]["payment_no"], got[3][2]["payment_no"]) == (payment.payment_no,
+                                                                  second.payment_no)
+    assert (got[3][2]["amount"], got[3][2]["currency"], got[3][2]["run_no"]) == (
+        "15.00", "SGD", again.run_no)
+    assert "bank" not in json.dumps(got).lower()  # the vendor's account stays out
+    with session_scope(world) as s:
+        assert st.confirmed_unrecorded(s) == []
+        assert st.confirm_payments(s, again.run_no) == []
+    assert len(events(world)) == start + 3

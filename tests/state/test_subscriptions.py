@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
+from canonical import now_utc
 from state.crypto import Keyring
 from state.db import session_scope
-from state.events import Event, emit_events
+from state.events import Event, emit_events, read_events
 from state.store import DeadLetterItem, list_dead_letters, record_dead_letters
 from state.subscriptions import (
     DeliveryRow,
@@ -26,6 +27,7 @@ from state.subscriptions import (
     list_subscriptions,
     load_secret,
     open_deliveries,
+    prune_events,
     release_lease,
     remove_subscription,
     requeue,
@@ -182,3 +184,58 @@ def test_lag_counts_what_waits(engine, ring):
         [lag] = subscription_lags(s)
         assert (lag.backlog, lag.retrying, lag.dead) == (0, 1, 0)
         assert lag.failing_since == T0 and lag.as_dict()["url"] == sub.display_url
+
+
+def _age(engine: Any, seqs: range, days: int) -> None:
+    with session_scope(engine) as s:
+        s.execute(text("UPDATE outbound_event SET recorded_at = :t WHERE seq BETWEEN :a AND :b"),
+                  {"t": now_utc() - timedelta(days=days), "a": seqs.start, "b": seqs.stop - 1})
+
+
+def _seqs(engine: Any) -> list[int]:
+    with session_scope(engine) as s:
+        return [e.seq for e in read_events(s, after=0, limit=1000)]
+
+
+def test_prune_deletes_only_old_events_no_subscription_still_needs(engine, ring):
+    crm, _ = add(engine, ring, "crm", event_types=["sales_order.*"], start="beginning")
+    bi, _ = add(engine, ring, "bi", event_types=["sku.changed"], start="beginning")
+    add(engine, ring, "every", event_types=["*"], start="beginning")
+    emit(engine, 4)  # 1-4
+    emit(engine, 3, "sku.changed")  # 5-7
+    emit(engine, 2, "vendor_bill.created")  # 8-9: nobody covers them once "every" is gone
+    emit(engine, 1, "purchase_order.created")  # 10: recent
+    _age(engine, range(1, 10), days=40)
+    with session_scope(engine) as s:
+        assert acquire_lease(s, crm.id, "w1", 60) and acquire_lease(s, bi.id, "w1", 60)
+        save_progress(s, crm.id, "w1", settled_seq=3, rows=[
+            DeliveryRow(event_seq=1, entity="sales_order:o0", status="delivered", attempts=2),
+            DeliveryRow(event_seq=2, entity="sales_order:o1", status="dead", attempts=8)],
+            failing_since=None, last_error=None, lease_ttl_s=60)
+        save_progress(s, bi.id, "w1", settled_seq=5, rows=[], failing_since=None,
+                      last_error=None, lease_ttl_s=60)
+        set_status(s, "bi", SubscriptionStatus.PAUSED)  # paused: its cursor still counts
+        set_status(s, "every", SubscriptionStatus.PAUSED)
+    with session_scope(engine) as s:  # "every" has read nothing: nothing may go
+        report = prune_events(s, older_than=timedelta(days=30))
+    assert (report.total, report.kept) == (0, 9) and _seqs(engine) == list(range(1, 11))
+    with session_scope(engine) as s:
+        remove_subscription(s, "every")
+    with session_scope(engine) as s:
+        report = prune_events(s, older_than=timedelta(days=30))
+    assert report.deleted == {"sales_order.recorded": 2, "sku.changed": 1,
+                              "vendor_bill.created": 2}
+    assert report.kept == 4  # 2 (dead for crm), 4 (after crm's cursor), 6-7 (after bi's)
+    assert _seqs(engine) == [2, 4, 6, 7, 10]
+    with session_scope(engine) as s:
+        assert open_deliveries(s, crm.id)[0].event_seq == 2  # still replayable
+        assert s.execute(text("SELECT count(*) FROM subscription_delivery "
+                              "WHERE status = 'delivered'")).scalar() == 0
+        assert prune_events(s, older_than=timedelta(days=30)).total == 0  # again: nothing
+        # what each subscription still has to deliver is all there
+        assert [e.seq for e in read_events(s, after=1, patterns=["sales_order.*"])] == [2, 4]
+        assert [e.seq for e in read_events(s, after=5, patterns=["sku.changed"])] == [6, 7]
+    emit(engine, 1, "sku.changed")
+    assert _seqs(engine)[-1] == 11  # numbers are never given out again
+    with session_scope(engine) as s:
+        assert prune_events(s, older_than=timedelta(0)).deleted == {"purchase_order.created": 1}
