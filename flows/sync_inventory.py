@@ -40,6 +40,7 @@ from state import pool
 from state.catalog import load_skus
 from state.db import session_scope
 from state.models import OrderLine
+from state.procurement import PurchaseOrder
 from state.store import (
     DeadLetterItem,
     OutboxItem,
@@ -94,17 +95,33 @@ async def import_erp_batches(engine: Engine, erp: ErpClient, since: datetime | N
                              [r["custrecord_vf_batch_sku"] for r in rows
                               if r.get("custrecord_vf_batch_sku")])
         catalog = load_skus(session, skus.values())
+        orders = po_numbers(session, [r["custrecord_vf_batch_po"] for r in rows
+                                      if r.get("custrecord_vf_batch_po")])
         for row in rows:
-            _import_batch_row(session, row, skus, catalog, counts, dead)
+            _import_batch_row(session, row, skus, catalog, orders, counts, dead)
         record_dead_letters(session, dead)
     counts.dead_lettered += len(dead)
 
 
+def po_numbers(session: Any, erp_ids: list[str]) -> dict[str, str]:
+    """vouchflow's purchase order numbers by the ERP's internal ids (a batch record refers to
+    its order by internal id; the pool keeps vouchflow's number)."""
+    table = PurchaseOrder.__table__
+    wanted = list(dict.fromkeys(erp_ids))
+    found: dict[str, str] = {}
+    for start in range(0, len(wanted), 1000):
+        query = select(table.c.erp_id, table.c.po_no).where(
+            table.c.erp_id.in_(wanted[start:start + 1000]))
+        found.update((erp_id, po_no) for erp_id, po_no in session.execute(query))
+    return found
+
+
 def _import_batch_row(session: Any, row: dict[str, Any], skus: dict[str, str],
-                      catalog: dict[str, Any], counts: InventoryCounts,
+                      catalog: dict[str, Any], orders: dict[str, str], counts: InventoryCounts,
                       dead: list[DeadLetterItem]) -> None:
     """One ERP batch record into the pool, or a dead letter: a bad record rolls back only
-    its own savepoint, the rest of the read goes on."""
+    its own savepoint, the rest of the read goes on. An order the ERP refers to that
+    vouchflow did not place leaves the batch's order as it is."""
     label = f"{BATCH_TYPE} {row.get('id')} ({row.get('name', '?')})"
     sku = skus.get(row.get("custrecord_vf_batch_sku", ""))
     entry = catalog.get(sku) if sku else None
@@ -122,7 +139,7 @@ def _import_batch_row(session: Any, row: dict[str, Any], skus: dict[str, str],
                 status=row.get("custrecord_vf_batch_status") or None,
                 expiry_type=row.get("custrecord_vf_batch_expiry_type") or "none",
                 expires_on=date.fromisoformat(expires) if expires else None,
-                purchase_order=row.get("custrecord_vf_batch_po"),
+                purchase_order=orders.get(row.get("custrecord_vf_batch_po", "")),
                 sites=[s for s in (row.get("custrecord_vf_batch_sites") or "").split(",") if s],
                 quantity=(int(row["custrecord_vf_batch_quantity"])
                           if mode == "api" and row.get("custrecord_vf_batch_quantity")

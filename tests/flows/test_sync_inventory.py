@@ -8,6 +8,7 @@ from datetime import date
 from decimal import Decimal
 
 import pytest
+from sqlalchemy import select
 
 from flows import sync_catalog as sc
 from flows import sync_inventory as si
@@ -15,6 +16,7 @@ from state import pool
 from state.catalog import load_skus
 from state.crypto import Keyring
 from state.db import get_engine, session_scope
+from state.models import PoolBatch
 from tests.flows.sales_world import stock_the_pool
 
 pytestmark = pytest.mark.usefixtures("prefect_harness", "state_url")
@@ -155,6 +157,23 @@ def test_erp_batch_records_reach_the_pool_and_a_bad_one_does_not_stop_the_rest(s
     reasons = " | ".join(_reasons("customrecord_vf_batch"))
     assert "ERP-B2" in reasons and "at most 4 decimals" in reasons
     assert "ERP-B3" in reasons and "not in the catalogue" in reasons
+
+
+@pytest.mark.seed(16, 0)
+def test_batches_read_back_from_the_erp_keep_vouchflows_purchase_order(sandboxes):
+    from flows.procurement import post_procurement
+    from tests.flows.test_procurement import build
+
+    made = build(sandboxes)
+    asyncio.run(post_procurement())
+    with session_scope(get_engine()) as s:
+        before = {b.batch_no: b.purchase_order for b in s.scalars(select(PoolBatch))}
+    assert set(made["purchaseOrder"]) >= set(before.values()) - {None}
+    summary = run(full=True)
+    assert summary["erp_batches"] == len(made["customrecord_vf_batch"]), _reasons()
+    with session_scope(get_engine()) as s:
+        after = {b.batch_no: b.purchase_order for b in s.scalars(select(PoolBatch))}
+    assert after == before and set(after.values()) <= set(made["purchaseOrder"])
 
 
 def _reasons(entity_type: str | None = None) -> list[str]:
