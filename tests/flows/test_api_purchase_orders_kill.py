@@ -25,6 +25,7 @@ from state import procurement as proc
 from state.catalog import load_skus
 from state.crypto import Keyring
 from state.db import get_engine, session_scope
+from state.events import read_events
 from state.models import PoolBatch
 
 pytestmark = pytest.mark.usefixtures("prefect_harness", "state_url")
@@ -111,3 +112,8 @@ def test_sigkill_midway_then_rerun_gives_one_po_per_sku_per_day(sandboxes):
         orders = s.scalars(select(proc.PurchaseOrder.po_no).where(
             proc.PurchaseOrder.kind == "daily_api")).all()
         assert sorted(orders) == sorted(expected)
+        # subscribers hear of each daily order once, killed run and re-runs included
+        announced = Counter(e.entity_key for e in read_events(
+            s, after=0, patterns=["purchase_order.created"], limit=10_000)
+            if e.entity_key.endswith("-20261005"))
+        assert announced == Counter(dict.fromkeys(expected, 1))

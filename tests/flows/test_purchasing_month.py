@@ -24,6 +24,7 @@ from state import code_ops
 from state import costing as state_costing
 from state import procurement as proc
 from state.db import get_engine, session_scope
+from state.events import read_events
 from state.models import PoolBatch
 from state.purchasing_models import CostKind
 from tests.flows import purchasing_world as pw
@@ -33,6 +34,13 @@ pytestmark = pytest.mark.usefixtures("prefect_harness", "state_url")
 
 def effects(sandboxes, name: str) -> Counter[str]:
     return Counter(sandboxes.erp.effects.keys(name))
+
+
+def announced(*patterns: str) -> Counter[str]:
+    """Events recorded so far, by type and entity (``type entity``)."""
+    with session_scope(get_engine()) as s:
+        return Counter(f"{e.type} {e.entity_key}" for e in read_events(
+            s, after=0, patterns=list(patterns), limit=100_000))
 
 
 def bills(vendor: str) -> list[tuple[str, int, Decimal, str]]:
@@ -73,9 +81,15 @@ def test_a_month_of_purchasing_ends_in_the_bills_and_payments_computed_by_hand(
         # 100 received, 9 sold and booked: the book holds 91, nothing unposted
         assert (sales_batch.available, sales_batch.remaining, sales_batch.unposted) == (91, 91, 0)
 
+    # subscribers hear of each daily order once
+    orders_heard = announced("purchase_order.*")
+    assert {k: orders_heard[f"purchase_order.created {k}"] for k in day_pos} == dict.fromkeys(
+        day_pos, 1)
+
     # re-running a day changes nothing; a late sale goes into a correction, not a rewrite
     again = asyncio.run(api_purchase_orders(day=pw.D1, sites=["sg1", "th1"]))
     assert (again["orders"], again["corrections"], again["erp_receipts"]) == (0, 0, 0)
+    assert announced("purchase_order.*") == orders_heard  # nor anything to announce
     pw.late_sale(world)
     late = asyncio.run(api_purchase_orders(day=pw.D1, sites=["sg1"]))
     correction = f"po-sg1-{s1}-20261005-c1"
@@ -110,8 +124,13 @@ def test_a_month_of_purchasing_ends_in_the_bills_and_payments_computed_by_hand(
     assert "1 unknown" in statement["open_disputes"][0]["reason"]
     assert world.issued[3][-4:] not in statement["open_disputes"][0]["reason"]
     assert effects(sandboxes, "vendorBill.transformed").total() == 6
+    heard = announced("vendor_bill.*")
+    assert sorted(heard.values()) == [1] * 12  # each bill created and approved, once
+    assert sum(n for k, n in heard.items() if k.startswith("vendor_bill.approved")) == 6
+    billed = announced("purchase_order.changed")
     again = asyncio.run(settle_vendors(pw.PERIOD))
     assert again["bills"] == again["erp_bills"] == 0
+    assert announced("vendor_bill.*") == heard and announced("purchase_order.changed") == billed
 
     # payment run: one pain.001.001.09 file, two currencies, validated; then confirmed
     run = asyncio.run(payment_run(created_by="treasurer"))
@@ -127,6 +146,8 @@ def test_a_month_of_purchasing_ends_in_the_bills_and_payments_computed_by_hand(
     assert (paid["confirmed"], paid["bills_paid"]) == (6, 6)
     assert effects(sandboxes, "vendorPayment.transformed").total() == 6
     assert asyncio.run(confirm_payments(run["run_no"]))["bills_paid"] == 0
+    paid = announced("vendor_bill.paid")
+    assert len(paid) == 6 and set(paid.values()) == {1}
     with session_scope(get_engine()) as s:
         assert {b.status for b in s.scalars(select(proc.VendorBill))} == {"paid"}
 

@@ -15,6 +15,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 
 import httpx
@@ -26,7 +27,11 @@ from sandbox.core import ServedGroup, serve_many
 from sandbox.erp import ErpSandbox
 from sandbox.treasury import TreasurySandbox
 from state import remittance as remit
+from state.crypto import Keyring
 from state.db import session_scope
+from state.events import read_events
+from state.subscriptions import create_subscription
+from tests.flows.conftest import BOTH_DATABASES
 from tests.flows.reconcile_world import DAY, ZONES, World, build_world
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -223,3 +228,77 @@ def test_an_approval_resumed_through_the_api_closes_the_blocked_batches_and_they
     assert set(body) >= {"batch_id", "version", "business_date", "gross", "fees", "net",
                          "count", "lines", "reverses", "approved_by"}
     assert sum(far.postings().values()) == 6 and sum(far.journals().values()) == 6
+
+
+def _events(engine, *patterns: str) -> list[tuple[str, str, dict]]:
+    with session_scope(engine) as s:
+        return [(e.type, e.entity_key, json.loads(e.data_json))
+                for e in read_events(s, after=0, patterns=list(patterns) or None, limit=10_000)]
+
+
+@pytest.mark.parametrize("engine", BOTH_DATABASES, indirect=True)
+def test_discrepancies_and_batches_are_announced_once_with_their_changes(world, engine):
+    _matched(engine, world)
+    opened = _events(engine)
+    with session_scope(engine) as s:
+        stored = remit.discrepancies(s, DAY, status="open")
+    assert stored and [(t, k) for t, k, _ in opened] == [
+        ("discrepancy.opened", f"{DAY.isoformat()}:{d.key}")
+        for d in sorted(stored, key=lambda d: d.key)]
+    first = opened[0][2]
+    assert set(first) >= {"day", "key", "class", "site", "method", "order_id", "currency",
+                          "expected", "actual", "difference", "detail"}
+    assert all(isinstance(d["difference"], str | None) for _, _, d in opened)
+    _matched(engine, world)  # the same result again: nothing to announce
+    assert _events(engine) == opened
+
+    # an operator accepts one: the rematch resolves it, and only it
+    target = next(d for d in stored if d.order_id and d.site)
+    with session_scope(engine) as s:
+        remit.add_correction(s, day=DAY, kind="accept", target=f"order:{target.site}:"
+                             f"{target.order_id}", reason="known", created_by="ops-anna")
+    _matched(engine, world)
+    resolved = _events(engine)[len(opened):]
+    accepted = [d for d in stored if (d.site, d.order_id) == (target.site, target.order_id)]
+    assert [(t, k, d["resolution"]) for t, k, d in resolved] == [
+        ("discrepancy.resolved", f"{DAY.isoformat()}:{d.key}", "accepted")
+        for d in sorted(accepted, key=lambda d: d.key)]
+
+    # batches: closed once each, posted once, a reopen is a reversal and a new version
+    before = len(_events(engine))
+    closed = _close_all(engine)
+    assert len(closed) == 6 and _close_all(engine) == []
+    got = _events(engine, "remittance_batch.*")
+    assert sorted(k for t, k, _ in got if t == "remittance_batch.closed") == sorted(closed)
+    assert len(_events(engine)) == before + 6
+    card = remit.batch_id_for(DAY, "sg1", "card")
+    data = next(d for t, k, d in got if k == card)
+    assert (data["version"], data["status"], data["currency"], data["reverses_version"]) == (
+        1, "closed", "SGD", None)
+    assert data["net"] == remit.exact(data["net"], "SGD") and "lines" not in data
+    with session_scope(engine) as s:
+        remit.mark_posted(s, card, 1, treasury_ref="TR-1", erp_id=None)
+    assert len(_events(engine)) == before + 6  # not posted until the ERP has it too
+    for _ in range(2):
+        with session_scope(engine) as s:
+            remit.mark_posted(s, card, 1, treasury_ref=None, erp_id="JE-1")
+    with session_scope(engine) as s:
+        remit.reopen_batch(s, card, who="ops-ben", why="late refund")
+    got = [(t, d) for t, k, d in _events(engine, "remittance_batch.*") if k == card]
+    assert [(t, d["version"]) for t, d in got] == [
+        ("remittance_batch.closed", 1), ("remittance_batch.posted", 1),
+        ("remittance_batch.closed", 2), ("remittance_batch.reopened", 3)]
+    assert (got[1][1]["treasury_ref"], got[1][1]["erp_journal_id"]) == ("TR-1", "JE-1")
+    assert (got[2][1]["reverses_version"], got[2][1]["net"]) == (
+        1, remit.exact(-Decimal(data["net"]), "SGD"))
+    assert (got[3][1]["status"], got[3][1]["reopened_by"], got[3][1]["reversal_version"]) == (
+        "open", "ops-ben", 2)
+
+    # a subscriber of remittance batches reads them, and nothing else
+    with session_scope(engine) as s:
+        sub, _ = create_subscription(s, Keyring.generate(), name="treasury-bi",
+                                     url="https://bi.example.com/h",
+                                     event_types=["remittance_batch.*"], start="beginning")
+        seen = read_events(s, after=sub.settled_seq, patterns=sub.event_types)
+    assert {e.type for e in seen} == {"remittance_batch.closed", "remittance_batch.posted",
+                                      "remittance_batch.reopened"} and len(seen) == 9
