@@ -19,6 +19,8 @@ subscription with its rows (and resolves its dead letters): nothing more is sent
 Only the holder of a subscription's lease delivers it, so two workers (the ``vouchflow
 deliver`` worker, a ``deliver-events`` flow run) never send one subscription's events side by
 side, which would break the order per entity.
+Retention (``prune_events``): an old event is deleted only once every subscription covering
+its type has its cursor past it and tracks no row for it.
 """
 
 from __future__ import annotations
