@@ -16,14 +16,16 @@ if TYPE_CHECKING:
     from sandbox.erp import ErpSandbox
     from sandbox.finance import FinanceSandbox
     from sandbox.sites import Site
+    from sandbox.supplier import SupplierSandbox
     from sandbox.wallet import WalletSandbox
 
-__all__ = ["DEFAULT_ERP_PORT", "DEFAULT_FINANCE_PORT", "DEFAULT_WALLET_PORT", "SandboxSet",
-           "serve_all", "state_dir"]
+__all__ = ["DEFAULT_ERP_PORT", "DEFAULT_FINANCE_PORT", "DEFAULT_SUPPLIER_PORT",
+           "DEFAULT_WALLET_PORT", "SandboxSet", "serve_all", "state_dir"]
 
 DEFAULT_ERP_PORT = 8701
 DEFAULT_WALLET_PORT = 8702
 DEFAULT_FINANCE_PORT = 8703
+DEFAULT_SUPPLIER_PORT = 8704
 
 
 def state_dir(home: Path) -> Path:
@@ -43,10 +45,13 @@ class SandboxSet:
         home: Path | None,
         finance: FinanceSandbox | None = None,
         finance_served: ServedSandbox | None = None,
+        supplier: SupplierSandbox | None = None,
+        supplier_served: ServedSandbox | None = None,
     ) -> None:
         self.erp, self.wallet = erp, wallet
         self.erp_served, self.wallet_served = erp_served, wallet_served
         self.finance, self.finance_served = finance, finance_served
+        self.supplier, self.supplier_served = supplier, supplier_served
         self.home = home
         self._stopped = False
 
@@ -64,6 +69,12 @@ class SandboxSet:
         if self.finance is None or self.finance_served is None:
             return None
         return self.finance.endpoint_url(self.finance_served.base_url)
+
+    @property
+    def supplier_url(self) -> str | None:
+        """The supplier API's base (the API is under ``{base}/v1``); one sandbox plays every
+        API supplier."""
+        return self.supplier_served.base_url if self.supplier_served is not None else None
 
     def site_urls(self) -> dict[str, str]:
         """Each site's base URL (the API is under ``{base}/api/v1``)."""
@@ -91,6 +102,9 @@ class SandboxSet:
             out["VOUCHFLOW_FINANCE_URL"] = self.finance_url
             out["VOUCHFLOW_FINANCE_USERNAME"] = self.finance.username
             out["VOUCHFLOW_FINANCE_PASSWORD"] = self.finance.password
+        if self.supplier is not None and self.supplier_url:
+            out["VOUCHFLOW_SUPPLIER_URL"] = self.supplier_url
+            out["VOUCHFLOW_SUPPLIER_TOKEN"] = self.supplier.token
         return out
 
     def save(self) -> None:
@@ -100,6 +114,8 @@ class SandboxSet:
         self.wallet.save()
         if self.finance is not None:
             self.finance.save()
+        if self.supplier is not None:
+            self.supplier.save()
 
     def stop(self) -> None:
         if self._stopped:
@@ -110,6 +126,8 @@ class SandboxSet:
             self.wallet_served.stop()
             if self.finance_served is not None:
                 self.finance_served.stop()
+            if self.supplier_served is not None:
+                self.supplier_served.stop()
         finally:
             self.save()
 
@@ -133,6 +151,7 @@ def serve_all(
     modified_at: str | None = None,
     erp_options: Mapping[str, Any] | None = None,
     finance_port: int | None = None,
+    supplier_port: int | None = None,
 ) -> SandboxSet:
     """Build, load (from ``home``, when saved before) or seed, and serve both sandboxes.
 
@@ -140,7 +159,8 @@ def serve_all(
     processes, sees the same ERP and wallet data the second time. ``sites=None`` reads the
     default site file (``connectors/wallet/sites.default.toml``) as data. The group finance
     service is served too unless ``finance_port`` is negative (0 picks a free port; None
-    means the same as erp_port being 0: free when the others are, else 8703).
+    means the same as erp_port being 0: free when the others are, else 8703); so is the
+    supplier API (``supplier_port``, 8704).
     """
     from sandbox.core import serve
     from sandbox.erp import ErpSandbox
@@ -167,18 +187,31 @@ def serve_all(
         finance.load_state(directory / "finance.json")
     if finance_port is None:
         finance_port = 0 if erp_port == 0 else DEFAULT_FINANCE_PORT
+    from sandbox.supplier import SupplierSandbox
+
+    supplier = SupplierSandbox(state_path=directory / "supplier.json" if directory else None)
+    if directory is not None:
+        supplier.load_state(directory / "supplier.json")
+    if supplier_port is None:
+        supplier_port = 0 if erp_port == 0 else DEFAULT_SUPPLIER_PORT
+    supplier_served: ServedSandbox | None = None
     served: list[ServedSandbox] = []
     try:
         served.append(serve(erp, host=host, port=erp_port))
         served.append(serve(wallet, host=host, port=wallet_port))
         if finance_port >= 0:
             served.append(serve(finance, host=host, port=finance_port))
+        if supplier_port >= 0:
+            supplier_served = serve(supplier, host=host, port=supplier_port)
+            served.append(supplier_served)
     except BaseException:
         for one in served:
             one.stop()
         raise
     group = SandboxSet(erp, wallet, served[0], served[1], Path(home) if home else None,
                        finance=finance if finance_port >= 0 else None,
-                       finance_served=served[2] if finance_port >= 0 else None)
+                       finance_served=served[2] if finance_port >= 0 else None,
+                       supplier=supplier if supplier_served is not None else None,
+                       supplier_served=supplier_served)
     group.save()
     return group

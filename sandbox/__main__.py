@@ -7,7 +7,7 @@ import os
 import shlex
 from pathlib import Path
 
-from sandbox import DEFAULT_ERP_PORT, DEFAULT_WALLET_PORT, serve_all
+from sandbox import DEFAULT_ERP_PORT, DEFAULT_SUPPLIER_PORT, DEFAULT_WALLET_PORT, serve_all
 from sandbox.core import run_until, stop_signal
 from sandbox.sites import load_sites
 
@@ -19,6 +19,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--erp-port", type=int, default=DEFAULT_ERP_PORT)
     parser.add_argument("--wallet-port", type=int, default=DEFAULT_WALLET_PORT)
+    parser.add_argument("--supplier-port", type=int, default=None,
+                        help=f"the supplier API sandbox (default {DEFAULT_SUPPLIER_PORT}, a free "
+                             "port when --erp-port is 0; negative: not served)")
     parser.add_argument("--seed-skus", type=int, default=1000,
                         help="valid SKUs to seed when the ERP is empty")
     parser.add_argument("--invalid", type=int, default=7, help="invalid SKUs to seed as well")
@@ -39,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     group = serve_all(
         args.home, erp_port=args.erp_port, wallet_port=args.wallet_port,
         seed_skus=args.seed_skus, invalid=args.invalid, host=args.host, seed=args.seed,
-        modified_at=args.modified_at,
+        modified_at=args.modified_at, supplier_port=args.supplier_port,
         sites=load_sites(args.sites_file) if args.sites_file else None,
         erp_options=({"concurrency_limit": args.erp_concurrency}
                      if args.erp_concurrency is not None else None),
@@ -54,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wallet  {group.wallet_url}")
     if group.finance_url:
         print(f"finance {group.finance_url}  (WSDL: {group.finance_url}?wsdl)")
+    if group.supplier_url and group.supplier is not None:
+        print(f"supplier {group.supplier_url}/v1  (Authorization: Bearer {group.supplier.token})")
     for code, url in group.site_urls().items():
         print(f"  {code:<4} {url}/api/v1  X-Api-Key: {group.wallet.api_key(code)}")
     if args.home is not None:

@@ -72,6 +72,11 @@ def test_python_m_sandbox_runs_until_interrupted(tmp_path: Path) -> None:
         assert env["VOUCHFLOW_ERP_BASE_URL"] == erp_url
         assert env["VOUCHFLOW_ERP_ACCOUNT"] == DEFAULT_CREDENTIALS.account
         assert env["VOUCHFLOW_WALLET_SG1_API_KEY"] == "sandbox-key-sg1"
+        supplier = httpx.post(f"{env['VOUCHFLOW_SUPPLIER_URL']}/v1/codes:issue",
+                              headers={"Authorization": f"Bearer {env['VOUCHFLOW_SUPPLIER_TOKEN']}",
+                                       "Idempotency-Key": "k-cli"},
+                              json={"sku": "GC", "quantity": 1, "order_ref": "cli"})
+        assert supplier.status_code == 201
         r = httpx.get(f"{erp_url}{RECORDS}/inventoryItem", auth=NetSuiteAuth())
         assert r.json()["totalResults"] == 22
         proc.send_signal(signal.SIGINT)
