@@ -411,10 +411,12 @@ def record_run_file(session: Session, run_no: str, sha256: str) -> None:
 
 
 def confirm_payments(session: Session, run_no: str, *, rejected: Sequence[str] = (),
-                     at: datetime | None = None) -> list[str]:
-    """The bank executed the run's payments (except the ``rejected`` end-to-end ids): they
-    become confirmed; the bills are marked paid when their vendorPayment is in the ERP
-    (``mark_bill_paid``). Returns the payments confirmed now."""
+                     accepted: Sequence[str] | None = None, at: datetime | None = None
+                     ) -> list[str]:
+    """The bank executed the run's payments (except the ``rejected`` end-to-end ids; given
+    ``accepted``, only those, the others stay sent): they become confirmed; the bills are
+    marked paid when their vendorPayment is in the ERP (``mark_bill_paid``). Returns the
+    payments confirmed now."""
     at = at or now_utc()
     vp = proc.VendorPayment
     done = []
@@ -423,6 +425,8 @@ def confirm_payments(session: Session, run_no: str, *, rejected: Sequence[str] =
         if p.end_to_end_id in rejected or p.payment_no in rejected:
             p.status = proc.PaymentStatus.REJECTED
             _announce_payment(session, "vendor_bill.payment_rejected", p, at)
+        elif accepted is not None and not {p.end_to_end_id, p.payment_no} & set(accepted):
+            continue  # still pending at the bank
         else:
             p.status = proc.PaymentStatus.CONFIRMED
             p.confirmed_at = at
