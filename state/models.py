@@ -13,7 +13,6 @@ from sqlalchemy import (
     CheckConstraint,
     Column,
     Date,
-    ForeignKey,
     Index,
     Integer,
     Numeric,
@@ -266,7 +265,9 @@ class PoolCode(SQLModel, table=True):
     __tablename__ = "pool_code"
     __table_args__ = (
         UniqueConstraint("code_hash", name="uq_pool_code_hash"),
-        UniqueConstraint("line_ref", "unit", name="uq_pool_code_line_unit"),
+        Index("uq_pool_code_line_unit", "line_ref", "unit", unique=True,
+              postgresql_where=text("line_ref IS NOT NULL"),
+              sqlite_where=text("line_ref IS NOT NULL")),
         Index("ix_pool_code_in_stock", "sku", "expiry_rank", "batch_seq", "id",
               postgresql_where=text("status = 'in_stock'"),
               sqlite_where=text("status = 'in_stock'")),
@@ -278,8 +279,9 @@ class PoolCode(SQLModel, table=True):
     pin_enc: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     last4: str = Field(max_length=4)
     sku: str = Field(max_length=64)
-    batch_no: str = Field(sa_column=Column(String(64), ForeignKey("pool_batch.batch_no"),
-                                           nullable=False))
+    batch_no: str = Field(sa_column=Column(String(64), nullable=False))
+    """The batch (``pool_batch``): checked by triggers once per statement, not by a foreign
+    key that PostgreSQL checks with a query per row (migration 0009)."""
     status: str = Field(max_length=16)
     expiry_rank: int = Field(sa_column=Column(Integer, nullable=False))
     batch_seq: int = Field(sa_column=Column(BigInteger, nullable=False))

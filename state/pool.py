@@ -740,28 +740,14 @@ def _write_chunk(
     with session_scope(engine, immediate=True) as session:
         pg = _is_pg(session)
         _custom_plans(session)
-        table = PoolCode.__table__
-        if pg:
-            existing = _pg(session, "SELECT code_hash, id, batch_no FROM pool_code "
-                                    "WHERE code_hash = ANY(string_to_array(:h, ','))",
-                           {"h": ",".join(fresh)}).fetchall()
-        else:
-            existing = []
-            for part in _chunks(list(fresh), IN_CHUNK):
-                existing.extend(session.execute(
-                    select(table.c.code_hash, table.c.id, table.c.batch_no)
-                    .where(table.c.code_hash.in_(part))).all())
-        for digest, code_id, other in existing:
-            index = fresh.pop(digest)
-            earlier = ours.get(code_id)
-            if earlier is not None:
-                report.refuse(chunk[index][0], chunk[index][1],
-                              f"repeats position {earlier} of this upload",
-                              RefusalRule.REPEATED, first_position=earlier)
-            else:
-                report.refuse(chunk[index][0], chunk[index][1],
-                              f"already in the pool (batch {other})", RefusalRule.IN_POOL,
-                              batch_no=other)
+        room = None if limit is None else max(0, limit - report.added)
+        if pg and (room is None or len(fresh) <= room):
+            # every new code fits: insert them all, then look up only the ones that were
+            # already there (one probe of the hash index per code instead of two)
+            _insert_fresh_pg(session, batch, batch_rank, prepared, report, ours, now, actor,
+                             system)
+            return
+        _refuse_existing(session, pg, prepared, report, ours, _existing(session, pg, fresh))
         if limit is not None:
             room = max(0, limit - report.added)
             for index in sorted(fresh.values())[room:]:
@@ -773,13 +759,8 @@ def _write_chunk(
         indexes = sorted(fresh.values())
         encrypted = prepared.encrypted
         if pg:
-            added = _insert_codes_pg(session, batch, now, actor, system, {
-                "h": [hashes[i] for i in indexes],
-                "c": [encrypted[i][0] for i in indexes],
-                "p": [encrypted[i][1] for i in indexes],
-                "l": [last4(chunk[i][1]) for i in indexes],
-                "r": [expiry_rank(chunk[i][3]) if chunk[i][3] else batch_rank
-                      for i in indexes]})
+            added = _insert_codes_pg(session, batch, now, actor, system,
+                                     _pg_columns(prepared, indexes, batch_rank))
         else:
             rows = [
                 {"code_hash": hashes[i], "code_enc": encrypted[i][0],
@@ -794,17 +775,89 @@ def _write_chunk(
                            for code_id, digest in added))
         for index in by_hash.values():  # lost a race with another upload
             report.refuse(chunk[index][0], chunk[index][1], "already in the pool")
-        n = len(added)
-        report.added += n
-        if n:
-            bt = PoolBatch.__table__
-            session.execute(
-                update(bt).where(bt.c.batch_no == batch.batch_no).values(
-                    quantity=bt.c.quantity + n, remaining=bt.c.remaining + n,
-                    available=bt.c.available + n, updated_at=now,
-                    status=func.coalesce(
-                        func.nullif(bt.c.status, BatchStatus.SOLD_OUT.value),
-                        BatchStatus.ACTIVE.value)))
+        _received(session, batch, report, len(added), now)
+
+
+def _existing(session: Session, pg: bool, hashes: Iterable[str]) -> list[Any]:
+    """(code_hash, id, batch_no) of the codes with these hashes already in the pool."""
+    if pg:
+        return _pg(session, "SELECT code_hash, id, batch_no FROM pool_code "
+                            "WHERE code_hash = ANY(string_to_array(:h, ','))",
+                   {"h": ",".join(hashes)}).fetchall()
+    table = PoolCode.__table__
+    existing: list[Any] = []
+    for part in _chunks(list(hashes), IN_CHUNK):
+        existing.extend(session.execute(
+            select(table.c.code_hash, table.c.id, table.c.batch_no)
+            .where(table.c.code_hash.in_(part))).all())
+    return existing
+
+
+def _refuse_existing(session: Session, pg: bool, prepared: _Prepared, report: AddCodesReport,
+                     ours: _Positions, existing: Iterable[Any]) -> None:
+    """Refuse the codes found in the pool (taking them out of ``prepared.fresh``): a repeat of
+    this upload when it added them, else already in the pool."""
+    chunk, fresh = prepared.chunk, prepared.fresh
+    for digest, code_id, other in existing:
+        index = fresh.pop(digest)
+        earlier = ours.get(code_id)
+        if earlier is not None:
+            report.refuse(chunk[index][0], chunk[index][1],
+                          f"repeats position {earlier} of this upload",
+                          RefusalRule.REPEATED, first_position=earlier)
+        else:
+            report.refuse(chunk[index][0], chunk[index][1],
+                          f"already in the pool (batch {other})", RefusalRule.IN_POOL,
+                          batch_no=other)
+
+
+def _insert_fresh_pg(
+    session: Session, batch: Any, batch_rank: int, prepared: _Prepared,
+    report: AddCodesReport, ours: _Positions, now: datetime, actor: str, system: str,
+) -> None:
+    """PostgreSQL, when no limit can refuse a code: insert every new code of the chunk (a hash
+    already in the pool is skipped by the insert), then refuse the skipped ones as found."""
+    chunk, fresh = prepared.chunk, prepared.fresh
+    if not fresh:
+        return
+    added = _insert_codes_pg(session, batch, now, actor, system,
+                             _pg_columns(prepared, sorted(fresh.values()), batch_rank))
+    skipped = dict(fresh)
+    new_ids = []
+    for code_id, digest in added:
+        new_ids.append((code_id, chunk[skipped.pop(digest)][0]))
+    if skipped:
+        # found after the insert, which waited for any upload inserting them meanwhile
+        _refuse_existing(session, True, prepared, report, ours,
+                         _existing(session, True, skipped))
+    ours.extend(sorted(new_ids))
+    _received(session, batch, report, len(added), now)
+
+
+def _pg_columns(prepared: _Prepared, indexes: list[int], batch_rank: int
+                ) -> dict[str, list[Any]]:
+    """The columns ``_insert_codes_pg`` takes, for these codes of the chunk."""
+    chunk, encrypted = prepared.chunk, prepared.encrypted
+    return {"h": [prepared.hashes[i] for i in indexes],
+            "c": [encrypted[i][0] for i in indexes],
+            "p": [encrypted[i][1] for i in indexes],
+            "l": [last4(chunk[i][1]) for i in indexes],
+            "r": [expiry_rank(chunk[i][3]) if chunk[i][3] else batch_rank for i in indexes]}
+
+
+def _received(session: Session, batch: Any, report: AddCodesReport, n: int, now: datetime
+              ) -> None:
+    """The batch's quantities rise by the ``n`` codes this chunk added."""
+    report.added += n
+    if n:
+        bt = PoolBatch.__table__
+        session.execute(
+            update(bt).where(bt.c.batch_no == batch.batch_no).values(
+                quantity=bt.c.quantity + n, remaining=bt.c.remaining + n,
+                available=bt.c.available + n, updated_at=now,
+                status=func.coalesce(
+                    func.nullif(bt.c.status, BatchStatus.SOLD_OUT.value),
+                    BatchStatus.ACTIVE.value)))
 
 
 _PG_INSERT_CODES = """

@@ -161,6 +161,33 @@ def test_receiving_codes_raises_the_batch_and_logs_each_code(engine, ring):
         codes(engine, ring, "A1", ["X-1"])
 
 
+
+def test_a_code_always_names_a_batch_that_exists(engine, ring):
+    """The database keeps codes and batches together (triggers, checked per statement)."""
+    batch(engine, "B1", "SKU1")
+    batch(engine, "B2", "SKU1")
+    batch(engine, "EMPTY", "SKU1")
+    codes(engine, ring, "B1", ["REF-1", "REF-2"])
+    columns = ("code_hash, code_enc, last4, sku, batch_no, status, expiry_rank, batch_seq, "
+               "updated_at")
+    values = "'h{n}', 'x', '0001', 'SKU1', '{b}', 'in_stock', 1, 1, CURRENT_TIMESTAMP"
+    broken = [
+        f"INSERT INTO pool_code ({columns}) VALUES ({values.format(n=1, b='B1')}), "
+        f"({values.format(n=2, b='NOPE')})",
+        "UPDATE pool_code SET batch_no = 'NOPE' WHERE last4 = 'EF-1'",
+        "DELETE FROM pool_batch WHERE batch_no = 'B1'",
+        "UPDATE pool_batch SET batch_no = 'B9' WHERE batch_no = 'B1'",
+    ]
+    for statement in broken:
+        with pytest.raises(IntegrityError), session_scope(engine) as s:
+            s.execute(text(statement))
+    with session_scope(engine) as s:  # what keeps the rule goes through
+        s.execute(text("UPDATE pool_code SET batch_no = 'B2' WHERE last4 = 'EF-1'"))
+        s.execute(text("UPDATE pool_batch SET batch_no = 'GONE' WHERE batch_no = 'EMPTY'"))
+        s.execute(text("DELETE FROM pool_batch WHERE batch_no = 'GONE'"))
+    assert rows(engine, "SELECT batch_no, count(*) FROM pool_code GROUP BY batch_no "
+                        "ORDER BY batch_no") == [("B1", 1), ("B2", 1)]
+
 # allocation ----------------------------------------------------------------------------------
 def test_allocation_order_is_earliest_expiry_then_oldest_batch_then_id(engine, ring):
     batch(engine, "OLD", "SKU1")  # received first, never expires
