@@ -12,6 +12,7 @@ from connectors.finance import FinanceClient, FinanceSettings
 from connectors.http import RetryPolicy
 from connectors.limits import ConcurrencyLimiter
 from connectors.payments.stripe import StripeClient
+from connectors.supplier import SupplierClient, SupplierSettings
 from connectors.wallet import WalletClient, WalletSiteSettings
 from tests.connectors.conformance import ConnectorCase, json_response
 
@@ -268,4 +269,40 @@ STRIPE_CASE = ConnectorCase(
     secrets=("sk_conformance_secret",),
 )
 
-CASES = [ERP_CASE, WALLET_CASE, FINANCE_CASE, STRIPE_CASE]
+def build_supplier(transport: httpx.MockTransport, retry: RetryPolicy) -> SupplierClient:
+    settings = SupplierSettings(slug="acme", base_url="http://supplier.test",
+                                token=SecretStr("supplier-token-conformance"))
+    return SupplierClient(settings, transport=transport, retry=retry,
+                          limiter=ConcurrencyLimiter(4))
+
+
+def supplier_page(request: httpx.Request, number: int, size: int, more: bool) -> httpx.Response:
+    return json_response(200, {
+        "items": [{"code": f"CODE-{number}-{i}", "redeemed_at": "2026-11-22T10:00:00Z"}
+                  for i in range(size)],
+        "next_cursor": f"c{number}" if more else None,
+    })
+
+
+async def supplier_list_all(client: SupplierClient) -> list[str]:
+    return [r.code.get_secret_value() async for page in client.list_redemptions(page_size=2)
+            for r in page]
+
+
+SUPPLIER_CASE = ConnectorCase(
+    name="supplier",
+    build=build_supplier,
+    call=lambda c: c.statement("2026-11"),
+    ok_response=lambda: json_response(200, {
+        "issued": 3, "redeemed": 1, "amount_due": {"amount": "28.50", "currency": "EUR"}}),
+    auth_failure=lambda: wallet_error(401, "unauthorized", "missing or wrong bearer token"),
+    rate_limited=WALLET_CASE.rate_limited,
+    page=supplier_page,
+    repeated_page=lambda request, number: json_response(200, {
+        "items": [{"code": "x", "redeemed_at": "2026-11-22T10:00:00Z"}], "next_cursor": "same"}),
+    list_all=supplier_list_all,
+    server_error=WALLET_CASE.server_error,
+    secrets=("supplier-token-conformance",),
+)
+
+CASES = [ERP_CASE, WALLET_CASE, FINANCE_CASE, STRIPE_CASE, SUPPLIER_CASE]
