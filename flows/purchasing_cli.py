@@ -1,4 +1,4 @@
-"""``vouchflow purchasing api-pos|settle|approve|payment-run|confirm-payments``,
+"""``vouchflow purchasing api-pos|settle|approve|payment-run|confirm-payments|payment-status``,
 ``vouchflow codes downgrade|replace|repromote|return`` and ``vouchflow costing post``: the
 operator's side of daily API orders, settlement, payment runs, code operations and costing.
 The purchasing commands join ``flows.procurement_cli``'s group; all are hooked into
@@ -117,6 +117,22 @@ def confirm_payments_cmd(
     from flows.settlement import confirm_payments
 
     _run(verbose, lambda: confirm_payments(run_no, rejected=rejected or None))
+
+
+@purchasing_app.command("payment-status")
+def payment_status_cmd(
+    path: Annotated[Path, typer.Argument(help="The bank's pain.002 status report of a run.")],
+    verbose: Verbose = False,
+) -> None:
+    """Confirm a run from the bank's pain.002: accepted payments paid, rejected ones payable
+    again with their reason, pending ones left for a later report."""
+    from connectors.payments.common import PaymentFileError
+    from flows.payment_status import confirm_payment_status
+
+    try:
+        _run(verbose, lambda: confirm_payment_status(str(path)))
+    except PaymentFileError as exc:
+        _fail(str(exc))
 
 
 # codes -----------------------------------------------------------------------------------------
