@@ -167,7 +167,11 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
                        threads: int | None = None) -> ColumnarResult:
     """Read, check, normalise, match and classify a day's files in DuckDB. Each file is read
     once, its amounts checked in the same pass; a file with a bad row is taken out again and
-    explained (file, line, field, rule) by a second look at that file only."""
+    explained (file, line, field, rule) by a second look at that file only.
+
+    Orders and traces are named by their row ids once read: after the two joins on text keys
+    (payment reference to order, delivery to order) every join and grouping is on integers,
+    and an order's site and id are looked up again only for the entities that are reported."""
     import duckdb
 
     con = duckdb.connect()
@@ -176,18 +180,18 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
     con.execute("SET TimeZone='UTC'")
     con.execute("SET enable_progress_bar=false")
     con.execute("SET preserve_insertion_order=false")  # results never depend on row order
-    con.execute("CREATE TABLE currencies (code VARCHAR, exp INTEGER, scale BIGINT)")
-    con.executemany("INSERT INTO currencies VALUES (?, ?, ?)",
-                    [(c, e, 10 ** e) for c, e in _currencies()])
-    con.execute("CREATE TABLE zones (name VARCHAR, minutes INTEGER)")
-    con.executemany("INSERT INTO zones VALUES (?, ?)", _zones())
+    con.execute("CREATE TABLE currencies AS SELECT * FROM (VALUES "
+                + ", ".join(f"('{c}', {e}, {10 ** e})" for c, e in _currencies())
+                + ") v(code, exp, scale)")  # one statement (executemany costs 1 ms a row)
     lags = {name: m.lag_days for name, m in rules.methods.items()}
     lag_case = "CASE " + " ".join(f"WHEN r.method = '{k}' THEN {v}" for k, v in lags.items()) \
         + f" ELSE {rules.default_lag_days} END"
+    zone_case = "CASE upper(r.\"TimeZone\") " + " ".join(
+        f"WHEN '{name}' THEN {minutes}" for name, minutes in _zones()) + " END"
     con.execute("""CREATE TABLE orders (file INTEGER, site VARCHAR, order_id VARCHAR,
-        status VARCHAR, currency VARCHAR, day DATE, method VARCHAR, pref VARCHAR,
+        status VARCHAR, currency VARCHAR, day DATE, pref VARCHAR,
         expected DECIMAL(18,6), lag INTEGER, bad BOOLEAN)""")
-    con.execute("""CREATE TABLE dlv (file INTEGER, site VARCHAR, order_id VARCHAR)""")
+    con.execute("""CREATE TABLE dlv (file INTEGER, oid BIGINT)""")
     con.execute("""CREATE TABLE traces (file INTEGER, source VARCHAR, kind VARCHAR,
         account VARCHAR, pref VARCHAR, mref VARCHAR, oref VARCHAR, currency VARCHAR,
         net_currency VARCHAR, amount DECIMAL(18,6), credit BOOLEAN, fee DECIMAL(18,6),
@@ -199,23 +203,28 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
     scales = {c: 10 ** e for c, e in _currencies()}
 
     def post_check(table: str, pairs: Sequence[tuple[str, str]]) -> bool:
-        """True when every amount of file ``number`` is in a known currency and exact to its
-        minor unit."""
-        for amount, currency in pairs:
-            present = [row[0] for row in con.execute(
-                f"SELECT DISTINCT {currency} FROM {table} WHERE file = ? AND {amount} IS NOT NULL",
-                [number]).fetchall()]
+        """True when no row of file ``number`` is flagged bad and every amount is in a known
+        currency and exact to its minor unit: one scan for the flags and the currencies
+        present, one for the exactness over those currencies."""
+        lists = ", ".join(f"list(DISTINCT {c}) FILTER ({a} IS NOT NULL)" for a, c in pairs)
+        row = con.execute(f"SELECT count(*) FILTER (bad), {lists} FROM {table} WHERE file = ?",
+                          [number]).fetchone()
+        if row is None or row[0]:
+            return False
+        inexact = []
+        for (amount, currency), present in zip(pairs, row[1:], strict=True):
+            present = present or []
             if any(c not in scales for c in present):
                 return False
-            if not present:
-                continue
-            case = "CASE " + currency + " " + " ".join(
-                f"WHEN '{c}' THEN {scales[c]}" for c in present) + " END"
-            row = con.execute(f"SELECT count(*) FROM {table} WHERE file = ? AND "
-                              f"{amount} * {case} % 1 <> 0", [number]).fetchone()
-            if row and row[0]:
-                return False
-        return True
+            if present:
+                case = "CASE " + currency + " " + " ".join(
+                    f"WHEN '{c}' THEN {scales[c]}" for c in present) + " END"
+                inexact.append(f"{amount} * {case} % 1 <> 0")
+        if not inexact:
+            return True
+        row = con.execute(f"SELECT count(*) FROM {table} WHERE file = ? AND "
+                          f"({' OR '.join(inexact)})", [number]).fetchone()
+        return not (row and row[0])
 
     def take(table: str, path: Path, required: Sequence[str], insert: str,
              pairs: Sequence[tuple[str, str]], typed: dict[str, str] | None = None,
@@ -239,9 +248,7 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
             failed = True
         if not pairs:
             return
-        bad = None if failed else con.execute(
-            f"SELECT count(*) FROM {table} WHERE file = ? AND bad", [number]).fetchone()
-        if failed or (bad and bad[0]) or not post_check(table, stored):
+        if failed or not post_check(table, stored):
             con.execute(f"DELETE FROM {table} WHERE file = ?", [number])
             con.execute("SET preserve_insertion_order=true")  # lines are counted in order
             con.execute(f"""CREATE OR REPLACE TEMP TABLE explain AS SELECT *
@@ -253,14 +260,17 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
     for path in orders:
         take("orders", path, ORDER_COLUMNS, f"""INSERT INTO orders SELECT {{n}}, r.site,
             r.order_id, r.status, r.currency, CAST(substr(r.created_at, 1, 10) AS DATE),
-            r.method, r.provider_reference,
+            r.provider_reference,
             CASE WHEN r.status = 'cancelled' THEN 0 ELSE {_amount('total')} END,
             {lag_case}, NOT {_valid('total')}
             FROM {{src}} r""",
              [("total", "currency")], {"total": AMOUNT}, [("expected", "currency")])
+    # delivery evidence is kept as the row ids of the orders it names (read after every
+    # order file, so a refused order file is already out)
     for path in deliveries:
-        take("dlv", path, DELIVERY_COLUMNS, """INSERT INTO dlv SELECT {n}, r.site, r.order_id
-            FROM {src} r WHERE r.status = 'delivered' AND TRY_CAST(r.quantity AS INTEGER) > 0""",
+        take("dlv", path, DELIVERY_COLUMNS, """INSERT INTO dlv SELECT {n}, o.rowid
+            FROM {src} r JOIN orders o ON o.site = r.site AND o.order_id = r.order_id
+            WHERE r.status = 'delivered' AND TRY_CAST(r.quantity AS INTEGER) > 0""",
              [])
     kinds = " ".join(f"WHEN '{k}' THEN '{v}'" for k, v in ACQUIRER_KINDS.items())
     for path in acquirer:
@@ -279,10 +289,11 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
                 AND r."Net Credit (NC)" IS NOT NULL),
             coalesce({_amount('Commission (NC)')}, 0),
             coalesce({_amount('Net Credit (NC)')}, -{_amount('Net Debit (NC)')}),
-            CAST(r."Creation Date" - to_minutes(z.minutes) AS DATE),
-            r."Batch Number", NOT ({checks}) OR z.minutes IS NULL
-            FROM (SELECT *, lower(replace("Type", ' ', '')) AS type_key FROM {{src}}) r
-            LEFT JOIN zones z ON z.name = upper(r."TimeZone")""",
+            CAST(r."Creation Date" - to_minutes(r.zone) AS DATE),
+            r."Batch Number", NOT ({checks}) OR r.zone IS NULL
+            FROM (SELECT *, lower(replace("Type", ' ', '')) AS type_key,
+                  {zone_case.replace('r."TimeZone"', '"TimeZone"')} AS zone
+                  FROM {{src}}) r""",
              ACQ_AMOUNTS, {**{a: AMOUNT for a, _ in ACQ_AMOUNTS}, "Creation Date": "TIMESTAMP"},
              [("amount", "currency"), ("fee", "net_currency"), ("net", "net_currency")])
     for path in wallet:
@@ -308,93 +319,102 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
             rules_known.append(key)
     # the first rule in one join; each later rule only for the payments still without order
     tcol, ocol = rules_known[0] if rules_known else ("pref", "pref")
-    con.execute(f"""CREATE TABLE pm AS SELECT p.pref, p.mref, p.currency, p.amount, p.fee,
-        p.booking_date, p.file, o.site, o.order_id
+    con.execute(f"""CREATE TABLE pm AS SELECT p.rowid AS tid, p.pref, p.amount,
+        p.booking_date, o.rowid AS oid
         FROM traces p LEFT JOIN orders o ON o.{ocol} = p.{tcol} AND {window.format(o="o")}
         WHERE p.kind = 'payment' AND p.credit""")
-    for tcol, ocol in rules_known[1:]:
-        con.execute(f"""UPDATE pm AS p SET site = o.site, order_id = o.order_id
-            FROM orders o WHERE p.order_id IS NULL AND o.{ocol} = p.{tcol}
-            AND {window.format(o="o")}""")
-    rows = con.execute("SELECT count(*) FROM pm").fetchone()
-    payments = con.execute("SELECT count(*) FROM traces WHERE kind = 'payment' AND credit"
-                           ).fetchone()
-    if rows and payments and rows[0] != payments[0]:
+    rows = con.execute("""SELECT (SELECT count(*) FROM pm), count(*) FROM traces
+                          WHERE kind = 'payment' AND credit""").fetchone()
+    if rows and rows[0] != rows[1]:
         # an order reference two orders share: the first site wins
-        con.execute("""CREATE OR REPLACE TABLE pm AS SELECT * FROM pm
-                       QUALIFY row_number() OVER (PARTITION BY pref, file ORDER BY site) = 1""")
-    tol = (f"greatest({_abs_tol(rules)}, round(abs(expected) * {rules.tolerance_percent}"
-           " / 100, 2))")
-    con.execute("""CREATE TABLE agg AS SELECT site, order_id, count(*) AS n,
-        sum(amount) AS received FROM pm WHERE order_id IS NOT NULL GROUP BY site, order_id""")
+        _first_order(con, "pm")
+    for tcol, ocol in rules_known[1:]:
+        con.execute(f"""CREATE OR REPLACE TABLE hit AS SELECT p.tid, o.rowid AS oid
+            FROM (SELECT t.rowid AS tid, t.* FROM traces t
+                  SEMI JOIN (SELECT tid FROM pm WHERE oid IS NULL) u ON u.tid = t.rowid) p
+            JOIN orders o ON o.{ocol} = p.{tcol} AND {window.format(o="o")}""")
+        _first_order(con, "hit")
+        con.execute("UPDATE pm SET oid = hit.oid FROM hit WHERE pm.tid = hit.tid")
+    tol = _abs_tol(rules) if not rules.tolerance_percent else (
+        f"greatest({_abs_tol(rules)}, round(abs(expected) * {rules.tolerance_percent}"
+        " / 100, 2))")
+    con.execute(f"""CREATE TABLE verdict AS SELECT o.rowid AS oid, o.expected, o.status,
+        coalesce(a.received, 0) AS received, coalesce(a.n, 0) AS counted,
+        o.rowid IN (SELECT oid FROM dlv) AS delivered
+        FROM orders o LEFT JOIN (SELECT oid, count(*) AS n, sum(amount) AS received FROM pm
+                                 WHERE oid IS NOT NULL GROUP BY oid) a ON a.oid = o.rowid
+        WHERE o.day = {d}""")
     # several payments for one order: which of them repeat a payment once the order was paid
-    con.execute(f"""CREATE TABLE multi AS SELECT site, order_id,
+    con.execute(f"""CREATE TABLE multi AS SELECT oid,
         sum(CASE WHEN dup THEN 0 ELSE amount END) AS received,
         sum(CASE WHEN dup THEN 0 ELSE 1 END) AS counted, sum(CASE WHEN dup THEN 1 ELSE 0 END)
         AS dups FROM (
           SELECT *, n_before > 0 AND abs(before - expected) <= tol
                  AND abs(amount - first_amount) <= tol AS dup FROM (
-            SELECT m.*, o.expected, {tol} AS tol,
+            SELECT m.oid, m.amount, v.expected, {tol} AS tol,
               coalesce(sum(m.amount) OVER w, 0) AS before, count(*) OVER w AS n_before,
-              first_value(m.amount) OVER (PARTITION BY m.site, m.order_id
+              first_value(m.amount) OVER (PARTITION BY m.oid
                                           ORDER BY m.booking_date, m.pref) AS first_amount
-            FROM pm m JOIN (SELECT * FROM agg WHERE n > 1) a USING (site, order_id)
-            JOIN orders o USING (site, order_id)
-            WINDOW w AS (PARTITION BY m.site, m.order_id ORDER BY m.booking_date, m.pref
+            FROM pm m JOIN (SELECT oid, expected FROM verdict WHERE counted > 1) v
+                USING (oid)
+            WINDOW w AS (PARTITION BY m.oid ORDER BY m.booking_date, m.pref
                          ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)))
-        GROUP BY site, order_id""")
+        GROUP BY oid""")
     require = "true" if rules.require_delivery else "false"
-    con.execute(f"""CREATE TABLE verdict AS SELECT o.site, o.order_id, o.expected, o.status,
-        coalesce(mu.received, a.received, 0) AS received,
-        coalesce(mu.counted, a.n, 0) AS counted, coalesce(mu.dups, 0) AS dups,
-        d.order_id IS NOT NULL AS delivered, {tol} AS tol
-        FROM orders o LEFT JOIN agg a USING (site, order_id)
-        LEFT JOIN multi mu USING (site, order_id)
-        LEFT JOIN (SELECT DISTINCT site, order_id FROM dlv) d USING (site, order_id)
-        WHERE o.day = {d}""")
+    # the orders that may be reported: their money with the repeats taken out
+    con.execute(f"""CREATE TABLE issues AS SELECT v.oid, v.expected, v.status, v.delivered,
+        coalesce(mu.received, v.received) AS received,
+        coalesce(mu.counted, v.counted) AS counted, coalesce(mu.dups, 0) AS dups
+        FROM verdict v LEFT JOIN multi mu USING (oid)
+        WHERE mu.oid IS NOT NULL OR v.counted = 0 OR NOT v.delivered
+              OR abs(v.received - v.expected) > {tol}""")
+    # an order's classes name it by its row id (its site and id are looked up for labels
+    # only); the other entities by their own names
     con.execute(f"""CREATE TABLE found AS
-        SELECT site || ':' || order_id AS entity, 'duplicate_payment' AS cls FROM verdict
+        SELECT oid, NULL::VARCHAR AS entity, 'duplicate_payment' AS cls FROM issues
             WHERE dups > 0
-        UNION ALL SELECT site || ':' || order_id, CASE WHEN delivered AND {require}
+        UNION ALL SELECT oid, NULL, CASE WHEN delivered AND {require}
                 THEN 'delivered_not_paid' ELSE 'unpaid_order' END
-            FROM verdict WHERE counted = 0 AND status <> 'cancelled' AND expected <> 0
-        UNION ALL SELECT site || ':' || order_id, 'amount_mismatch' FROM verdict
-            WHERE counted > 0 AND abs(received - expected) > tol
-        UNION ALL SELECT site || ':' || order_id, 'paid_not_delivered' FROM verdict
+            FROM issues WHERE counted = 0 AND status <> 'cancelled' AND expected <> 0
+        UNION ALL SELECT oid, NULL, 'amount_mismatch' FROM issues
+            WHERE counted > 0 AND abs(received - expected) > {tol}
+        UNION ALL SELECT oid, NULL, 'paid_not_delivered' FROM issues
             WHERE counted > 0 AND NOT delivered AND {require} AND status = 'confirmed'
-        UNION ALL SELECT pref, 'payment_without_order' FROM pm
-            WHERE order_id IS NULL AND booking_date = {d}""")
+        UNION ALL SELECT NULL, pref, 'payment_without_order' FROM pm
+            WHERE oid IS NULL AND booking_date = {d}""")
     # refunds and chargebacks: through the original payment's reference, else the merchant's
     con.execute("""CREATE TABLE refunds AS SELECT r.kind, r.pref, r.booking_date,
-        coalesce(pm.site, om.site) AS site, coalesce(pm.order_id, om.order_id) AS order_id
-        FROM traces r
-        LEFT JOIN pm ON r.oref IS NOT NULL AND pm.pref = r.oref AND pm.order_id IS NOT NULL
-        LEFT JOIN orders om ON r.oref IS NULL AND om.order_id = r.mref
-        WHERE r.kind IN ('refund', 'chargeback')""")
-    con.execute(f"""INSERT INTO found SELECT pref, 'payment_without_order' FROM refunds
-        WHERE order_id IS NULL AND booking_date = {d}""")
-    # payouts against the transactions of their batch (N:1)
-    ptol = (f"greatest({_abs_tol(rules)}, round(p.amount * {rules.tolerance_percent}"
-            " / 100, 2))")
+        coalesce(pm.oid, om.rowid) AS oid
+        FROM (SELECT * FROM traces WHERE kind IN ('refund', 'chargeback')) r
+        LEFT JOIN pm ON r.oref IS NOT NULL AND pm.pref = r.oref AND pm.oid IS NOT NULL
+        LEFT JOIN orders om ON r.oref IS NULL AND om.order_id = r.mref""")
+    con.execute(f"""INSERT INTO found SELECT NULL, pref, 'payment_without_order' FROM refunds
+        WHERE oid IS NULL AND booking_date = {d}""")
+    # payouts against the transactions of their batch (N:1), the batches summed first
+    ptol = _abs_tol(rules) if not rules.tolerance_percent else (
+        f"greatest({_abs_tol(rules)}, round(p.amount * {rules.tolerance_percent} / 100, 2))")
     con.execute(f"""CREATE TABLE payouts AS SELECT p.account || '-batch-' || p.batch
             AS payout_id, any_value(p.amount) AS amount, any_value({ptol}) AS tol,
-        coalesce(sum(coalesce(t.net, CASE WHEN t.credit THEN t.amount ELSE -t.amount END)), 0)
-            AS total, count(t.kind) AS members
-        FROM traces p LEFT JOIN traces t ON t.account = p.account AND t.batch = p.batch
-             AND t.kind <> 'payout'
+        coalesce(sum(t.total), 0) AS total, coalesce(sum(t.members), 0) AS members
+        FROM traces p LEFT JOIN (
+            SELECT account, batch, count(*) AS members,
+                sum(coalesce(net, CASE WHEN credit THEN amount ELSE -amount END)) AS total
+            FROM traces WHERE kind <> 'payout' GROUP BY account, batch) t
+            ON t.account = p.account AND t.batch = p.batch
         WHERE p.kind = 'payout' AND p.booking_date = {d} AND p.source = 'card'
         GROUP BY p.account, p.batch""")
-    con.execute("""INSERT INTO found SELECT payout_id, 'payout_mismatch' FROM payouts
+    con.execute("""INSERT INTO found SELECT NULL, payout_id, 'payout_mismatch' FROM payouts
         WHERE members = 0 OR abs(total - amount) > tol""")
     counts: dict[str, int] = {}
     for cls, n in con.execute("SELECT cls, count(*) FROM found GROUP BY cls").fetchall():
         counts[f"discrepancy:{cls}"] = int(n)
     for kind, n in con.execute("""SELECT CASE WHEN counted = 1 THEN 'one_to_one'
-            ELSE 'one_to_many' END, count(*) FROM verdict WHERE counted > 0
+            ELSE 'one_to_many' END, count(*) FROM (SELECT coalesce(mu.counted, v.counted)
+                AS counted FROM verdict v LEFT JOIN multi mu USING (oid)) WHERE counted > 0
             GROUP BY ALL""").fetchall():
         counts[f"group:{kind}"] = int(n)
     for kind, n in con.execute(f"""SELECT r.kind, count(*) FROM refunds r
-            JOIN orders o USING (site, order_id) WHERE o.day = {d} GROUP BY ALL""").fetchall():
+            JOIN orders o ON o.rowid = r.oid WHERE o.day = {d} GROUP BY ALL""").fetchall():
         counts[f"group:{kind}"] = int(n)
     row = con.execute("""SELECT count(*) FROM payouts WHERE members > 0
                          AND abs(total - amount) <= tol""").fetchone()
@@ -406,10 +426,20 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
     result.orders = int(row[0]) if row else 0
     if labels:
         for entity, classes in con.execute(
-                "SELECT entity, list(cls ORDER BY cls) FROM found GROUP BY entity").fetchall():
+                """SELECT coalesce(f.entity, o.site || ':' || o.order_id),
+                   list(f.cls ORDER BY f.cls) FROM found f LEFT JOIN orders o ON o.rowid = f.oid
+                   GROUP BY ALL""").fetchall():
             result.labels[entity] = list(classes)
     con.close()
     return result
+
+
+def _first_order(con: Any, table: str) -> None:
+    """Keep one order per trace of ``table`` (``tid``, ``oid``) where a reference names
+    several: the first by site and order id (as the row engine takes them)."""
+    con.execute(f"""CREATE OR REPLACE TABLE {table} AS SELECT t.* FROM {table} t
+        LEFT JOIN orders o ON o.rowid = t.oid
+        QUALIFY row_number() OVER (PARTITION BY t.tid ORDER BY o.site, o.order_id) = 1""")
 
 
 def _abs_tol(rules: Rules) -> str:

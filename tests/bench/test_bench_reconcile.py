@@ -42,3 +42,43 @@ def test_the_columnar_path_refuses_a_bad_file_and_reads_the_others(tmp_path):
     assert result.refused == ["acquirer_bad.csv: line 4: Gross Credit (GC): 100.005 has more "
                               "decimals than EUR allows (2) [amount_decimals]"]
     assert result.orders == 200
+
+
+def test_the_columnar_path_takes_later_reference_rules_and_shared_references_as_the_row_engine(
+        tmp_path):
+    """A payment found only by its merchant reference (the second rule), and a provider
+    reference two orders share (the first site wins): the same classes as the row engine."""
+    import csv
+    import json
+
+    from bench.reconcile import python_labels
+
+    data = generate(tmp_path, 200, jsonl=True)
+    files = data["files"]
+    with files["acquirer"][0].open("a", newline="") as fh:  # pays unpaid sg1:O000000000
+        csv.writer(fh, lineterminator="\n").writerow(
+            ["VouchCo", "VouchCoSG1", "PSPNOREF1", "O000000000", "visa", f"{DAY} 10:00:00",
+             "SGT", "Settled", "", "SGD", "", "5.00", "1", "SGD", "", "4.90", "0.10", "", "",
+             "", "visacredit", "extra"])
+    shared = {"site": "my1", "order_id": "OSHARED1", "created_at": f"{DAY}T10:00:00+08:00",
+              "currency": "SGD", "total": "42.00", "ref": "PSP000000100"}
+    with files["orders"][0].open("a", newline="") as fh:  # takes sg1:O000000100's payment
+        csv.writer(fh, lineterminator="\n").writerow(
+            [shared["site"], shared["order_id"], "confirmed", shared["created_at"], "SGD",
+             "42.00", "card", shared["ref"]])
+    with (tmp_path / "orders.jsonl").open("a") as fh:
+        money = {"amount": "42.00", "currency": "SGD"}
+        fh.write(json.dumps({
+            "site": "my1", "order_id": "OSHARED1", "status": "confirmed",
+            "created_at": shared["created_at"], "updated_at": shared["created_at"],
+            "currency": "SGD",
+            "lines": [{"line_id": "1", "sku": "GIFT", "quantity": 1, "unit_price": money}],
+            "payment": {"method": "card", "provider": "p", "provider_reference": shared["ref"],
+                        "amount": money}}) + "\n")
+    result = reconcile_columnar(load_rules(), DAY, orders=files["orders"],
+                                deliveries=files["deliveries"], acquirer=files["acquirer"],
+                                wallet=files["wallet"], labels=True)
+    assert result.labels["sg1:O000000000"] == ["paid_not_delivered"]
+    assert result.labels["sg1:O000000100"] == ["delivered_not_paid"]
+    assert result.labels["my1:OSHARED1"] == ["paid_not_delivered"]  # 42.00 is its total
+    assert result.labels == python_labels(tmp_path, files)
