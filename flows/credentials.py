@@ -17,6 +17,9 @@ from pydantic import Field, SecretStr
 
 from connectors.erp import ErpSettings
 from connectors.finance import FinanceSettings
+from connectors.redact import register_secret
+from connectors.supplier import SupplierSettings, env_name
+from connectors.supplier import supplier_settings as supplier_env_settings
 
 
 class ErpCredentials(Block):
@@ -62,7 +65,24 @@ class FinanceCredentials(Block):
         return FinanceSettings(**values).check()
 
 
-BLOCK_TYPES: list[type[Block]] = [ErpCredentials, FinanceCredentials]
+class SupplierCredentials(Block):
+    """An API supplier (a vendor whose codes are issued on demand): base URL and token."""
+
+    _block_type_name = "vouchflow API supplier credentials"
+    _block_type_slug = "vouchflow-supplier-credentials"
+
+    base_url: str = Field(description="The supplier API's base, without /v1.")
+    token: SecretStr
+    concurrency: int = Field(default=4, description="vouchflow's share of the supplier's "
+                                                    "capacity.")
+
+    def settings(self, slug: str) -> SupplierSettings:
+        register_secret(self.token)
+        return SupplierSettings(slug=slug, base_url=self.base_url.rstrip("/"), token=self.token,
+                                concurrency=self.concurrency).check()
+
+
+BLOCK_TYPES: list[type[Block]] = [ErpCredentials, FinanceCredentials, SupplierCredentials]
 
 
 async def _from_block(env_var: str, block_type: type[Any]) -> Any | None:
@@ -80,6 +100,17 @@ async def erp_settings() -> ErpSettings:
 
 async def finance_settings() -> FinanceSettings:
     return await _from_block("VOUCHFLOW_FINANCE_BLOCK", FinanceCredentials) or FinanceSettings()
+
+
+async def supplier_settings(slug: str) -> SupplierSettings:
+    """A vendor's supplier API settings: the block named by ``VOUCHFLOW_SUPPLIER_<SLUG>_BLOCK``,
+    else the environment (``connectors.supplier.config``). Raises ``ConfigurationError``
+    naming what to set when neither gives a URL and a token."""
+    name = os.environ.get(env_name(slug, "BLOCK"))
+    if name:
+        block = await SupplierCredentials.aload(name)
+        return block.settings(slug)
+    return supplier_env_settings(slug).check()
 
 
 async def register_block_types() -> None:

@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from connectors.errors import InvalidRecordError
+from connectors.errors import ConflictError, InvalidRecordError, NotFoundError
 from connectors.redact import scrub
 from state.db import session_scope
 from state.models import OutboxMessage
@@ -120,6 +120,30 @@ async def _deliver_batch(
     if outcome_of is not None:
         report.outcomes.update(outcome_of(r) for r in responses)
     return report
+
+
+async def send_line_delivery(
+    engine: Engine, wallet: Any, row: Any, codes: list[dict[str, Any]], *, flow: str,
+) -> bool:
+    """POST one order line's codes to its site (``row``: the line's outbox row, whose key is
+    the delivery's ``Idempotency-Key``; a repeat gets the first delivery back). A refusal
+    (conflict, invalid, not found) gives the row up into the dead-letter table and returns
+    False; transient errors propagate, for the caller's retry. The caller marks the row sent
+    with whatever else a delivered line changes."""
+    payload = row.payload
+    try:
+        await wallet.deliver_codes(payload["order_id"], payload["line_id"], codes,
+                                   key=row.idempotency_key)
+    except (ConflictError, InvalidRecordError, NotFoundError) as exc:
+        with session_scope(engine) as session:
+            mark_attempt_failed(session, [row.id], str(exc), give_up=True)
+            record_dead_letters(session, [DeadLetterItem(
+                flow=flow, source=row.target, entity_type="delivery",
+                entity_key=row.idempotency_key, reason=str(exc),
+                payload={"outbox_id": row.id, "order_id": payload["order_id"],
+                         "line_id": payload["line_id"]})])
+        return False
+    return True
 
 
 def _dead_letter(

@@ -28,10 +28,11 @@ from sqlalchemy.orm import Session
 
 from canonical import Order, Site, now_utc
 from connectors.erp import ErpClient
-from connectors.errors import ConflictError, InvalidRecordError, NotFoundError
 from connectors.redact import scrub
 from connectors.wallet import WalletClient, WalletSiteSettings, load_sites
+from flows import supplier_codes
 from flows.credentials import erp_settings
+from flows.delivery import send_line_delivery
 from flows.runtime import (
     limit_name,
     markdown_artifact,
@@ -93,6 +94,7 @@ class SalesCounts:
     held_orders: int = 0
     refunds_applied: int = 0
     delivered_lines: int = 0
+    api_codes_issued: int = 0
     erp_orders: int = 0
     erp_fulfillments: int = 0
     held: list[dict[str, str]] = field(default_factory=list)
@@ -274,17 +276,7 @@ async def deliver_site(run: SalesRun, site: str, counts: SalesCounts) -> None:
         body = [{"code": code, **({"pin": pin} if pin else {}),
                  **({"expires_at": f"{expires}T23:59:59Z"} if expires else {})}
                 for code, pin, expires in codes]
-        try:
-            await wallet.deliver_codes(payload["order_id"], payload["line_id"], body,
-                                       key=row.idempotency_key)
-        except (ConflictError, InvalidRecordError, NotFoundError) as exc:
-            with session_scope(run.engine) as session:
-                mark_attempt_failed(session, [row.id], str(exc), give_up=True)
-                record_dead_letters(session, [DeadLetterItem(
-                    flow=FLOW, source=target, entity_type="delivery",
-                    entity_key=row.idempotency_key, reason=str(exc),
-                    payload={"outbox_id": row.id, "order_id": payload["order_id"],
-                             "line_id": payload["line_id"]})])
+        if not await send_line_delivery(run.engine, wallet, row, body, flow=FLOW):
             counts.dead_lettered += 1
             return
         with session_scope(run.engine) as session:
@@ -479,6 +471,8 @@ async def allocate_codes(run: SalesRun) -> pool.AllocationReport:
 async def deliver_codes(run: SalesRun) -> SalesCounts:
     counts = SalesCounts()
     await asyncio.gather(*(deliver_site(run, site, counts) for site in run.wallets))
+    # API lines: codes issued by the supplier now, then delivered the same way
+    await supplier_codes.deliver_api_lines(run.engine, run.wallets, run.keyring, counts)
     return counts
 
 
@@ -563,7 +557,8 @@ async def publish_artifacts(summary: dict[str, Any]) -> None:
             f"- allocated **{summary['allocated_orders']}** order(s): "
             f"{summary['codes_allocated']} code(s), {summary['api_units']} API unit(s)",
             f"- held **{summary['held_orders']}** order(s) for lack of stock",
-            f"- delivered {summary['delivered_lines']} line(s); ERP: {summary['erp_orders']} "
+            f"- delivered {summary['delivered_lines']} line(s) ({summary['api_codes_issued']} "
+            "code(s) issued by API suppliers); ERP: {summary['erp_orders']} "
             f"sales order(s), {summary['erp_fulfillments']} fulfillment(s)",
             f"- dead-lettered {summary['dead_lettered']}",
         ]),
