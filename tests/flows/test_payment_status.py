@@ -13,6 +13,7 @@ from collections import Counter
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from lxml import etree
@@ -46,6 +47,20 @@ def payments() -> dict[str, tuple[str, str]]:
         return {p.payment_no: (p.status, b.status) for p, b in s.execute(
             select(proc.VendorPayment, proc.VendorBill).join(
                 proc.VendorBill, proc.VendorBill.id == proc.VendorPayment.bill_id))}
+
+
+async def _artifacts(key: str) -> list[Any]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    async with get_client() as client:
+        return await client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=[key])))
+
+
+def newest_artifact(key: str) -> Any:
+    data = max(asyncio.run(_artifacts(key)), key=lambda a: a.created).data
+    return json.loads(data) if isinstance(data, str) and key == "payment-status" else data
 
 
 def state_of_the_books(sandboxes) -> tuple[Counter[str], dict, list, Counter[str]]:
@@ -107,6 +122,13 @@ def test_a_status_report_pays_the_accepted_keeps_the_pending_and_names_the_rejec
     assert key == closed and occurrences == 1
     assert "AC04 (closed account number): Creditor account closed" in reason
     assert events["vendor_bill.paid"] == 2 and events["vendor_bill.payment_rejected"] == 1
+    # the operator reads the reason in the run's artifacts
+    table = {row["payment"]: row for row in newest_artifact("payment-status")}
+    assert {p: row["result"] for p, row in table.items()} == {
+        paid_a: "confirmed", paid_b: "confirmed", closed: "rejected", waiting: "pending"}
+    assert table[closed]["reason"] == result["rejections"][closed]
+    summary = newest_artifact("payment-status-summary")
+    assert f"{closed} (bill " in summary and "AC04 (closed account number)" in summary
     with session_scope(get_engine()) as s:
         assert s.scalar(select(PaymentRun.status).where(
             PaymentRun.run_no == run["run_no"])) == "generated"  # one payment still open
