@@ -6,6 +6,11 @@ site's effect logs) and in the state database."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections import Counter
 from dataclasses import dataclass
 
@@ -218,3 +223,36 @@ def test_issue_keys_are_safe_and_distinct():
         key = sc.issue_key(*args)
         assert key.startswith("issue-sg1-") and len(key) <= 255
         assert all(c.isalnum() or c in "_-" for c in key)
+
+
+def test_sigkill_after_the_supplier_issued_then_rerun_delivers_each_line_once(sandboxes):
+    """A real crash: ``vouchflow sync sales`` in its own process, killed with SIGKILL while
+    the supplier holds back its answer to codes it has already issued (so nothing was
+    recorded or delivered); the re-run completes every line exactly once."""
+    from prefect.settings import PREFECT_API_URL
+
+    world = make_world(sandboxes)
+    supplier = sandboxes.supplier
+    supplier.respond_delay_s = 60
+    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    child = subprocess.Popen([sys.executable, "-m", "flows.cli", "sync", "sales", "--site", SITE],
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    try:
+        while supplier.effects.count("codes.issued") < len(world.lines):
+            assert child.poll() is None, child.stdout.read().decode() if child.stdout else ""
+            assert time.monotonic() < deadline, "the run never got to the supplier"
+            time.sleep(0.01)
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.wait(timeout=30)
+    assert child.returncode == -signal.SIGKILL
+    assert sandboxes.wallet.effects.count("delivery.created") == 0
+    with session_scope(get_engine()) as s:
+        assert s.scalar(select(func.count()).select_from(ApiIssuedCode)) == 0
+    supplier.respond_delay_s = 0
+
+    summary = run()
+    assert summary["delivered_lines"] == len(world.lines) and summary["held"] == []
+    assert supplier.effects.count("codes.repeated") == len(world.lines)
+    assert_delivered_once(world)
