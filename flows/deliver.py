@@ -48,9 +48,12 @@ async def deliver_chunk(delivery: SubscriberDelivery) -> ChunkReport:
 async def deliver_events(
     subscriptions: list[str] | None = None,
     max_seconds: float = 240.0,
+    prune_older_than_days: float | None = None,
 ) -> dict[str, Any]:
     """Deliver recorded events to the active subscriptions (all, or those named) until they
-    have caught up, their subscriber is down, or ``max_seconds`` are spent."""
+    have caught up, their subscriber is down, or ``max_seconds`` are spent; then, when
+    ``prune_older_than_days`` is given, delete older events no subscription needs any more
+    (``state.subscriptions.prune_events``)."""
     logger = run_logger()
     key = run_key()
     engine = state_engine()
@@ -78,6 +81,8 @@ async def deliver_events(
     for counts in totals.values():
         total.add(counts)
     summary = {"subscribers": rows, **total.as_dict()}
+    if prune_older_than_days is not None:
+        summary["pruned"] = await asyncio.to_thread(_prune, engine, prune_older_than_days)
     with session_scope(engine) as session:
         ledger_finish(session, FLOW, key, "run",
                       status=LedgerStatus.FAILED if failed else LedgerStatus.DONE,
@@ -90,6 +95,15 @@ async def deliver_events(
         raise RuntimeError(f"delivery failed for {', '.join(failed)}: "
                            + "; ".join(states[name] for name in failed))
     return summary
+
+
+def _prune(engine: Any, days: float) -> dict[str, Any]:
+    from datetime import timedelta
+
+    from state.subscriptions import prune_events
+
+    with session_scope(engine, immediate=True) as session:
+        return prune_events(session, older_than=timedelta(days=days)).as_dict()
 
 
 async def publish_artifacts(rows: list[dict[str, Any]], total: DeliveryCounts) -> None:

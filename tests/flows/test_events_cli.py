@@ -3,6 +3,7 @@ deleted, those a subscription still has to deliver are kept."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 
@@ -42,3 +43,19 @@ def test_prune_command_keeps_what_a_subscriber_still_needs(engine, state_url):
         assert [e.type for e in read_events(s, after=0)] == ["purchase_order.created"] * 3
     again = runner.invoke(cli, ["events", "prune", "--older-than-days", "7"])
     assert json.loads(again.output.strip().splitlines()[-1])["deleted"] == 0
+
+
+def test_the_deliver_flow_prunes_when_asked(engine, state_url, prefect_harness):
+    from flows.deliver import deliver_events
+
+    with session_scope(get_engine()) as s:
+        emit_events(s, [Event("sku.changed", "sku", f"S{i}", T0, {}) for i in range(3)])
+        s.execute(text("UPDATE outbound_event SET recorded_at = :t WHERE entity_key <> 'S2'"),
+                  {"t": datetime.now(UTC) - timedelta(days=10)})
+    assert "pruned" not in asyncio.run(deliver_events())
+    with session_scope(get_engine()) as s:
+        assert len(read_events(s, after=0)) == 3
+    summary = asyncio.run(deliver_events(prune_older_than_days=7))
+    assert (summary["pruned"]["deleted"], summary["pruned"]["kept"]) == (2, 0)
+    with session_scope(get_engine()) as s:
+        assert [e.entity_key for e in read_events(s, after=0)] == ["S2"]
