@@ -501,6 +501,11 @@ def test_orders_receipts_and_bills_are_announced_once_with_the_change(world, rin
         proc.create_purchase_order(s, party.contract_no, [proc.LineIn("SKU-A", 1)],
                                    tran_date=TODAY)
         raise RuntimeError("changed my mind")
+    with pytest.raises(RuntimeError), session_scope(world) as s:
+        with s.begin_nested():  # a savepoint kept, in a transaction that is not
+            proc.create_purchase_order(s, party.contract_no, [proc.LineIn("SKU-A", 1)],
+                                       tran_date=TODAY)
+        raise RuntimeError("changed my mind again")
     assert len(events(world)) == 5
 
     # an API receipt (a quantity): its batch number, not a placeholder
