@@ -191,7 +191,6 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
     con.execute("""CREATE TABLE orders (file INTEGER, site VARCHAR, order_id VARCHAR,
         status VARCHAR, currency VARCHAR, day DATE, pref VARCHAR,
         expected DECIMAL(18,6), lag INTEGER, bad BOOLEAN)""")
-    con.execute("""CREATE TABLE dlv (file INTEGER, oid BIGINT)""")
     con.execute("""CREATE TABLE traces (file INTEGER, source VARCHAR, kind VARCHAR,
         account VARCHAR, pref VARCHAR, mref VARCHAR, oref VARCHAR, currency VARCHAR,
         net_currency VARCHAR, amount DECIMAL(18,6), credit BOOLEAN, fee DECIMAL(18,6),
@@ -233,21 +232,13 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
         number += 1
         failed = False
         try:
-            names = _header(path, required)
-            src = (f"read_csv({_q(path)}, header=true, auto_detect=false, "
-                   f"columns={_columns(names, typed or {})}, "
-                   "timestampformat='%Y-%m-%d %H:%M:%S')")
+            src = _source(path, _header(path, required), typed or {})
             con.execute(insert.format(n=number, src=src))
         except PaymentFileError as exc:
             refused.append(str(exc))
             return
-        except duckdb.Error as exc:
-            if not pairs:
-                refused.append(f"{path.name}: {str(exc).splitlines()[0]} [csv_syntax]")
-                return
+        except duckdb.Error:
             failed = True
-        if not pairs:
-            return
         if failed or not post_check(table, stored):
             con.execute(f"DELETE FROM {table} WHERE file = ?", [number])
             con.execute("SET preserve_insertion_order=true")  # lines are counted in order
@@ -265,13 +256,17 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
             {lag_case}, NOT {_valid('total')}
             FROM {{src}} r""",
              [("total", "currency")], {"total": AMOUNT}, [("expected", "currency")])
-    # delivery evidence is kept as the row ids of the orders it names (read after every
-    # order file, so a refused order file is already out)
+    # delivery evidence is read where it is used, in the verdict (one pass, no table of its
+    # own); a file the CSV reader cannot parse is found then and refused
+    delivered_from: dict[Path, str] = {}
+    refused_deliveries_at = len(refused)
     for path in deliveries:
-        take("dlv", path, DELIVERY_COLUMNS, """INSERT INTO dlv SELECT {n}, o.rowid
-            FROM {src} r JOIN orders o ON o.site = r.site AND o.order_id = r.order_id
-            WHERE r.status = 'delivered' AND TRY_CAST(r.quantity AS INTEGER) > 0""",
-             [])
+        try:
+            delivered_from[path] = (
+                f"SELECT site, order_id FROM {_source(path, _header(path, DELIVERY_COLUMNS))}"
+                " WHERE status = 'delivered' AND TRY_CAST(quantity AS INTEGER) > 0")
+        except PaymentFileError as exc:
+            refused.append(str(exc))
     kinds = " ".join(f"WHEN '{k}' THEN '{v}'" for k, v in ACQUIRER_KINDS.items())
     for path in acquirer:
         checks = " AND ".join(_valid(a) for a, _ in ACQ_AMOUNTS)
@@ -338,12 +333,24 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
     tol = _abs_tol(rules) if not rules.tolerance_percent else (
         f"greatest({_abs_tol(rules)}, round(abs(expected) * {rules.tolerance_percent}"
         " / 100, 2))")
-    con.execute(f"""CREATE TABLE verdict AS SELECT o.rowid AS oid, o.expected, o.status,
-        coalesce(a.received, 0) AS received, coalesce(a.n, 0) AS counted,
-        o.rowid IN (SELECT oid FROM dlv) AS delivered
+    verdict = f"""CREATE OR REPLACE TABLE verdict AS SELECT o.rowid AS oid, o.expected,
+        o.status, coalesce(a.received, 0) AS received, coalesce(a.n, 0) AS counted,
+        {{delivered}} AS delivered
         FROM orders o LEFT JOIN (SELECT oid, count(*) AS n, sum(amount) AS received FROM pm
                                  WHERE oid IS NOT NULL GROUP BY oid) a ON a.oid = o.rowid
-        WHERE o.day = {d}""")
+        WHERE o.day = {d}"""
+    while True:
+        union = " UNION ALL ".join(delivered_from.values())
+        try:
+            con.execute(verdict.format(delivered=f"""EXISTS (SELECT 1 FROM ({union}) r
+                WHERE r.site = o.site AND r.order_id = o.order_id)""" if union else "false"))
+            break
+        except duckdb.Error:
+            unreadable = _unreadable(con, delivered_from)
+            if not unreadable:
+                raise
+            refused[refused_deliveries_at:refused_deliveries_at] = unreadable
+            refused_deliveries_at += len(unreadable)
     # several payments for one order: which of them repeat a payment once the order was paid
     con.execute(f"""CREATE TABLE multi AS SELECT oid,
         sum(CASE WHEN dup THEN 0 ELSE amount END) AS received,
@@ -432,6 +439,27 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
             result.labels[entity] = list(classes)
     con.close()
     return result
+
+
+def _source(path: Path, names: Sequence[str], typed: dict[str, str] | None = None) -> str:
+    """The file as a DuckDB ``read_csv`` of its own column names (text unless typed here)."""
+    return (f"read_csv({_q(path)}, header=true, auto_detect=false, "
+            f"columns={_columns(names, typed or {})}, timestampformat='%Y-%m-%d %H:%M:%S')")
+
+
+def _unreadable(con: Any, queries: dict[Path, str]) -> list[str]:
+    """The files of ``queries`` the CSV reader cannot parse, taken out of it, each as its
+    refusal (the reader's first line of error)."""
+    import duckdb
+
+    out = []
+    for path, query in list(queries.items()):
+        try:
+            con.execute(f"SELECT count(*) FROM ({query})").fetchone()
+        except duckdb.Error as exc:
+            out.append(f"{path.name}: {str(exc).splitlines()[0]} [csv_syntax]")
+            del queries[path]
+    return out
 
 
 def _first_order(con: Any, table: str) -> None:

@@ -82,3 +82,21 @@ def test_the_columnar_path_takes_later_reference_rules_and_shared_references_as_
     assert result.labels["sg1:O000000100"] == ["delivered_not_paid"]
     assert result.labels["my1:OSHARED1"] == ["paid_not_delivered"]  # 42.00 is its total
     assert result.labels == python_labels(tmp_path, files)
+
+
+def test_a_delivery_file_the_reader_cannot_parse_is_refused_and_the_others_count(tmp_path):
+    from bench.reconcile import accuracy
+
+    data = generate(tmp_path, 200)
+    files = data["files"]
+    bad = tmp_path / "deliveries_bad.csv"
+    bad.write_text('site,order_id,status,quantity\nsg1,O000000000,delivered,1\n'
+                   'sg1,"O000000002,delivered,1\n')
+    result = reconcile_columnar(load_rules(), DAY, orders=files["orders"],
+                                deliveries=[bad, *files["deliveries"]],
+                                acquirer=files["acquirer"], wallet=files["wallet"], labels=True)
+    assert len(result.refused) == 1, result.refused
+    assert result.refused[0].startswith("deliveries_bad.csv: ")
+    assert result.refused[0].endswith("[csv_syntax]")
+    # sg1:O000000000 stays undelivered: nothing of the refused file counts
+    assert accuracy(data["truth"], result.labels) == 1.0 and result.orders == 200
