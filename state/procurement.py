@@ -876,7 +876,9 @@ def create_purchase_order(
 
 
 def order_view(session: Session, order: PurchaseOrder) -> dict[str, Any]:
-    """A purchase order's business fields and lines, as subscribers see it."""
+    """A purchase order's business fields and lines, as subscribers see it (read in this
+    session: ``order`` may come from an earlier one, as a receiving plan's does)."""
+    order = session.get(PurchaseOrder, order.id) or order
     vendor = session.get(Vendor, order.vendor_id)
     contract = session.get(SupplierContract, order.contract_id)
     request = session.get(PurchaseRequest, order.request_id) if order.request_id else None

@@ -520,6 +520,12 @@ def test_orders_receipts_and_bills_are_announced_once_with_the_change(world, rin
     assert got[1][2]["batch_no"] == receipt.batch_no and got[1][2]["order_status"] == "received"
     assert got[2][2]["status"] == "received"
 
+    # codes that complete an order (a plan made before the upload): the order is received
+    full = vendor_with_po(world, ring, "Full Co", quantity=2)
+    upload(world, ring, full, codes_csv(["FULLCODE0001,,", "FULLCODE0002,,"]))
+    got = events(world, "purchase_order.*")[-2:]
+    assert (got[0][2]["order_status"], got[1][2]["status"]) == ("received", "received")
+
     # a subscription covering the types reads them, and only them
     with session_scope(world) as s:
         sub, _ = create_subscription(s, ring, name="ap", url="https://ap.example.com/hook",
