@@ -29,11 +29,14 @@ answers the repeated delivery key with the first delivery.
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from prefect import flow
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
@@ -49,7 +52,7 @@ from connectors.errors import (
 from connectors.supplier import Issue, SupplierClient, SupplierSettings
 from flows.credentials import supplier_settings
 from flows.delivery import send_line_delivery
-from flows.runtime import limit_name, system_slot
+from flows.runtime import limit_name, run_logger, state_engine, system_slot, table_artifact
 from state import pool
 from state import procurement as proc
 from state.api_purchasing import record_issued_codes
@@ -69,6 +72,7 @@ from state.store import (
     record_dead_letters,
     set_watermark,
 )
+from state.vendor_uploads import receive_write_off_file
 
 FLOW = "ingest_sales"
 API_DELIVERY_OPERATION = "order.api_delivery"
@@ -291,5 +295,113 @@ async def deliver_api_lines(
     return counts
 
 
-__all__ = ["API_DELIVERY_OPERATION", "SupplierCounts", "deliver_api_lines", "issue_key",
-           "queue_api_lines", "supplier_of"]
+# redemptions -> write-offs ----------------------------------------------------------------------
+REDEMPTIONS_FLOW = "supplier_redemptions"
+
+
+@dataclass
+class RedemptionImport:
+    vendor: str
+    read: int = 0
+    """Redemptions the supplier listed since the vendor's watermark."""
+    new: int = 0
+    """Of those, codes not written off for this vendor before (handed to the upload)."""
+    upload_no: str | None = None
+    accepted: int = 0
+    refused: int = 0
+    held: str | None = None
+
+
+def write_off_vendors(session: Session, only: list[str] | None = None) -> list[tuple[int, str]]:
+    """(id, slug) of vendors with a signed API contract settled by write-off quantity."""
+    ct, vd = proc.SupplierContract, proc.Vendor
+    query = (select(vd.id, vd.slug).join(ct, ct.vendor_id == vd.id)
+             .where(ct.issuance_mode == pool.API,
+                    ct.settlement_mode == proc.SettlementMode.WRITE_OFF_QUANTITY.value,
+                    ct.signature_status == proc.SignatureStatus.SIGNED.value).distinct())
+    if only:
+        query = query.where(vd.slug.in_(only))
+    return [(int(i), slug) for i, slug in session.execute(query.order_by(vd.slug))]
+
+
+def _csv(rows: list[tuple[str, str]]) -> bytes:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["code", "redeemed_at"])
+    writer.writerows(rows)
+    return out.getvalue().encode()
+
+
+async def import_redemptions(
+    engine: Engine, keyring: Keyring, *, vendors: list[str] | None = None,
+    settings_for: SettingsFor = supplier_settings,
+) -> list[RedemptionImport]:
+    """Codes each write-off vendor's API reports redeemed (``GET /redemptions`` since the
+    vendor's watermark) become write-offs, through the same path as a vendor's write-off
+    upload (``state.vendor_uploads.receive_write_off_file``), for settlement by write-off
+    quantity. Codes already written off for the vendor are left out before the upload (the
+    watermark is inclusive, and a crash may come between the upload and the watermark), so
+    reading again never reports a code twice. A supplier that is not configured is skipped
+    with the reason."""
+    with session_scope(engine) as session:
+        chosen = write_off_vendors(session, vendors)
+    out = []
+    for vendor_id, slug in chosen:
+        report = RedemptionImport(slug)
+        out.append(report)
+        suppliers = Suppliers(settings_for)
+        try:
+            client = await suppliers.client(slug)
+            with session_scope(engine) as session:
+                since = get_watermark(session, REDEMPTIONS_FLOW, f"supplier:{slug}",
+                                      "redemptions")
+            latest = since
+            rows: list[tuple[str, str]] = []
+            async with system_slot(limit_name("supplier", slug)):
+                async for page in client.list_redemptions(since=since):
+                    report.read += len(page)
+                    codes = [r.code.get_secret_value() for r in page]
+                    hashes = keyring.hash_codes(codes)
+                    with session_scope(engine) as session:
+                        known = set(session.scalars(select(proc.WriteOff.code_hash).where(
+                            proc.WriteOff.vendor_id == vendor_id,
+                            proc.WriteOff.code_hash.in_(hashes))))
+                    for r, code, digest in zip(page, codes, hashes, strict=True):
+                        latest = r.redeemed_at if latest is None else max(latest, r.redeemed_at)
+                        if digest not in known:
+                            rows.append((code, r.redeemed_at.isoformat()))
+        except (Hold, AuthError, RetriableError) as exc:
+            report.held = str(exc)
+            continue
+        finally:
+            await suppliers.aclose()
+        report.new = len(rows)
+        if rows:
+            stamp = (latest or now_utc()).strftime("%Y%m%dT%H%M%S")
+            result = await asyncio.to_thread(
+                receive_write_off_file, engine, keyring, vendor_id=vendor_id,
+                file_name=f"api-redemptions-{slug}-{stamp}.csv", chunks=[_csv(rows)])
+            report.upload_no = result.upload_no
+            report.accepted, report.refused = result.rows_accepted, result.rows_rejected
+        if latest is not None:
+            with session_scope(engine) as session:
+                set_watermark(session, REDEMPTIONS_FLOW, f"supplier:{slug}", latest,
+                              "redemptions")
+    return out
+
+
+@flow(name="supplier-redemptions", log_prints=False)
+async def supplier_redemptions(vendors: list[str] | None = None) -> list[dict[str, Any]]:
+    """Read what the API suppliers settled by write-off quantity report redeemed into the
+    write-offs that ``settle-vendors`` bills."""
+    reports = await import_redemptions(state_engine(), Keyring.load(), vendors=vendors)
+    rows = [asdict(r) for r in reports]
+    await table_artifact("supplier-redemptions", rows,
+                         "Redemptions read from API suppliers, as write-offs")
+    run_logger().info("supplier-redemptions: %s", rows)
+    return rows
+
+
+__all__ = ["API_DELIVERY_OPERATION", "RedemptionImport", "SupplierCounts", "deliver_api_lines",
+           "import_redemptions", "issue_key", "queue_api_lines", "supplier_of",
+           "supplier_redemptions"]

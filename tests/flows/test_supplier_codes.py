@@ -13,6 +13,7 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import func, select, update
@@ -22,6 +23,7 @@ from flows import ingest_sales as ing
 from flows import supplier_codes as sc
 from sandbox import SandboxSet
 from state import procurement as proc
+from state import settlement as st
 from state.crypto import Keyring
 from state.db import get_engine, session_scope
 from state.events import read_events
@@ -256,3 +258,44 @@ def test_sigkill_after_the_supplier_issued_then_rerun_delivers_each_line_once(sa
     assert summary["delivered_lines"] == len(world.lines) and summary["held"] == []
     assert supplier.effects.count("codes.repeated") == len(world.lines)
     assert_delivered_once(world)
+
+
+def test_redemptions_become_write_offs_once_and_settle_against_the_issued_codes(sandboxes):
+    world = make_world(sandboxes)
+    run()
+    supplier, engine, keyring = sandboxes.supplier, get_engine(), Keyring.load()
+    codes = supplier.issued(SKU)
+    supplier.redeem(codes[:3], location="store 12")
+
+    def read() -> sc.RedemptionImport:
+        (report,) = asyncio.run(sc.import_redemptions(engine, keyring))
+        return report
+
+    first = read()
+    assert (first.vendor, first.read, first.new, first.accepted, first.refused) == \
+        (world.slug, 3, 3, 3, 0)
+    again = read()  # the watermark is inclusive: the last one is read again, not re-reported
+    assert (again.new, again.upload_no) == (0, None) and again.read >= 1
+    supplier.redeem(codes[3:4])
+    later = read()
+    assert (later.new, later.accepted, later.refused) == (1, 1, 0)
+    with session_scope(engine) as s:
+        written_off = {w.code_hash for w in s.scalars(select(proc.WriteOff))}
+        assert written_off == set(keyring.hash_codes(codes[:4]))
+        report = st.settle_vendor(s, world.slug, datetime.now(UTC).strftime("%Y-%m"))
+    # every write-off is one of the codes issued for our sales: matched, waiting only for
+    # the daily purchase order that books its sale (none has been made in this test)
+    assert report.waiting == 4 and not report.write_offs and report.dispute_no is None
+    # the same as a Prefect flow: nothing new to read
+    assert [(r["vendor"], r["new"]) for r in asyncio.run(sc.supplier_redemptions())] == \
+        [(world.slug, 0)]
+
+
+def test_redemptions_of_an_unconfigured_supplier_are_held(sandboxes, monkeypatch):
+    make_world(sandboxes, orders=1)
+    run()
+    monkeypatch.delenv("VOUCHFLOW_SUPPLIER_URL")
+    (report,) = asyncio.run(sc.import_redemptions(get_engine(), Keyring.load()))
+    assert report.held and "VOUCHFLOW_SUPPLIER_ACME_GIFTS_URL" in report.held
+    assert sandboxes.supplier.requests() == [r for r in sandboxes.supplier.requests()
+                                             if r["path"] != "/v1/redemptions"]
