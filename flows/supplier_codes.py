@@ -357,19 +357,18 @@ async def import_redemptions(
                                       "redemptions")
             latest = since
             rows: list[tuple[str, str]] = []
-            async with system_slot(limit_name("supplier", slug)):
-                async for page in client.list_redemptions(since=since):
-                    report.read += len(page)
-                    codes = [r.code.get_secret_value() for r in page]
-                    hashes = keyring.hash_codes(codes)
-                    with session_scope(engine) as session:
-                        known = set(session.scalars(select(proc.WriteOff.code_hash).where(
-                            proc.WriteOff.vendor_id == vendor_id,
-                            proc.WriteOff.code_hash.in_(hashes))))
-                    for r, code, digest in zip(page, codes, hashes, strict=True):
-                        latest = r.redeemed_at if latest is None else max(latest, r.redeemed_at)
-                        if digest not in known:
-                            rows.append((code, r.redeemed_at.isoformat()))
+            async for page in client.list_redemptions(since=since):
+                report.read += len(page)
+                codes = [r.code.get_secret_value() for r in page]
+                hashes = keyring.hash_codes(codes)
+                with session_scope(engine) as session:
+                    known = set(session.scalars(select(proc.WriteOff.code_hash).where(
+                        proc.WriteOff.vendor_id == vendor_id,
+                        proc.WriteOff.code_hash.in_(hashes))))
+                for r, code, digest in zip(page, codes, hashes, strict=True):
+                    latest = r.redeemed_at if latest is None else max(latest, r.redeemed_at)
+                    if digest not in known:
+                        rows.append((code, r.redeemed_at.isoformat()))
         except (Hold, AuthError, RetriableError) as exc:
             report.held = str(exc)
             continue
