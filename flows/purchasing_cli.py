@@ -126,13 +126,14 @@ def payment_status_cmd(
 ) -> None:
     """Confirm a run from the bank's pain.002: accepted payments paid, rejected ones payable
     again with their reason, pending ones left for a later report."""
-    from connectors.payments.common import PaymentFileError
+    from connectors.pain002 import Pain002Error, read_pain002
     from flows.payment_status import confirm_payment_status
 
     try:
-        _run(verbose, lambda: confirm_payment_status(str(path)))
-    except PaymentFileError as exc:
+        read_pain002(path)  # a file that is no valid report is refused before Prefect starts
+    except Pain002Error as exc:
         _fail(str(exc))
+    _run(verbose, lambda: confirm_payment_status(str(path)))
 
 
 # codes -----------------------------------------------------------------------------------------

@@ -211,3 +211,17 @@ def test_a_report_that_contradicts_the_run_changes_nothing_and_says_why():
         ("p-by-instruction", "confirmed", None),
         ("p-unlisted", "rejected", "FF01 (invalid file format)")]
     assert unknown == ["p-stranger"]
+
+
+def test_the_command_refuses_a_hostile_report_in_one_line_before_any_run(tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOP-SECRET-VALUE")
+    hostile = tmp_path / "bank-answer.xml"
+    hostile.write_text('<?xml version="1.0"?>\n'
+                       f'<!DOCTYPE Document [<!ENTITY xxe SYSTEM "file://{secret}">]>\n'
+                       "<Document>&xxe;</Document>\n")
+    refused = cli("payment-status", str(hostile))
+    assert refused.exit_code == 1 and refused.stdout == ""
+    (line,) = refused.stderr.splitlines()
+    assert line.startswith("error: bank-answer.xml: line 2:") and "[dtd_refused]" in line
+    assert "TOP-SECRET-VALUE" not in refused.output
