@@ -191,7 +191,7 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
     con.execute("""CREATE TABLE orders (file INTEGER, site VARCHAR, order_id VARCHAR,
         status VARCHAR, currency VARCHAR, day DATE, pref VARCHAR,
         expected DECIMAL(18,6), lag INTEGER, bad BOOLEAN)""")
-    con.execute("""CREATE TABLE traces (file INTEGER, source VARCHAR, kind VARCHAR,
+    con.execute("""CREATE TABLE traces (file INTEGER, kind VARCHAR,
         account VARCHAR, pref VARCHAR, mref VARCHAR, oref VARCHAR, currency VARCHAR,
         net_currency VARCHAR, amount DECIMAL(18,6), credit BOOLEAN, fee DECIMAL(18,6),
         net DECIMAL(18,6), booking_date DATE,
@@ -203,18 +203,22 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
 
     def post_check(table: str, pairs: Sequence[tuple[str, str]]) -> bool:
         """True when no row of file ``number`` is flagged bad and every amount is in a known
-        currency and exact to its minor unit: one scan for the flags and the currencies
-        present, one for the exactness over those currencies."""
+        currency and exact to its minor unit: one scan for the flags, the currencies present
+        and the amounts with more than two decimals; a second one, exact to each currency,
+        only when a currency of the file has fewer than two decimals or an amount more."""
         lists = ", ".join(f"list(DISTINCT {c}) FILTER ({a} IS NOT NULL)" for a, c in pairs)
-        row = con.execute(f"SELECT count(*) FILTER (bad), {lists} FROM {table} WHERE file = ?",
-                          [number]).fetchone()
+        cents = " OR ".join(f"{a} * 100 % 1 <> 0" for a, _ in pairs)
+        row = con.execute(f"SELECT count(*) FILTER (bad), count(*) FILTER ({cents}), {lists} "
+                          f"FROM {table} WHERE file = ?", [number]).fetchone()
         if row is None or row[0]:
             return False
+        presents = [present or [] for present in row[2:]]
+        if any(c not in scales for present in presents for c in present):
+            return False
+        if not row[1] and all(scales[c] >= 100 for present in presents for c in present):
+            return True
         inexact = []
-        for (amount, currency), present in zip(pairs, row[1:], strict=True):
-            present = present or []
-            if any(c not in scales for c in present):
-                return False
+        for (amount, currency), present in zip(pairs, presents, strict=True):
             if present:
                 case = "CASE " + currency + " " + " ".join(
                     f"WHEN '{c}' THEN {scales[c]}" for c in present) + " END"
@@ -268,9 +272,11 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
         except PaymentFileError as exc:
             refused.append(str(exc))
     kinds = " ".join(f"WHEN '{k}' THEN '{v}'" for k, v in ACQUIRER_KINDS.items())
+    card_files = []  # the acquirer's (their payouts are checked against their batches)
     for path in acquirer:
+        card_files.append(number + 1)
         checks = " AND ".join(_valid(a) for a, _ in ACQ_AMOUNTS)
-        take("traces", path, ACQUIRER_REQUIRED, f"""INSERT INTO traces SELECT {{n}}, 'card',
+        take("traces", path, ACQUIRER_REQUIRED, f"""INSERT INTO traces SELECT {{n}},
             CASE r.type_key {kinds} ELSE 'other' END,
             r."Merchant Account",
             CASE WHEN r.type_key LIKE 'settled%' THEN r."Psp Reference"
@@ -292,7 +298,7 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
              ACQ_AMOUNTS, {**{a: AMOUNT for a, _ in ACQ_AMOUNTS}, "Creation Date": "TIMESTAMP"},
              [("amount", "currency"), ("fee", "net_currency"), ("net", "net_currency")])
     for path in wallet:
-        take("traces", path, WALLET_REQUIRED, f"""INSERT INTO traces SELECT {{n}}, 'wallet',
+        take("traces", path, WALLET_REQUIRED, f"""INSERT INTO traces SELECT {{n}},
             CASE r.type WHEN 'payment' THEN 'payment' WHEN 'refund' THEN 'refund'
                         WHEN 'payout' THEN 'payout' ELSE 'other' END,
             'wallet:' || r.site, r.transaction_id, r.order_id, NULL, r.currency, r.currency,
@@ -400,6 +406,7 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
     # payouts against the transactions of their batch (N:1), the batches summed first
     ptol = _abs_tol(rules) if not rules.tolerance_percent else (
         f"greatest({_abs_tol(rules)}, round(p.amount * {rules.tolerance_percent} / 100, 2))")
+    card = ", ".join(map(str, card_files)) or "NULL"
     con.execute(f"""CREATE TABLE payouts AS SELECT p.account || '-batch-' || p.batch
             AS payout_id, any_value(p.amount) AS amount, any_value({ptol}) AS tol,
         coalesce(sum(t.total), 0) AS total, coalesce(sum(t.members), 0) AS members
@@ -408,7 +415,7 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
                 sum(coalesce(net, CASE WHEN credit THEN amount ELSE -amount END)) AS total
             FROM traces WHERE kind <> 'payout' GROUP BY account, batch) t
             ON t.account = p.account AND t.batch = p.batch
-        WHERE p.kind = 'payout' AND p.booking_date = {d} AND p.source = 'card'
+        WHERE p.kind = 'payout' AND p.booking_date = {d} AND p.file IN ({card})
         GROUP BY p.account, p.batch""")
     con.execute("""INSERT INTO found SELECT NULL, payout_id, 'payout_mismatch' FROM payouts
         WHERE members = 0 OR abs(total - amount) > tol""")
