@@ -29,6 +29,7 @@ from state.db import get_engine, session_scope
 from state.events import read_events
 from state.models import OutboxMessage, PoolBatch
 from state.purchasing_models import ApiIssuedCode
+from tests.flows.conftest import BOTH_DATABASES
 from tests.state.procurement_world import seed_catalog, vendor_with_po
 
 pytestmark = [pytest.mark.usefixtures("prefect_harness", "state_url"), pytest.mark.seed(0, 0)]
@@ -103,6 +104,7 @@ def assert_delivered_once(world: World) -> None:
     assert len(delivered_events) == len(world.lines)
 
 
+@pytest.mark.parametrize("engine", BOTH_DATABASES, indirect=True)
 def test_api_lines_get_supplier_codes_once_and_a_rerun_does_nothing(sandboxes):
     world = make_world(sandboxes)
     summary = run()
@@ -149,6 +151,7 @@ def test_a_supplier_that_is_down_holds_the_lines_until_it_is_back(sandboxes):
     assert_delivered_once(world)
 
 
+@pytest.mark.parametrize("engine", BOTH_DATABASES, indirect=True)
 def test_crash_between_the_suppliers_answer_and_the_record(sandboxes, monkeypatch):
     """The step dies after the supplier issued the codes and before vouchflow recorded them
     (so before the site got them): the re-run gets the same codes back for the same key and
