@@ -75,14 +75,15 @@ _PG_LOCK = text("SELECT pg_advisory_xact_lock(:k, hashtext(current_schema()))")
 _PG_EMIT = """
 INSERT INTO outbound_event (event_id, type, entity_type, entity_key, occurred_at, data,
                             recorded_at)
-SELECT v.event_id, v.type, v.entity_type, v.entity_key, v.occurred_at, v.data, %(now)s
-FROM unnest(%(ids)b::text[], %(types)b::text[], %(entity_types)b::text[],
-            %(entity_keys)b::text[], %(occurred)b::timestamptz[], %(data)b::text[])
-  WITH ORDINALITY AS v(event_id, type, entity_type, entity_key, occurred_at, data, n)
+SELECT v.i, v.t, v.et, v.ek, v.o, CAST(v.d AS text), %(now)s
+FROM ROWS FROM (json_to_recordset(CAST(%(rows)s AS json))
+                AS (i text, t text, et text, ek text, o timestamptz, d json))
+  WITH ORDINALITY AS v(i, t, et, ek, o, d, n)
 ORDER BY v.n
 ON CONFLICT (event_id) DO NOTHING
 RETURNING seq
 """
+_PG_PART = 5000
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 _PATTERN = re.compile(r"^(\*|[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*(\.\*)?)$")
@@ -162,28 +163,63 @@ class Event:
 
 
 # writing ------------------------------------------------------------------------------------
-def emit_events(session: Session, events: Iterable[Event]) -> int:
-    """Write events in the caller's transaction; an id already there is left as it is.
-    Returns how many were new."""
-    from canonical import now_utc
-    from state.store import _chunks, _insert
+@dataclass(frozen=True)
+class PreparedEvents:
+    """Events made ready to write (ids checked, duplicates dropped, PostgreSQL's rows rendered
+    as JSON), so a transaction can do that work before it takes locks others wait for."""
+
+    events: list[tuple[str, Event]]
+    """(id, event), the first of each id, in input order."""
+    pg_parts: list[str]
+    """PostgreSQL: the same events as JSON arrays of objects (id ``i``, type ``t``, entity
+    type ``et`` and key ``ek``, occurred_at ``o``, data ``d``), ``_PG_PART`` a piece."""
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+
+def prepare_events(session: Session, events: Iterable[Event]) -> PreparedEvents:
+    """Check events and render them for writing to the session's database; ``emit_events``
+    takes the result."""
+    from state.store import _chunks
 
     unique: dict[str, Event] = {}
     for event in events:
         if event.occurred_at.tzinfo is None:
             raise ValueError(f"event {event.id}: occurred_at must be aware")
         unique.setdefault(event.id, event)
-    if not unique:
+    items = list(unique.items())
+    if session.get_bind().dialect.name != "postgresql":
+        return PreparedEvents(items, [])
+    # one dumps for a whole part: its data objects come out exactly as _json writes each one
+    # (sorted keys, no spaces), and PostgreSQL's json keeps an element's text as it was sent
+    parts = [json.dumps([{"i": key, "t": e.type, "et": e.entity_type, "ek": e.entity_key,
+                          "o": e.occurred_at.isoformat(), "d": dict(e.data)}
+                         for key, e in part],
+                        sort_keys=True, default=str, separators=(",", ":"))
+             for part in _chunks(items, _PG_PART)]
+    return PreparedEvents(items, parts)
+
+
+def emit_events(session: Session, events: Iterable[Event] | PreparedEvents) -> int:
+    """Write events in the caller's transaction; an id already there is left as it is.
+    Returns how many were new. ``events`` may come from ``prepare_events`` (made earlier in
+    the transaction, outside its locks)."""
+    from canonical import now_utc
+    from state.store import _chunks, _insert
+
+    ready = events if isinstance(events, PreparedEvents) else prepare_events(session, events)
+    if not ready:
         return 0
     now = now_utc()
     if session.get_bind().dialect.name == "postgresql":
         session.execute(_PG_LOCK, {"k": ADVISORY_LOCK})
-        return _emit_pg(session, list(unique.items()), now)
+        return _emit_pg(session, ready, now)
     table = OutboundEvent.__table__
     stmt = _insert(session, table).on_conflict_do_nothing(
         index_elements=["event_id"]).returning(table.c.seq)
     added = 0
-    for part in _chunks(list(unique.items()), 1000):
+    for part in _chunks(ready.events, 1000):
         result = session.execute(stmt, [
             {"event_id": key, "type": e.type, "entity_type": e.entity_type,
              "entity_key": e.entity_key, "occurred_at": e.occurred_at, "data": dict(e.data),
@@ -193,22 +229,15 @@ def emit_events(session: Session, events: Iterable[Event]) -> int:
     return added
 
 
-def _emit_pg(session: Session, events: list[tuple[str, Event]], now: datetime) -> int:
-    """One statement over arrays sent in binary, in input order, on the session's own
-    connection (same transaction): a multi-row VALUES of thousands of rows, or arrays in text
-    form (every quote of the JSON escaped), cost the driver more than the insert itself."""
-    from state.store import _chunks
-
+def _emit_pg(session: Session, ready: PreparedEvents, now: datetime) -> int:
+    """One statement a part, on the session's own connection (same transaction), with the
+    rows as one JSON text that the database takes apart: under the event lock the driver has
+    nothing left to convert (arrays of thousands of values cost it more than the insert)."""
     conn = session.connection().connection.driver_connection
     added = 0
     with conn.cursor() as cursor:
-        for part in _chunks(events, 5000):
-            cursor.execute(_PG_EMIT, {
-                "ids": [key for key, _ in part], "types": [e.type for _, e in part],
-                "entity_types": [e.entity_type for _, e in part],
-                "entity_keys": [e.entity_key for _, e in part],
-                "occurred": [e.occurred_at for _, e in part],
-                "data": [_json(e.data) for _, e in part], "now": now})
+        for part in ready.pg_parts:
+            cursor.execute(_PG_EMIT, {"rows": part, "now": now})
             added += len(cursor.fetchall())
     return added
 
@@ -308,11 +337,12 @@ def announce(session: Session, events: Iterable[Event]) -> None:
 
 @sa_event.listens_for(Session, "before_commit")
 def _emit_announced(session: Session) -> None:
-    if not session.info.get(_ANNOUNCED) or session.in_nested_transaction():
-        return  # nothing announced, or a savepoint: its events wait for the transaction
-    pending = session.info.pop(_ANNOUNCED)
-    session.flush()  # every row lock before the event lock (PostgreSQL)
-    emit_events(session, [e for _, events in pending for e in events])
+    if session.in_nested_transaction():
+        return  # a savepoint: its events wait for the transaction
+    pending = session.info.pop(_ANNOUNCED, None)
+    if pending:
+        session.flush()  # every row lock before the event lock (PostgreSQL)
+        emit_events(session, [e for _, events in pending for e in events])
 
 
 @sa_event.listens_for(Session, "after_soft_rollback")

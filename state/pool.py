@@ -75,6 +75,7 @@ from state.events import (
     emit_events,
     order_line_allocated,
     order_line_delivered,
+    prepare_events,
     sales_order_recorded,
 )
 from state.models import (
@@ -242,12 +243,16 @@ def _custom_plans(session: Session, *, keyed: bool = False) -> None:
     lines, the allocation order) in large tables, each through an index; sequential and
     bitmap scans are ruled out. Left to itself the planner (whose statistics lag behind
     tables that change this fast) walks or hashes a whole table to join 2,000 keys against
-    it, which costs more the bigger the pool."""
+    it, which costs more the bigger the pool. For the same reason joins are nested loops:
+    given 2,000 claimed codes (with where their locked rows are), a merge join on the id
+    walks the primary key of the whole pool to meet them."""
     if _is_pg(session):
         session.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
         if keyed:
             session.execute(text("SET LOCAL enable_seqscan = off; "
-                                 "SET LOCAL enable_bitmapscan = off"))
+                                 "SET LOCAL enable_bitmapscan = off; "
+                                 "SET LOCAL enable_mergejoin = off; "
+                                 "SET LOCAL enable_hashjoin = off"))
 
 
 def _events(
@@ -1621,10 +1626,13 @@ def _allocate_chunk(
     if was_held:
         session.execute(_sql(_ORDER_HELD_REASON), [
             {"site": s, "order_id": o, "reason": None, "now": now} for s, o in sorted(was_held)])
-    _take_from_batches(session, pg, {b: n for b, n in taken.items() if n > 0}, now)
-    emit_events(session, [order_line_allocated(
+    # the events are made before the batch rows are locked: from there to the commit other
+    # workers wait, so only the writes themselves happen in that stretch
+    events = prepare_events(session, [order_line_allocated(
         site=ln.site, order_id=ln.order_id, line_id=ln.line_id, sku=ln.sku,
         quantity=ln.quantity, issuance_mode=mode, at=now) for ln, mode, _ in done_lines])
+    _take_from_batches(session, pg, {b: n for b, n in taken.items() if n > 0}, now)
+    emit_events(session, events)
 
     report.orders_allocated += len(ok_orders)
     report.lines_allocated += len(done_lines)

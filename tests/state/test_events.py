@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -67,6 +67,24 @@ def test_a_repeat_emits_nothing_and_keeps_the_first(engine):
     assert body["occurred_at"] == "2026-11-22T10:00:00Z"
     assert body["entity"] == {"type": "sales_order", "key": "o1"}
     assert body["sequence"] == got[0].seq
+
+
+def test_every_field_is_stored_as_it_was_emitted(engine):
+    """The data is stored as compact JSON with sorted keys (what subscribers receive), however
+    the events were sent to the database, and so are the times and keys."""
+    data = {"z": "Ä \"quoted\" \\ back", "a": [1, {"y": None, "b": True}], "m": Decimal("1.50"),
+            "t": T0}
+    at = datetime(2026, 11, 22, 10, 0, 0, 123456, tzinfo=timezone(timedelta(hours=8)))
+    odd = Event(type="sales_order.recorded", entity_type="sales_order", entity_key="sg1:a,b\tc",
+                occurred_at=at, data=data, version="v1")
+    with session_scope(engine) as s:
+        assert emit_events(s, [odd, ev("o2")]) == 2
+    got = all_events(engine)
+    assert got[0].data_json == ('{"a":[1,{"b":true,"y":null}],"m":"1.50",'
+                                '"t":"2026-11-22 10:00:00+00:00",'
+                                '"z":"\\u00c4 \\"quoted\\" \\\\ back"}')
+    assert (got[0].event_id, got[0].entity_key, got[0].occurred_at) == (odd.id, odd.entity_key, at)
+    assert got[1].as_dict()["data"] == {"k": "o2"}
 
 
 def test_events_commit_with_the_change_or_not_at_all(engine):
