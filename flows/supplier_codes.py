@@ -215,6 +215,16 @@ async def deliver_line(engine: Engine, wallet: Any, keyring: Keyring, suppliers:
     p = row.payload
     site, order_id, line_id = p["site"], p["order_id"], p["line_id"]
     where = f"{site}/{order_id}/{line_id}"
+    with session_scope(engine) as session:
+        line = session.get(OrderLine, (site, order_id, line_id))
+    if line is None or line.status != pool.LineStatus.ALLOCATED or \
+            line.quantity - (line.refunded or 0) <= 0:
+        state = "gone" if line is None else (
+            line.status if line.status != pool.LineStatus.ALLOCATED else "refunded in full")
+        _give_up(engine, row, f"line {where} is {state}: no codes issued for it",
+                 {"order_id": order_id, "line_id": line_id})
+        counts.dead_lettered += 1
+        return
     try:
         with session_scope(engine) as session:
             slug = supplier_of(session, site, order_id, line_id)

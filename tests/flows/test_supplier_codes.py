@@ -302,3 +302,27 @@ def test_redemptions_of_an_unconfigured_supplier_are_held(sandboxes, monkeypatch
     assert report.held and "VOUCHFLOW_SUPPLIER_ACME_GIFTS_URL" in report.held
     assert sandboxes.supplier.requests() == [r for r in sandboxes.supplier.requests()
                                              if r["path"] != "/v1/redemptions"]
+
+
+def test_a_line_refunded_before_its_codes_were_issued_gets_none(sandboxes):
+    world = make_world(sandboxes, orders=3)
+    (order_id, line_id), quantity = next(iter(world.lines.items()))
+    (other_order, other_line), other_quantity = list(world.lines.items())[1]
+    # refunded before the step ever saw it: never queued
+    run(deliver=False)
+    sandboxes.wallet.refund(SITE, order_id, line_id, quantity)
+    # queued while the supplier is down, then refunded: given up, nothing issued
+    sandboxes.supplier.faults.set(error_rate=1.0, path_prefix="/v1/codes")
+    assert len(run()["held"]) == len(world.lines) - 1
+    sandboxes.wallet.refund(SITE, other_order, other_line, other_quantity)
+    sandboxes.supplier.faults.clear()
+    summary = run()
+    assert summary["refunds_applied"] == 1 and summary["dead_lettered"] == 1
+    assert summary["delivered_lines"] == len(world.lines) - 2
+    issued = sandboxes.supplier.effects.keys("codes.issued")
+    assert sc.issue_key(SITE, order_id, line_id) not in issued
+    assert sc.issue_key(SITE, other_order, other_line) not in issued
+    with session_scope(get_engine()) as s:
+        (reason,) = s.scalars(select(OutboxMessage.last_error).where(
+            OutboxMessage.status == "failed"))
+    assert "refunded in full" in reason and other_order in reason
