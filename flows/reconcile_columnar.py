@@ -254,12 +254,13 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
 
     for path in orders:
         take("orders", path, ORDER_COLUMNS, f"""INSERT INTO orders SELECT {{n}}, r.site,
-            r.order_id, r.status, r.currency, CAST(substr(r.created_at, 1, 10) AS DATE),
+            r.order_id, r.status, r.currency, r.created_at,
             r.provider_reference,
             CASE WHEN r.status = 'cancelled' THEN 0 ELSE {_amount('total')} END,
             {lag_case}, NOT {_valid('total')}
             FROM {{src}} r""",
-             [("total", "currency")], {"total": AMOUNT}, [("expected", "currency")])
+             [("total", "currency")], {"total": AMOUNT, "created_at": "DATE"},
+             [("expected", "currency")])  # the date as written: the site's own business day
     # delivery evidence is read where it is used, in the verdict (one pass, no table of its
     # own); a file the CSV reader cannot parse is found then and refused
     delivered_from: dict[Path, str] = {}
