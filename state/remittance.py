@@ -270,12 +270,12 @@ def discrepancy_changes(before: Mapping[str, Mapping[str, Any]],
         was_open = was is not None and was["status"] == "open"
         is_open = now is not None and now["status"] == "open"
         if is_open and not was_open:
-            events.append(discrepancy_event("discrepancy.opened", now, at=at))  # type: ignore[arg-type]
+            events.append(discrepancy_event("discrepancy.opened", now or {}, at=at))
         elif was_open and not is_open:
-            how = "accepted" if now is not None else "cleared"
-            events.append(discrepancy_event(
-                "discrepancy.resolved", {**(now or was), "status": now["status"] if now else how},  # type: ignore[index, dict-item]
-                at=at, resolution=how))
+            how = "cleared" if now is None else str(now["status"])
+            events.append(discrepancy_event("discrepancy.resolved",
+                                            {**(now or was or {}), "status": how}, at=at,
+                                            resolution=how))
     return events
 
 

@@ -302,3 +302,17 @@ def test_discrepancies_and_batches_are_announced_once_with_their_changes(world, 
         seen = read_events(s, after=sub.settled_seq, patterns=sub.event_types)
     assert {e.type for e in seen} == {"remittance_batch.closed", "remittance_batch.posted",
                                       "remittance_batch.reopened"} and len(seen) == 9
+
+
+def test_a_discrepancy_gone_from_the_match_is_resolved_as_cleared():
+    from datetime import UTC, datetime
+
+    at = datetime(2026, 11, 21, 3, tzinfo=UTC)
+    seen = {"day": DAY, "key": "unpaid_order-sg1-U1", "status": "open",
+            "difference": Decimal("-70.00"), "currency": "SGD"}
+    (cleared,) = remit.discrepancy_changes({"k": seen}, {}, at=at)
+    assert (cleared.type, cleared.data["resolution"], cleared.data["status"],
+            cleared.data["difference"]) == ("discrepancy.resolved", "cleared", "cleared", "-70.00")
+    assert remit.discrepancy_changes({"k": seen}, {"k": seen}, at=at) == []
+    (again,) = remit.discrepancy_changes({}, {"k": seen}, at=at)
+    assert again.type == "discrepancy.opened" and again.id != cleared.id
