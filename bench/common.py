@@ -61,9 +61,10 @@ def serving_process(cmd: list[str], *, timeout_s: float = 120) -> Iterator[list[
 def sandbox_process(home: Path, *, skus: int, invalid: int = 0,
                     extra: list[str] | None = None) -> Iterator[dict[str, str]]:
     """Serve the sandboxes in a separate process; yields the environment pointing at them."""
-    erp_port, wallet_port = free_port(), free_port()
-    cmd = [sys.executable, "-m", "sandbox", "--home", str(home), "--erp-port", str(erp_port),
-           "--wallet-port", str(wallet_port), "--seed-skus", str(skus), "--invalid",
+    # port 0: the sandbox binds free ports itself (the finance service too: with fixed ERP
+    # and wallet ports it would take its default 8703, which another benchmark may hold)
+    cmd = [sys.executable, "-m", "sandbox", "--home", str(home), "--erp-port", "0",
+           "--wallet-port", "0", "--seed-skus", str(skus), "--invalid",
            str(invalid), "--print-env", *(extra or [])]
     with serving_process(cmd) as lines:
         env: dict[str, str] = {}

@@ -17,6 +17,8 @@ import os
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -92,55 +94,63 @@ async def baseline(env: dict[str, str], concurrency: int) -> dict[str, Any]:
             "listings": sum(len(p) for p in by_site.values())}
 
 
+@contextmanager
+def catalog_sandbox(skus: int) -> Iterator[tuple[Path, dict[str, str]]]:
+    """A scratch home and state database (SQLite, no Prefect global limits) and the sandboxes
+    seeded with ``skus`` valid items last changed yesterday (so a second run reads only what
+    changed since the first), in their own process; this process's environment points at
+    them. Yields (home, the sandboxes' environment)."""
+    quiet_prefect()
+    with tempfile.TemporaryDirectory(prefix="vf-bench-") as tmp:
+        home = Path(tmp)
+        os.environ.update({"VOUCHFLOW_HOME": str(home / "vouchflow"),
+                           "VOUCHFLOW_DATABASE_URL": f"sqlite:///{home / 'state.db'}",
+                           "VOUCHFLOW_GLOBAL_LIMITS": "0"})
+        yesterday = (datetime.now(UTC) - timedelta(days=1)).isoformat()
+        with sandbox_process(home, skus=skus, invalid=0,
+                             extra=["--modified-at", yesterday]) as env:
+            os.environ.update(env)
+            yield home, env
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench sync_catalog", description=__doc__)
     parser.add_argument("--skus", type=int, default=20000)
     parser.add_argument("--chunk-size", type=int, default=500)
     parser.add_argument("--chunk-concurrency", type=int, default=2)
     args = parser.parse_args(argv)
-    quiet_prefect()
+    with catalog_sandbox(args.skus) as (home, env):
+        concurrency = int(os.environ.get("VOUCHFLOW_ERP_CONCURRENCY", "5"))
 
-    with tempfile.TemporaryDirectory(prefix="vf-bench-") as tmp:
-        home = Path(tmp)
-        os.environ["VOUCHFLOW_HOME"] = str(home / "vouchflow")
-        os.environ["VOUCHFLOW_DATABASE_URL"] = f"sqlite:///{home / 'state.db'}"
-        os.environ["VOUCHFLOW_GLOBAL_LIMITS"] = "0"
-        # items last changed yesterday: the second run reads only what changed since the first
-        yesterday = (datetime.now(UTC) - timedelta(days=1)).isoformat()
-        with sandbox_process(home, skus=args.skus, invalid=0,
-                             extra=["--modified-at", yesterday]) as env:
-            os.environ.update(env)
-            concurrency = int(os.environ.get("VOUCHFLOW_ERP_CONCURRENCY", "5"))
+        from prefect.testing.utilities import prefect_test_harness
 
-            from prefect.testing.utilities import prefect_test_harness
+        from flows.sync_catalog import sync_catalog
 
-            from flows.sync_catalog import sync_catalog
+        with prefect_test_harness(server_startup_timeout=120):
+            # warm up Prefect (first flow run registers the flow) on an empty read
+            asyncio.run(sync_catalog(sites=["sg1"], chunk_size=args.chunk_size,
+                                     lookback_minutes=0))
+            os.environ["VOUCHFLOW_DATABASE_URL"] = f"sqlite:///{home / 'state2.db'}"
+            from state.db import dispose_engines
 
-            with prefect_test_harness(server_startup_timeout=120):
-                # warm up Prefect (first flow run registers the flow) on an empty read
-                asyncio.run(sync_catalog(sites=["sg1"], chunk_size=args.chunk_size,
-                                         lookback_minutes=0))
-                os.environ["VOUCHFLOW_DATABASE_URL"] = f"sqlite:///{home / 'state2.db'}"
-                from state.db import dispose_engines
+            dispose_engines()
+            reset_wallet(env)
 
-                dispose_engines()
-                reset_wallet(env)
+            started = time.perf_counter()
+            base = asyncio.run(baseline(env, concurrency))
+            baseline_s = time.perf_counter() - started
 
-                started = time.perf_counter()
-                base = asyncio.run(baseline(env, concurrency))
-                baseline_s = time.perf_counter() - started
+            reset_wallet(env)
+            started = time.perf_counter()
+            summary = asyncio.run(sync_catalog(chunk_size=args.chunk_size,
+                                               chunk_concurrency=args.chunk_concurrency,
+                                               full=True))
+            vouchflow_s = time.perf_counter() - started
 
-                reset_wallet(env)
-                started = time.perf_counter()
-                summary = asyncio.run(sync_catalog(chunk_size=args.chunk_size,
-                                                   chunk_concurrency=args.chunk_concurrency,
-                                                   full=True))
-                vouchflow_s = time.perf_counter() - started
-
-                started = time.perf_counter()
-                again = asyncio.run(sync_catalog(chunk_size=args.chunk_size,
-                                                 chunk_concurrency=args.chunk_concurrency))
-                rerun_s = time.perf_counter() - started
+            started = time.perf_counter()
+            again = asyncio.run(sync_catalog(chunk_size=args.chunk_size,
+                                             chunk_concurrency=args.chunk_concurrency))
+            rerun_s = time.perf_counter() - started
 
     if summary["pushed"] != base["listings"]:
         raise SystemExit(f"vouchflow pushed {summary['pushed']} listings, the baseline "

@@ -15,17 +15,16 @@ import argparse
 import asyncio
 import os
 import random
-import tempfile
 import time
 from collections import defaultdict
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import httpx
 
-from bench.common import emit, peak_rss_mb, quiet_prefect, reset_wallet, sandbox_process
+from bench.common import emit, peak_rss_mb, reset_wallet
+from bench.sync_catalog import catalog_sandbox
 
 BASELINE = ("plain httpx.AsyncClient with the same OAuth signing: the SuiteQL item pages, "
             "then per site PUT /products:batch, /inventory:batch and /batches:batch with "
@@ -96,60 +95,51 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--sites", type=int, default=12)
     parser.add_argument("--changed", type=float, default=0.01)
     args = parser.parse_args(argv)
-    quiet_prefect()
-    with tempfile.TemporaryDirectory(prefix="vf-bench-") as tmp:
-        home = Path(tmp)
-        os.environ.update({"VOUCHFLOW_HOME": str(home / "vouchflow"),
-                           "VOUCHFLOW_DATABASE_URL": f"sqlite:///{home / 'state.db'}",
-                           "VOUCHFLOW_GLOBAL_LIMITS": "0"})
-        yesterday = (datetime.now(UTC) - timedelta(days=1)).isoformat()
-        with sandbox_process(home, skus=args.skus, invalid=0,
-                             extra=["--modified-at", yesterday]) as env:
-            os.environ.update(env)
-            from prefect.testing.utilities import prefect_test_harness
+    with catalog_sandbox(args.skus) as (home, env):
+        from prefect.testing.utilities import prefect_test_harness
 
-            from flows.sync_catalog import sync_catalog
-            from flows.sync_inventory import sync_inventory
-            from state.catalog import load_skus
-            from state.db import dispose_engines, get_engine, session_scope
+        from flows.sync_catalog import sync_catalog
+        from flows.sync_inventory import sync_inventory
+        from state.catalog import load_skus
+        from state.db import dispose_engines, get_engine, session_scope
 
-            sites = sorted(s for s in ("sg1", "sg2", "my1", "my2", "th1", "th2", "id1", "id2",
-                                       "ph1", "vn1", "tw1", "hk1"))[:args.sites]
-            with prefect_test_harness(server_startup_timeout=120):
-                # warm-up: register the flows and read the catalogue once into a scratch DB
-                asyncio.run(sync_catalog(sites=sites[:1], chunk_size=1000, lookback_minutes=0))
-                with session_scope(get_engine()) as s:
-                    catalog = load_skus(s)
-                os.environ["VOUCHFLOW_DATABASE_URL"] = f"sqlite:///{home / 'run.db'}"
-                dispose_engines()
-                stock_pool([(c, k.issuance_mode.value, k.face_value.currency)
-                            for c, k in catalog.items()])
-                reset_wallet(env)
+        sites = sorted(s for s in ("sg1", "sg2", "my1", "my2", "th1", "th2", "id1", "id2",
+                                   "ph1", "vn1", "tw1", "hk1"))[:args.sites]
+        with prefect_test_harness(server_startup_timeout=120):
+            # warm-up: register the flows and read the catalogue once into a scratch DB
+            asyncio.run(sync_catalog(sites=sites[:1], chunk_size=1000, lookback_minutes=0))
+            with session_scope(get_engine()) as s:
+                catalog = load_skus(s)
+            os.environ["VOUCHFLOW_DATABASE_URL"] = f"sqlite:///{home / 'run.db'}"
+            dispose_engines()
+            stock_pool([(c, k.issuance_mode.value, k.face_value.currency)
+                        for c, k in catalog.items()])
+            reset_wallet(env)
 
-                started = time.perf_counter()
-                catalog_summary = asyncio.run(sync_catalog(sites=sites, chunk_size=2000))
-                inventory_summary = asyncio.run(sync_inventory(sites=sites))
-                vouchflow_s = time.perf_counter() - started
+            started = time.perf_counter()
+            catalog_summary = asyncio.run(sync_catalog(sites=sites, chunk_size=2000))
+            inventory_summary = asyncio.run(sync_inventory(sites=sites))
+            vouchflow_s = time.perf_counter() - started
 
-                # what vouchflow sent, read back from the sites: the baseline sends the same
-                sent = read_sent(env, sites)
-                reset_wallet(env)
-                started = time.perf_counter()
-                calls = asyncio.run(baseline(env, sent))
-                baseline_s = time.perf_counter() - started
+            # what vouchflow sent, read back from the sites: the baseline sends the same
+            sent = read_sent(env, sites)
+            reset_wallet(env)
+            started = time.perf_counter()
+            calls = asyncio.run(baseline(env, sent))
+            baseline_s = time.perf_counter() - started
 
-                # 1% of the SKUs change in the ERP, then vouchflow again (incremental)
-                rng = random.Random(1)
-                ids = rng.sample(range(1, args.skus + 1), max(1, int(args.skus * args.changed)))
-                with httpx.Client(timeout=120) as c:
-                    for i in ids:
-                        c.post(f"{env['VOUCHFLOW_ERP_BASE_URL']}/_sandbox/erp/touch/"
-                               f"inventoryItem/{i}",
-                               json={"displayName": f"Changed {i}"}).raise_for_status()
-                started = time.perf_counter()
-                again = asyncio.run(sync_catalog(sites=sites, chunk_size=2000))
-                asyncio.run(sync_inventory(sites=sites))
-                incremental_s = time.perf_counter() - started
+            # 1% of the SKUs change in the ERP, then vouchflow again (incremental)
+            rng = random.Random(1)
+            ids = rng.sample(range(1, args.skus + 1), max(1, int(args.skus * args.changed)))
+            with httpx.Client(timeout=120) as c:
+                for i in ids:
+                    c.post(f"{env['VOUCHFLOW_ERP_BASE_URL']}/_sandbox/erp/touch/"
+                           f"inventoryItem/{i}",
+                           json={"displayName": f"Changed {i}"}).raise_for_status()
+            started = time.perf_counter()
+            again = asyncio.run(sync_catalog(sites=sites, chunk_size=2000))
+            asyncio.run(sync_inventory(sites=sites))
+            incremental_s = time.perf_counter() - started
     emit({
         "bench": "sync_full",
         "scale": {"skus": args.skus, "sites": len(sites),

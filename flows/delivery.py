@@ -13,6 +13,7 @@ harmless.
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -111,11 +112,15 @@ async def _deliver_batch(
                                             outcome_of=outcome_of))
         return report
 
-    with session_scope(engine) as session:
-        mark_sent(session, [i for i in (getattr(row, "id", None) for row in batch)
-                            if i is not None])
-        if on_sent is not None:
-            on_sent(session, batch, responses)
+    def record() -> None:
+        with session_scope(engine, immediate=True) as session:
+            mark_sent(session, [i for i in (getattr(row, "id", None) for row in batch)
+                                if i is not None])
+            if on_sent is not None:
+                on_sent(session, batch, responses)
+
+    # in a worker thread: waiting for the database's write lock must not stop the event loop
+    await asyncio.to_thread(record)
     report.sent += len(batch)
     if outcome_of is not None:
         report.outcomes.update(outcome_of(r) for r in responses)

@@ -211,20 +211,29 @@ def _modified_since(raw: dict[str, Any], since: datetime | None,
     return modified >= since
 
 
-def plan_products(
-    session: Session, skus: Sequence[Sku], wallets: Sequence[str]
-) -> tuple[dict[str, list[OutboxItem]], int]:
+@dataclass
+class PlannedProducts:
+    """The product writes of a chunk by site, with each product's fingerprint (saved when the
+    site confirms it, so it is computed once)."""
+
+    writes: dict[str, list[OutboxItem]] = field(default_factory=dict)
+    digests: dict[str, dict[str, str]] = field(default_factory=dict)
+    unchanged: int = 0
+
+
+def plan_products(session: Session, skus: Sequence[Sku], wallets: Sequence[str]
+                  ) -> PlannedProducts:
     """The product writes every site needs: each (site, SKU) whose product differs from what
     the site last confirmed. A site that is no longer in a SKU's sales areas but once received
-    it gets the SKU as inactive, so it stops selling it. Returns (writes by site, unchanged)."""
-    writes: dict[str, list[OutboxItem]] = {}
-    unchanged = 0
+    it gets the SKU as inactive, so it stops selling it."""
+    planned = PlannedProducts()
     targets = {site: site_target(site) for site in wallets}
     known = load_fingerprints_for_targets(session, list(targets.values()), ENTITY,
                                           [s.sku for s in skus])
     for site, target in targets.items():
         site_known = known[target]
         site_writes: list[OutboxItem] = []
+        site_digests: dict[str, str] = {}
         for sku in skus:
             listed = site in sku.sales_areas
             if not listed and sku.sku not in site_known:
@@ -232,32 +241,38 @@ def plan_products(
             product = sku_to_wallet_product(sku, listed=listed)
             digest = fingerprint(product)
             if site_known.get(sku.sku) == digest:
-                unchanged += 1
+                planned.unchanged += 1
                 continue
+            site_digests[sku.sku] = digest
             site_writes.append(OutboxItem(
                 target=target, operation=OPERATION,
                 idempotency_key=product_key(site, sku.sku, digest), entity_type=ENTITY,
                 entity_key=sku.sku, payload=product,
             ))
         if site_writes:
-            writes[site] = site_writes
-    return writes, unchanged
+            planned.writes[site] = site_writes
+            planned.digests[site] = site_digests
+    return planned
 
 
 async def push_site_products(
-    run: CatalogRun, site: str, writes: Sequence[OutboxItem]
+    run: CatalogRun, site: str, writes: Sequence[OutboxItem],
+    digests: dict[str, str] | None = None,
 ) -> DeliveryReport:
-    """Upsert products on one site; what it confirms becomes its fingerprint. The upsert is
+    """Upsert products on one site; what it confirms becomes its fingerprint (``digests``:
+    the products' fingerprints by SKU, when the plan already computed them). The upsert is
     by SKU and the site answers a repeat of the same content as unchanged, so pushing again
     after a crash (before the fingerprints were saved) does no harm: no outbox is needed."""
     if not writes:
         return DeliveryReport()
     wallet = run.wallets[site]
     target = site_target(site)
+    known = digests or {}
 
     def remember(session: Session, sent: Sequence[Any], _: Sequence[Any]) -> None:
-        save_fingerprints(session, target, ENTITY,
-                          {row.entity_key: fingerprint(row.payload) for row in sent})
+        save_fingerprints(session, target, ENTITY, {
+            row.entity_key: known.get(row.entity_key) or fingerprint(row.payload)
+            for row in sent})
 
     async with system_slot(limit_name("wallet", site)):
         return await deliver(
@@ -268,10 +283,12 @@ async def push_site_products(
         )
 
 
-async def process_records(
+def process_records(
     run: CatalogRun, raws: Sequence[dict[str, Any]], counts: CatalogCounts
-) -> dict[str, list[OutboxItem]]:
-    """Map, quarantine and plan one chunk's records; returns the product writes by site."""
+) -> PlannedProducts:
+    """Map, quarantine and plan one chunk's records; returns the product writes by site.
+    Plain CPU and database work: ``sync_chunk`` runs it in a worker thread, so the event loop
+    keeps the other chunks' requests moving meanwhile."""
     skus: list[Sku] = []
     xrefs: dict[str, str] = {}
     dead: list[DeadLetterItem] = []
@@ -304,17 +321,21 @@ async def process_records(
         counts.mapped -= sum(seen[c] for c in clashes)
         skus = [s for s in skus if s.sku not in clashes]
 
-    with session_scope(run.engine) as session:
+    # the CPU work before the write transaction: SQLite has one writer at a time, and the
+    # other chunks' confirmations wait for it
+    events = sku_events(skus)  # same id for a version seen again
+    with session_scope(run.engine) as session:  # reads what the sites confirmed before
+        planned = plan_products(session, skus, list(run.wallets))
+    erp_ids = {code: raw_id for raw_id, code in xrefs.items()}
+    with session_scope(run.engine, immediate=True) as session:
         record_dead_letters(session, dead)
         resolve_dead_letters(session, FLOW, SOURCE, RECORD_TYPE, xrefs.keys())
         upsert_xrefs(session, SOURCE, RECORD_TYPE, xrefs)
-        erp_ids = {code: raw_id for raw_id, code in xrefs.items()}
         remember_skus(session, [(s, erp_ids.get(s.sku)) for s in skus])
-        emit_events(session, sku_events(skus))  # same id for a version seen again
-        writes, unchanged = plan_products(session, skus, list(run.wallets))
-    counts.changed += sum(len(w) for w in writes.values())
-    counts.skipped += unchanged
-    return writes
+        emit_events(session, events)
+    counts.changed += sum(len(w) for w in planned.writes.values())
+    counts.skipped += planned.unchanged
+    return planned
 
 
 SOURCE_TARGET = "source:erp"
@@ -363,6 +384,31 @@ async def sync_chunk(
             else:
                 counts.not_modified += 1
     counts.read = len(candidates) + counts.not_modified
+    raws, digests, planned = await asyncio.to_thread(
+        _changed_and_planned, run, candidates, failures, counts, force)
+    if planned.writes:
+        reports = await asyncio.gather(*(
+            push_site_products(run, site, writes, planned.digests.get(site))
+            for site, writes in planned.writes.items()
+        ))
+        for report in reports:
+            counts.pushed += report.sent
+            counts.rejected += report.dead_lettered
+            counts.outcomes.update(report.outcomes)
+    if not run.subset:
+        with session_scope(run.engine) as session:
+            save_fingerprints(session, SOURCE_TARGET, RECORD_TYPE,
+                              {str(raw["id"]): digests[str(raw["id"])] for raw in raws})
+    return counts
+
+
+def _changed_and_planned(
+    run: CatalogRun, candidates: list[dict[str, Any]], failures: list[DeadLetterItem],
+    counts: CatalogCounts, force: bool,
+) -> tuple[list[dict[str, Any]], dict[str, str], PlannedProducts]:
+    """The CPU and database part of a chunk before its pushes (in a worker thread): drop the
+    items whose content is unchanged since they were last processed (unless ``force``),
+    record the read failures, then map and plan the rest."""
     digests = {str(raw["id"]): source_digest(raw) for raw in candidates}
     if not force and digests:
         with session_scope(run.engine) as session:
@@ -375,20 +421,7 @@ async def sync_chunk(
         with session_scope(run.engine) as session:
             record_dead_letters(session, failures)
         counts.dead_lettered += len(failures)
-    by_site = await process_records(run, raws, counts)
-    if by_site:
-        reports = await asyncio.gather(*(
-            push_site_products(run, site, writes) for site, writes in by_site.items()
-        ))
-        for report in reports:
-            counts.pushed += report.sent
-            counts.rejected += report.dead_lettered
-            counts.outcomes.update(report.outcomes)
-    if not run.subset:
-        with session_scope(run.engine) as session:
-            save_fingerprints(session, SOURCE_TARGET, RECORD_TYPE,
-                              {str(raw["id"]): digests[str(raw["id"])] for raw in raws})
-    return counts
+    return raws, digests, process_records(run, raws, counts)
 
 
 def site_scope(site: str) -> str:
@@ -554,7 +587,8 @@ async def list_changed_items(run: CatalogRun) -> Bulk[list[Any]]:
       cache_policy=NO_CACHE)
 async def sync_catalog_chunk(run: CatalogRun, ids: list[Any], index: int) -> dict[str, Any]:
     step = _step(ids)
-    with session_scope(run.engine) as session:
+    # read, then write: the write lock up front (the other chunks write meanwhile)
+    with session_scope(run.engine, immediate=True) as session:
         done = ledger_done_steps(session, FLOW, run.run_key)
         if step in done:  # a retry of this run: this chunk already finished
             return {**done[step], "resumed": True}

@@ -37,7 +37,7 @@ from flows.runtime import (
 )
 from mappings.inventory import batch_item, inventory_item, site_quotas
 from state import pool
-from state.catalog import load_skus
+from state.catalog import load_listings, load_skus
 from state.db import session_scope
 from state.models import OrderLine
 from state.procurement import PurchaseOrder
@@ -211,13 +211,12 @@ def plan(engine: Engine, sites: dict[str, WalletSiteSettings], as_of: datetime,
     stamp = as_of.isoformat()
     weights = recent_sales(engine, weights_days, only)
     with session_scope(engine) as session:
-        catalog = load_skus(session, only)
+        catalog = load_listings(session, only)
         stock = {s.sku: s for s in pool.stock(session, on=on, skus=only)}
     per_site: dict[str, dict[str, tuple[dict[str, Any], list[dict[str, Any]]]]] = {
         s: {} for s in sites}
-    for code, sku in catalog.items():
-        selling = [s for s in sku.sales_areas if s in sites] if sku.status.value == "normal" \
-            else []
+    for code, (status, areas) in catalog.items():
+        selling = [s for s in areas if s in sites] if status == "normal" else []
         batches = stock[code].batches if code in stock else ()
         quotas = site_quotas(batches, sites=selling, weights=weights.get(code, {}), on=on)
         for site in selling:

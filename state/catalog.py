@@ -55,3 +55,18 @@ def load_skus(session: Session, skus: Iterable[str] | None = None) -> dict[str, 
                                    .where(table.c.sku.in_(part))):
             found[row.sku] = Sku.model_validate(row.data)
     return found
+
+
+def load_listings(session: Session, skus: Iterable[str] | None = None
+                  ) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """Status and sales areas of every SKU (or of ``skus``), from their own columns: what the
+    inventory sync needs of the catalogue, without building each SKU's model."""
+    table = CatalogSku.__table__
+    query = select(table.c.sku, table.c.status, table.c.sales_areas)
+    found: dict[str, tuple[str, tuple[str, ...]]] = {}
+    parts = [None] if skus is None else list(_chunks(list(dict.fromkeys(skus))))
+    for part in parts:
+        rows = session.execute(query if part is None else query.where(table.c.sku.in_(part)))
+        for sku, status, areas in rows:
+            found[sku] = (status, tuple(a for a in (areas or "").split(",") if a))
+    return found

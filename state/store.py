@@ -77,7 +77,51 @@ def _upsert_many(
         )
     else:
         stmt = stmt.on_conflict_do_nothing(index_elements=list(keys))
-    session.execute(stmt, [dict(r) for r in rows])
+    _executemany(session, stmt, rows)
+
+
+def _executemany(session: Session, stmt: Any, rows: Sequence[Mapping[str, Any]]) -> None:
+    """``session.execute(stmt, rows)`` for rows that all have the same keys, without
+    SQLAlchemy's per-row parameter assembly: the statement is compiled once, every value goes
+    through its column type's bind processor (a datetime seen before is converted once: the
+    rows of a chunk share their ``now``), and the driver's ``executemany`` gets plain tuples
+    (or dicts). Statements this does not cover take the ordinary path."""
+    conn = session.connection()
+    names = list(rows[0])
+    compiled = stmt.compile(dialect=conn.dialect, column_keys=names)
+    processors = getattr(compiled, "_bind_processors", None)
+    if (processors is None or compiled.literal_execute_params or compiled.post_compile_params
+            or any(len(r) != len(names) for r in rows)):
+        session.execute(stmt, [dict(r) for r in rows])
+        return
+    base = compiled.construct_params(dict(rows[0]))
+    order = list(compiled.positiontup or []) if compiled.positional else list(base)
+    missing = [n for n in order if n not in base]
+    if missing or not set(names) <= set(base):
+        session.execute(stmt, [dict(r) for r in rows])
+        return
+    seen: dict[tuple[str, datetime], Any] = {}
+
+    def bound(name: str, value: Any) -> Any:
+        process = processors.get(name)
+        if process is None or value is None:
+            return value
+        if isinstance(value, datetime):
+            key = (name, value)
+            if key not in seen:
+                seen[key] = process(value)
+            return seen[key]
+        return process(value)
+
+    fixed = {n: bound(n, base[n]) for n in order if n not in names}
+    params: list[Any] = []
+    for row in rows:
+        values = {n: bound(n, row[n]) for n in names}
+        if compiled.positional:
+            params.append(tuple(values[n] if n in values else fixed[n] for n in order))
+        else:
+            params.append({**fixed, **values})
+    conn.exec_driver_sql(compiled.string, params)
 
 
 def fingerprint(payload: Any) -> str:

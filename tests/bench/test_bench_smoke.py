@@ -10,17 +10,34 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_sync_catalog_bench_prints_its_json_line(tmp_path):
-    out = subprocess.run(
-        [sys.executable, "-m", "bench", "sync_catalog", "--skus", "60", "--chunk-size", "25"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )
+def bench_result(args: list[str], *, timeout: float) -> dict:
+    """Run ``python -m bench ARGS``; it must succeed, and its last line is the JSON result."""
+    out = subprocess.run([sys.executable, "-m", "bench", *args], cwd=ROOT,
+                         capture_output=True, text=True, timeout=timeout)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_sync_catalog_bench_prints_its_json_line(tmp_path):
+    result = bench_result(["sync_catalog", "--skus", "60", "--chunk-size", "25"], timeout=300)
     assert result["bench"] == "sync_catalog"
     assert {"vouchflow_s", "baseline_s", "ratio", "rerun_s", "baseline"} <= set(result)
     assert result["rerun_pushed"] == 0
     assert result["scale"]["skus"] == 60 and result["scale"]["listings"] > 60
+
+
+def test_sync_full_bench_prints_its_json_line():
+    result = bench_result(["sync_full", "--skus", "200", "--sites", "3",
+         "--changed", "0.05"], timeout=600)
+    assert result["bench"] == "sync_full"
+    assert {"vouchflow_s", "baseline_s", "ratio", "incremental_s", "incremental_fraction",
+            "baseline"} <= set(result)
+    scale = result["scale"]
+    assert scale["skus"] == 200 and scale["sites"] == 3 and scale["changed"] == 10
+    # the baseline made as many product PUTs as there were listings to send, 500 a request
+    assert scale["calls"]["products:batch"] >= scale["listings"] / 500 > 0
+    # the changed items went out again, and only they (on the sites that sell them)
+    assert 0 < result["incremental_pushed"] <= 10 * 3
 
 
 def test_unknown_benchmark_is_a_clear_error():
@@ -30,26 +47,16 @@ def test_unknown_benchmark_is_a_clear_error():
 
 
 def test_erp_upsert_bench_prints_its_json_line():
-    out = subprocess.run(
-        [sys.executable, "-m", "bench", "erp_upsert", "--records", "300", "--latency-ms", "5",
-         "--single-records", "20"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = bench_result(["erp_upsert", "--records", "300", "--latency-ms", "5",
+         "--single-records", "20"], timeout=300)
     assert {"single_records_per_s", "batch_records_per_s", "ceiling_records_per_s",
             "ceiling_fraction"} <= set(result)
     assert result["failed"] == 0 and result["sandbox_max_in_flight"] <= 5
 
 
 def test_deliver_bench_prints_its_json_line():
-    out = subprocess.run(
-        [sys.executable, "-m", "bench", "deliver", "--events", "120", "--subscribers", "2",
-         "--rounds", "2", "--lag-events", "15", "--concurrency", "4"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = bench_result(["deliver", "--events", "120", "--subscribers", "2",
+         "--rounds", "2", "--lag-events", "15", "--concurrency", "4"], timeout=300)
     assert result["bench"] == "deliver"
     assert {"events_per_s", "baseline_events_per_s", "ratio", "lag_p50_s", "lag_p99_s",
             "baseline"} <= set(result)
