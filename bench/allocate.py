@@ -190,15 +190,22 @@ def prepare(kind: str, url: str) -> None:
 
 
 # workers -------------------------------------------------------------------------------------
-def _vouchflow_worker(url: str, name: str, chunk: int, ready: Any, go: Any, out: Any) -> None:
+def _connected(url: str, name: str, ready: Any, go: Any) -> Any:
+    """A worker's engine, connected before it reports ready; returns on the go signal."""
     from state.db import make_engine
-    from state.pool import allocate
 
     engine = make_engine(url, pool_size=1, max_overflow=0)
     with engine.connect():
         pass
     ready.put(name)
     go.wait()
+    return engine
+
+
+def _vouchflow_worker(url: str, name: str, chunk: int, ready: Any, go: Any, out: Any) -> None:
+    from state.pool import allocate
+
+    engine = _connected(url, name, ready, go)
     started = time.perf_counter()
     report = allocate(engine, worker=name, chunk_lines=chunk)
     out.put({"worker": name, "seconds": time.perf_counter() - started,
@@ -248,13 +255,7 @@ SELECT (SELECT count(*) FROM lines), (SELECT count(*) FROM codes)
 def _baseline_worker(url: str, name: str, chunk: int, ready: Any, go: Any, out: Any) -> None:
     from sqlalchemy import text
 
-    from state.db import make_engine
-
-    engine = make_engine(url, pool_size=1, max_overflow=0)
-    with engine.connect():
-        pass
-    ready.put(name)
-    go.wait()
+    engine = _connected(url, name, ready, go)
     started = time.perf_counter()
     codes = 0
     idle = 0

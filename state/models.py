@@ -337,7 +337,8 @@ class OrderLine(SQLModel, table=True):
 
     __tablename__ = "order_line"
     __table_args__ = (
-        Index("ix_order_line_queue", "status", "order_created_at", "site", "order_id"),
+        Index("ix_order_line_queue", "status", "order_created_at", "site", "order_id",
+              postgresql_where=text("status IN ('pending', 'held')")),
     )
 
     site: str = Field(primary_key=True, max_length=32)
