@@ -156,6 +156,8 @@ def _columns(names: Sequence[str], typed: dict[str, str]) -> str:
 
 
 AMOUNT = "DECIMAL(18,6)"
+TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S"
+"""The acquirer's times as this path reads them (the first of the row reader's formats)."""
 ACQ_AMOUNTS = (("Gross Credit (GC)", "Gross Currency"), ("Gross Debit (GC)", "Gross Currency"),
                ("Net Credit (NC)", "Net Currency"), ("Net Debit (NC)", "Net Currency"),
                ("Commission (NC)", "Net Currency"))
@@ -231,7 +233,10 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
 
     def take(table: str, path: Path, required: Sequence[str], insert: str,
              pairs: Sequence[tuple[str, str]], typed: dict[str, str] | None = None,
-             stored: Sequence[tuple[str, str]] = ()) -> None:
+             stored: Sequence[tuple[str, str]] = (),
+             cast: dict[str, str] | None = None) -> None:
+        """Read one file into ``table``; ``cast`` names text columns the insert casts (so a
+        failed insert is explained by them too)."""
         nonlocal number
         number += 1
         failed = False
@@ -248,19 +253,20 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
             con.execute("SET preserve_insertion_order=true")  # lines are counted in order
             con.execute(f"""CREATE OR REPLACE TEMP TABLE explain AS SELECT *
                             FROM read_csv({_q(path)}, all_varchar=true, header=true)""")
-            if not _guard(con, "explain", path.name, pairs, refused):
+            if not _guard(con, "explain", path.name, pairs, refused,
+                          {**(typed or {}), **(cast or {})}):
                 refused.append(f"{path.name}: an amount cannot be read [invalid_amount]")
             con.execute("SET preserve_insertion_order=false")
 
     for path in orders:
         take("orders", path, ORDER_COLUMNS, f"""INSERT INTO orders SELECT {{n}}, r.site,
-            r.order_id, r.status, r.currency, r.created_at,
+            r.order_id, r.status, r.currency, CAST(substr(r.created_at, 1, 10) AS DATE),
             r.provider_reference,
             CASE WHEN r.status = 'cancelled' THEN 0 ELSE {_amount('total')} END,
             {lag_case}, NOT {_valid('total')}
             FROM {{src}} r""",
-             [("total", "currency")], {"total": AMOUNT, "created_at": "DATE"},
-             [("expected", "currency")])  # the date as written: the site's own business day
+             [("total", "currency")], {"total": AMOUNT}, [("expected", "currency")],
+             {"created_at": "DATE"})  # the date as written: the site's own business day
     # delivery evidence is read where it is used, in the verdict (one pass, no table of its
     # own); a file the CSV reader cannot parse is found then and refused
     delivered_from: dict[Path, str] = {}
@@ -459,7 +465,7 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
 def _source(path: Path, names: Sequence[str], typed: dict[str, str] | None = None) -> str:
     """The file as a DuckDB ``read_csv`` of its own column names (text unless typed here)."""
     return (f"read_csv({_q(path)}, header=true, auto_detect=false, "
-            f"columns={_columns(names, typed or {})}, timestampformat='%Y-%m-%d %H:%M:%S')")
+            f"columns={_columns(names, typed or {})}, timestampformat='{TIMESTAMP_FORMAT}')")
 
 
 def _unreadable(con: Any, queries: dict[Path, str]) -> list[str]:
@@ -491,14 +497,46 @@ def _abs_tol(rules: Rules) -> str:
 
 
 def _guard(con: Any, table: str, file: str, pairs: Sequence[tuple[str, str]],
-           refused: list[str]) -> bool:
-    """True when the file was refused."""
+           refused: list[str], typed: dict[str, str] | None = None) -> bool:
+    """True when the file was refused: its amounts, then its dates, times and time zones."""
     try:
         _check(con, table, file, pairs)
+        _check_times(con, table, file, typed or {})
     except PaymentFileError as exc:
         refused.append(str(exc))
         return True
     return False
+
+
+def _check_times(con: Any, table: str, file: str, typed: dict[str, str]) -> None:
+    """Refuse the file at its first date, time or time zone the typed read could not take
+    (the row readers' rules: ``date_format``, ``datetime_format``, ``timezone_unknown``)."""
+    zones = ", ".join(f"'{name}'" for name, _ in _zones())
+    names = {d[0] for d in con.execute(f"SELECT * FROM {table} LIMIT 0").description}
+    tests = []
+    for column, kind in typed.items():
+        c = '"' + column.replace('"', '""') + '"'
+        if kind == "DATE":
+            tests.append((column, f"TRY_CAST({c} AS DATE) IS NULL", "date_format", "a date"))
+        elif kind == "TIMESTAMP":
+            tests.append((column, f"TRY_STRPTIME({c}, '{TIMESTAMP_FORMAT}') IS NULL",
+                          "datetime_format", "a date and time"))
+        elif kind == "TIMESTAMPTZ":
+            tests.append((column, f"TRY_CAST({c} AS TIMESTAMPTZ) IS NULL", "datetime_format",
+                          "a date and time"))
+    if "TimeZone" in names:
+        tests.append(("TimeZone", f'upper("TimeZone") NOT IN ({zones})', "timezone_unknown",
+                      "a time zone"))
+    first = None
+    for column, bad, rule, what in tests:
+        c = '"' + column.replace('"', '""') + '"'
+        row = con.execute(f"""SELECT line, {c} FROM (SELECT row_number() OVER () + 1 AS line,
+            * FROM {table}) WHERE {c} IS NOT NULL AND {bad} ORDER BY line LIMIT 1""").fetchone()
+        if row and (first is None or row[0] < first[0]):
+            first = (row[0], column, row[1], rule, what)
+    if first is not None:
+        line, column, value, rule, what = first
+        raise PaymentFileError(file, rule, f"{value!r} is not {what}", line=line, field=column)
 
 
 __all__ = ["ColumnarResult", "reconcile_columnar"]

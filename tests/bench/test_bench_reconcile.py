@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from bench.reconcile import DAY, generate
 from flows.reconcile import load_rules
 from flows.reconcile_columnar import reconcile_columnar
@@ -100,3 +102,27 @@ def test_a_delivery_file_the_reader_cannot_parse_is_refused_and_the_others_count
     assert result.refused[0].endswith("[csv_syntax]")
     # sg1:O000000000 stays undelivered: nothing of the refused file counts
     assert accuracy(data["truth"], result.labels) == 1.0 and result.orders == 200
+
+
+@pytest.mark.parametrize(("kind", "column", "value", "expected"), [
+    ("orders", 3, "2026-11-2x", "line 3: created_at: '2026-11-2x' is not a date [date_format]"),
+    ("acquirer", 5, "20/11/2026 10:00", "line 3: Creation Date: '20/11/2026 10:00' is not a "
+                                        "date and time [datetime_format]"),
+    ("acquirer", 6, "XYZT", "line 3: TimeZone: 'XYZT' is not a time zone [timezone_unknown]"),
+    ("wallet", 4, "yesterday", "line 3: created_at: 'yesterday' is not a date and time "
+                               "[datetime_format]"),
+])
+def test_a_file_with_a_bad_date_or_zone_is_refused_naming_line_field_and_rule(
+        tmp_path, kind, column, value, expected):
+    data = generate(tmp_path, 200)
+    files = data["files"]
+    lines = files[kind][0].read_text().splitlines()
+    cells = lines[2].split(",")
+    cells[column] = value
+    bad = tmp_path / f"{kind}_bad.csv"
+    bad.write_text("\n".join([lines[0], lines[1], ",".join(cells), lines[3]]) + "\n")
+    inputs = {k: files[k] for k in ("orders", "deliveries", "acquirer", "wallet")}
+    inputs[kind] = [*inputs[kind], bad]
+    result = reconcile_columnar(load_rules(), DAY, **inputs)
+    assert result.refused == [f"{kind}_bad.csv: {expected}"]
+    assert result.orders == 200
