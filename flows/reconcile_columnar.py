@@ -4,9 +4,8 @@ queries over a day's files, for days with a million orders (the row-by-row path 
 
 Same inputs, same rules, same classes as ``mappings.reconcile.reconcile`` for what this path
 reads: orders (CSV), delivery evidence (CSV), card acquirer settlement CSVs and wallet
-balance CSVs, payments in the order's currency. Money is integer minor units (exact: every
-amount is checked against its currency's minor unit before it is scaled, as the row readers
-check it), never floats. A file that breaks a rule is refused with the file, line, field and
+balance CSVs, payments in the order's currency. Money is exact decimals (every amount is
+checked against its currency's minor unit, as the row readers check it), never floats. A file that breaks a rule is refused with the file, line, field and
 rule, as the row readers say it; the others are read.
 
 It reads the files it is given and returns counts (and, when asked, each entity's classes);
@@ -266,7 +265,7 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
             {lag_case}, NOT {_valid('total')}
             FROM {{src}} r""",
              [("total", "currency")], {"total": AMOUNT}, [("expected", "currency")],
-             {"created_at": "DATE"})  # the date as written: the site's own business day
+             {"created_at": "DATE"})  # the day as written there: the site's business day
     # delivery evidence is read where it is used, in the verdict (one pass, no table of its
     # own); a file the CSV reader cannot parse is found then and refused
     delivered_from: dict[Path, str] = {}
