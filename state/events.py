@@ -31,6 +31,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
@@ -140,8 +141,9 @@ def ref(*parts: str) -> str:
     return ":".join(p.replace("%", "%25").replace(":", "%3A") for p in parts)
 
 
+@lru_cache(maxsize=1024)
 def format_time(moment: datetime) -> str:
-    """RFC 3339 in UTC with ``Z``."""
+    """RFC 3339 in UTC with ``Z`` (remembered: a chunk's events share their time)."""
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
@@ -193,8 +195,11 @@ def prepare_events(session: Session, events: Iterable[Event]) -> PreparedEvents:
         return PreparedEvents(items, [])
     # one dumps for a whole part: its data objects come out exactly as _json writes each one
     # (sorted keys, no spaces), and PostgreSQL's json keeps an element's text as it was sent
+    times: dict[datetime, str] = {}
     parts = [json.dumps([{"i": key, "t": e.type, "et": e.entity_type, "ek": e.entity_key,
-                          "o": e.occurred_at.isoformat(), "d": dict(e.data)}
+                          "o": times.get(e.occurred_at) or times.setdefault(
+                              e.occurred_at, e.occurred_at.isoformat()),
+                          "d": dict(e.data)}
                          for key, e in part],
                         sort_keys=True, default=str, separators=(",", ":"))
              for part in _chunks(items, _PG_PART)]
