@@ -342,12 +342,11 @@ def announce(session: Session, events: Iterable[Event]) -> None:
 
 @sa_event.listens_for(Session, "before_commit")
 def _emit_announced(session: Session) -> None:
-    if session.in_nested_transaction():
-        return  # a savepoint: its events wait for the transaction
-    pending = session.info.pop(_ANNOUNCED, None)
-    if pending:
-        session.flush()  # every row lock before the event lock (PostgreSQL)
-        emit_events(session, [e for _, events in pending for e in events])
+    if not session.info.get(_ANNOUNCED) or session.in_nested_transaction():
+        return  # nothing announced, or a savepoint: its events wait for the transaction
+    pending = session.info.pop(_ANNOUNCED)
+    session.flush()  # every row lock before the event lock (PostgreSQL)
+    emit_events(session, [e for _, events in pending for e in events])
 
 
 @sa_event.listens_for(Session, "after_soft_rollback")
