@@ -11,6 +11,7 @@ are sent.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -20,7 +21,7 @@ from typing import Any
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import quote
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, String, func, select, type_coerce
 
 from canonical import now_utc
 from connectors.erp import ErpClient, suiteql_time
@@ -28,6 +29,7 @@ from connectors.wallet import WalletClient, WalletSiteSettings, load_sites
 from flows.credentials import erp_settings
 from flows.delivery import deliver
 from flows.runtime import (
+    Bulk,
     limit_name,
     markdown_artifact,
     run_logger,
@@ -47,6 +49,7 @@ from state.store import (
     canonical_ids,
     fingerprint,
     get_watermark,
+    load_fingerprints,
     load_fingerprints_for_targets,
     record_dead_letters,
     save_fingerprints,
@@ -194,6 +197,43 @@ def dirty_skus(engine: Engine, since: datetime) -> set[str]:
     return found
 
 
+QUOTA_INPUTS = ("pool", "quota-inputs")
+"""Fingerprint target and entity type of what each SKU's quotas were last planned from."""
+
+
+def input_stamps(session: Any, skus: set[str] | None) -> dict[str, str]:
+    """Per SKU (every SKU, or ``skus``), a digest of when its catalogue entry and each of its
+    batches last changed, as stored: every change that can move a quota stamps one of them."""
+    from state.catalog import CatalogSku
+    from state.models import PoolBatch
+
+    cat, pb = CatalogSku.__table__, PoolBatch.__table__
+    # the stored text as it is (no conversion to datetimes): only compared with itself
+    cat_query = select(cat.c.sku, type_coerce(cat.c.updated_at, String()))
+    pb_query = select(pb.c.sku, pb.c.batch_no, type_coerce(pb.c.updated_at, String()))
+    stamps: dict[str, list[str]] = {}
+    for part in _parts(skus):
+        for sku, at in session.execute(cat_query if part is None
+                                       else cat_query.where(cat.c.sku.in_(part))):
+            stamps.setdefault(sku, []).append(f"@{at}")
+        for sku, batch_no, at in session.execute(pb_query if part is None
+                                                 else pb_query.where(pb.c.sku.in_(part))):
+            stamps.setdefault(sku, []).append(f"{batch_no}@{at}")
+    return {sku: hashlib.sha256("|".join(sorted(marks)).encode()).hexdigest()
+            for sku, marks in stamps.items()}
+
+
+def unplanned(engine: Engine, candidates: set[str]) -> set[str]:
+    """The candidates (SKUs stamped since the last rebalance, less the settling time) whose
+    catalogue entry or batches are not as the last successful plan read them: a SKU that plan
+    already took into account is not planned again, and a change committed after that plan
+    read (however it was stamped) is."""
+    with session_scope(engine) as session:
+        seen = load_fingerprints(session, *QUOTA_INPUTS, candidates)
+        now = input_stamps(session, candidates)
+    return {sku for sku in candidates if sku not in seen or seen[sku] != now.get(sku)}
+
+
 @dataclass
 class SiteWrites:
     inventory: list[OutboxItem] = field(default_factory=list)
@@ -201,16 +241,22 @@ class SiteWrites:
 
 
 def plan(engine: Engine, sites: dict[str, WalletSiteSettings], as_of: datetime,
-         weights_days: int, counts: InventoryCounts, only: set[str] | None = None
+         weights_days: int, counts: InventoryCounts, only: set[str] | None = None,
+         inputs: dict[str, str] | None = None, settle_seconds: float = 30.0,
          ) -> dict[str, SiteWrites]:
     """Quota per (site, SKU) and per (site, batch), and the writes for what changed since the
     site last confirmed it; for every SKU (a full rebalance) or ``only`` these. Quotas are the
     current state the site upserts (a repeat is harmless), so no outbox: the fingerprint saved
-    on confirmation is the bookkeeping."""
+    on confirmation is the bookkeeping. ``inputs`` receives what the plan read of the SKUs the
+    next run will look at again (stamped from ``as_of`` less ``settle_seconds`` on), for the
+    run to save once it succeeds (see ``unplanned``)."""
     on = as_of.date()
     stamp = as_of.isoformat()
     weights = recent_sales(engine, weights_days, only)
+    again = dirty_skus(engine, as_of - timedelta(seconds=settle_seconds))
     with session_scope(engine) as session:
+        # the stamps before the data: a change committed in between is planned again
+        seen = input_stamps(session, again if only is None else again & only)
         catalog = load_listings(session, only)
         stock = {s.sku: s for s in pool.stock(session, on=on, skus=only)}
     per_site: dict[str, dict[str, tuple[dict[str, Any], list[dict[str, Any]]]]] = {
@@ -223,6 +269,8 @@ def plan(engine: Engine, sites: dict[str, WalletSiteSettings], as_of: datetime,
             per_site[site][code] = (inventory_item(code, quotas[site], stamp),
                                     [batch_item(code, share) for share in quotas[site]])
     counts.skus = len(catalog)
+    if inputs is not None:
+        inputs.update(seen)
     writes: dict[str, SiteWrites] = {}
     targets = {site: f"wallet:{site}" for site in sites}
     with session_scope(engine) as session:
@@ -308,12 +356,15 @@ async def import_batches_task(engine: Engine, erp: ErpClient, since: datetime | 
       cache_policy=NO_CACHE)
 async def quotas_task(engine: Engine, sites: dict[str, WalletSiteSettings],
                       wallets: dict[str, WalletClient], as_of: datetime,
-                      weights_days: int, only: set[str] | None) -> InventoryCounts:
+                      weights_days: int, only: set[str] | None, settle_seconds: float,
+                      ) -> tuple[InventoryCounts, Bulk[dict[str, str]]]:
     counts = InventoryCounts()
-    writes = await asyncio.to_thread(plan, engine, sites, as_of, weights_days, counts, only)
+    inputs: dict[str, str] = {}
+    writes = await asyncio.to_thread(plan, engine, sites, as_of, weights_days, counts, only,
+                                     inputs, settle_seconds)
     await asyncio.gather(*(push_site(engine, wallets[s], s, w, counts)
                            for s, w in writes.items()))
-    return counts
+    return counts, Bulk(inputs)
 
 
 @flow(name="sync-inventory", log_prints=False)
@@ -350,10 +401,10 @@ async def sync_inventory(
         imported = await import_batches_task(engine, quote(erp), since)
         totals.erp_batches = imported.erp_batches
         totals.dead_lettered = imported.dead_lettered
-        only = (None if whole else
-                dirty_skus(engine, rebalanced - timedelta(seconds=settle_seconds)))
-        done = await quotas_task(engine, quote(chosen), quote(wallets), high, weights_days,
-                                 quote(only))
+        only = (None if whole else unplanned(
+            engine, dirty_skus(engine, rebalanced - timedelta(seconds=settle_seconds))))
+        done, inputs = await quotas_task(engine, quote(chosen), quote(wallets), high,
+                                         weights_days, quote(only), settle_seconds)
         totals.skus, totals.quotas_changed, totals.batches_changed = (
             done.skus, done.quotas_changed, done.batches_changed)
         totals.pushed, totals.rejected, totals.by_site = (done.pushed, done.rejected,
@@ -363,6 +414,7 @@ async def sync_inventory(
             # when quotas were last computed: the next run rebalances what changed since
             # (and everything, once the date has moved on)
             set_watermark(session, FLOW, "pool", high, "quota")
+            save_fingerprints(session, *QUOTA_INPUTS, inputs.value)
     finally:
         await erp.aclose()
         for w in wallets.values():

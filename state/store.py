@@ -12,6 +12,7 @@ import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import repeat
 from typing import Any
 
 from sqlalchemy import and_, delete, func, select, tuple_, update
@@ -100,27 +101,23 @@ def _executemany(session: Session, stmt: Any, rows: Sequence[Mapping[str, Any]])
     if missing or not set(names) <= set(base):
         session.execute(stmt, [dict(r) for r in rows])
         return
-    seen: dict[tuple[str, datetime], Any] = {}
-
-    def bound(name: str, value: Any) -> Any:
+    columns: dict[str, list[Any]] = {}
+    for name in names:
+        values = [row[name] for row in rows]
         process = processors.get(name)
-        if process is None or value is None:
-            return value
-        if isinstance(value, datetime):
-            key = (name, value)
-            if key not in seen:
-                seen[key] = process(value)
-            return seen[key]
-        return process(value)
-
-    fixed = {n: bound(n, base[n]) for n in order if n not in names}
-    params: list[Any] = []
-    for row in rows:
-        values = {n: bound(n, row[n]) for n in names}
-        if compiled.positional:
-            params.append(tuple(values[n] if n in values else fixed[n] for n in order))
-        else:
-            params.append({**fixed, **values})
+        if process is not None:
+            done: dict[datetime, Any] = {}  # the rows of a chunk share their ``now``
+            values = [(done[v] if v in done else done.setdefault(v, process(v)))
+                      if isinstance(v, datetime) else process(v) for v in values]
+        columns[name] = values
+    fixed = {n: processors[n](base[n]) if processors.get(n) is not None else base[n]
+             for n in order if n not in columns}
+    if compiled.positional:
+        params: list[Any] = list(zip(*(columns[n] if n in columns else repeat(fixed[n])
+                                       for n in order), strict=False))
+    else:
+        params = [{**fixed, **dict(zip(names, values, strict=True))}
+                  for values in zip(*(columns[n] for n in names), strict=True)]
     conn.exec_driver_sql(compiled.string, params)
 
 

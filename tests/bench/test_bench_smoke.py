@@ -27,8 +27,8 @@ def test_sync_catalog_bench_prints_its_json_line(tmp_path):
 
 
 def test_sync_full_bench_prints_its_json_line():
-    result = bench_result(["sync_full", "--skus", "200", "--sites", "3",
-         "--changed", "0.05"], timeout=600)
+    result = bench_result(["sync_full", "--skus", "200", "--sites", "3", "--changed", "0.05"],
+                          timeout=600)
     assert result["bench"] == "sync_full"
     assert {"vouchflow_s", "baseline_s", "ratio", "incremental_s", "incremental_fraction",
             "baseline"} <= set(result)
@@ -48,7 +48,7 @@ def test_unknown_benchmark_is_a_clear_error():
 
 def test_erp_upsert_bench_prints_its_json_line():
     result = bench_result(["erp_upsert", "--records", "300", "--latency-ms", "5",
-         "--single-records", "20"], timeout=300)
+                           "--single-records", "20"], timeout=300)
     assert {"single_records_per_s", "batch_records_per_s", "ceiling_records_per_s",
             "ceiling_fraction"} <= set(result)
     assert result["failed"] == 0 and result["sandbox_max_in_flight"] <= 5
@@ -56,7 +56,8 @@ def test_erp_upsert_bench_prints_its_json_line():
 
 def test_deliver_bench_prints_its_json_line():
     result = bench_result(["deliver", "--events", "120", "--subscribers", "2",
-         "--rounds", "2", "--lag-events", "15", "--concurrency", "4"], timeout=300)
+                           "--rounds", "2", "--lag-events", "15", "--concurrency", "4"],
+                          timeout=300)
     assert result["bench"] == "deliver"
     assert {"events_per_s", "baseline_events_per_s", "ratio", "lag_p50_s", "lag_p99_s",
             "baseline"} <= set(result)

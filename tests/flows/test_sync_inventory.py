@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from datetime import date
+from datetime import date, timedelta
 from decimal import Decimal
 
 import pytest
@@ -124,6 +124,53 @@ def test_later_runs_rebalance_only_the_skus_that_changed(sandboxes):
     # a full run looks at everything again and finds nothing else to send
     whole = run(full=True)
     assert whole["skus"] == len(catalog) and whole["pushed"] == 0
+
+
+def _api_sku_shown_whole(sandboxes, units: int):
+    with session_scope(get_engine()) as s:
+        catalog = load_skus(s)
+    return next((c, k) for c, k in sorted(catalog.items())
+                if k.status.value == "normal" and k.issuance_mode.value == "api"
+                and sum(shown(sandboxes).get(c, {}).values()) == units)
+
+
+@pytest.mark.seed(30, 0)
+def test_right_after_a_run_only_what_changed_since_is_planned_again(sandboxes):
+    # everything was stamped moments ago (within the settling time): what the last run
+    # planned from is not planned again, only the batch that changed after it
+    asyncio.run(sc.sync_catalog())
+    stock_the_pool(codes_per_sku=5, api_units=8)
+    run()
+    code, sku = _api_sku_shown_whole(sandboxes, 8)
+    with session_scope(get_engine()) as s:
+        pool.upsert_batch(s, batch_no=f"B-{code}-1", sku=code, issuance_mode="api",
+                          unit_cost=Decimal("1.2500"), currency=sku.face_value.currency,
+                          expiry_type="fixed_date", expires_on=date(2027, 6, 30),
+                          quantity=8, remaining=5)
+    second = run()
+    assert second["skus"] == 1 and sum(shown(sandboxes)[code].values()) == 5
+    assert run()["skus"] == 0
+
+
+@pytest.mark.seed(30, 0)
+def test_a_change_committed_after_the_last_plan_read_is_planned_though_stamped_before(
+        sandboxes):
+    asyncio.run(sc.sync_catalog())
+    stock_the_pool(codes_per_sku=5, api_units=8)
+    run()
+    code, sku = _api_sku_shown_whole(sandboxes, 8)
+    with session_scope(get_engine()) as s:
+        rebalanced = si.get_watermark(s, si.FLOW, "pool", "quota")
+        pool.upsert_batch(s, batch_no=f"B-{code}-1", sku=code, issuance_mode="api",
+                          unit_cost=Decimal("1.2500"), currency=sku.face_value.currency,
+                          expiry_type="fixed_date", expires_on=date(2027, 6, 30),
+                          quantity=8, remaining=2)
+        # as if this transaction had stamped the batch before the last run began and
+        # committed only after that run had read the pool
+        s.execute(PoolBatch.__table__.update().where(PoolBatch.batch_no == f"B-{code}-1")
+                  .values(updated_at=rebalanced - timedelta(seconds=5)))
+    summary = run()
+    assert summary["skus"] == 1 and sum(shown(sandboxes)[code].values()) == 2
 
 
 @pytest.mark.seed(20, 0)
