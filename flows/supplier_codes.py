@@ -107,14 +107,22 @@ class SupplierCounts:
 # 1. queue -------------------------------------------------------------------------------------
 def queue_api_lines(session: Session, sites: list[str], *, since: datetime | None) -> int:
     """An outbox row for each allocated API line (allocated since ``since``) of these sites;
-    rows already there are left as they are. Returns rows added."""
-    ol = OrderLine.__table__
-    query = select(ol.c.site, ol.c.order_id, ol.c.line_id, ol.c.sku, ol.c.quantity,
-                   ol.c.refunded).where(
-        ol.c.status == pool.LineStatus.ALLOCATED.value, ol.c.issuance_mode == pool.API,
-        ol.c.site.in_(sites))
+    rows already there are left as they are. Returns rows added.
+
+    Lines are found through ``api_allocation`` (API sales only, keyed by site first) rather
+    than ``order_line``, whose allocated lines no index holds."""
+    ol, aa = OrderLine.__table__, ApiAllocation.__table__
+    reserved = select(aa.c.site, aa.c.order_id, aa.c.line_id).where(aa.c.site.in_(sites))
     if since is not None:
-        query = query.where(ol.c.allocated_at >= since)
+        reserved = reserved.where(aa.c.at >= since)
+    found = reserved.distinct().subquery()
+    query = (select(ol.c.site, ol.c.order_id, ol.c.line_id, ol.c.sku, ol.c.quantity,
+                    ol.c.refunded)
+             .join_from(ol, found, (found.c.site == ol.c.site)
+                        & (found.c.order_id == ol.c.order_id)
+                        & (found.c.line_id == ol.c.line_id))
+             .where(ol.c.status == pool.LineStatus.ALLOCATED.value,
+                    ol.c.issuance_mode == pool.API))
     items = []
     for r in session.execute(query.order_by(ol.c.allocated_at)):
         quantity = r.quantity - (r.refunded or 0)

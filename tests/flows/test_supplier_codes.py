@@ -185,7 +185,10 @@ def test_crash_between_the_suppliers_answer_and_the_record(sandboxes, monkeypatc
     monkeypatch.setattr(sc, "record_issued_codes", record)
     counts = asyncio.run(step())
     assert counts.delivered_lines == len(world.lines) and counts.held == []
-    assert sandboxes.supplier.effects.count("codes.repeated") == issued_before
+    # the lines the supplier had issued before the crash were asked again and answered with
+    # their first codes (other lines' requests may still have been in flight at the crash)
+    repeated = sandboxes.supplier.effects.keys("codes.repeated")
+    assert 1 <= len(repeated) <= len(world.lines) and set(repeated.values()) == {1}
     assert_delivered_once(world)
 
 
