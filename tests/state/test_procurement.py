@@ -149,6 +149,9 @@ def test_request_approved_becomes_an_order_at_contract_prices(world, ring):
         with pytest.raises(proc.Blocked, match="exists already"):
             proc.create_purchase_order(s, party.contract_no, [proc.LineIn("SKU-A", 1)],
                                        po_no=order.po_no, tran_date=TODAY)
+    (heard,) = [d for t, k, d in events(world) if k == order.po_no]
+    assert (heard["request_no"], heard["memo"], heard["total"]) == (
+        request.request_no, "December stock", "300.0000")
 
 
 # the upload check of the issue --------------------------------------------------------------------
