@@ -547,7 +547,7 @@ async def publish_artifacts(summary: dict[str, Any]) -> None:
     await table_artifact("ingest-sales-counts", rows, "Sales ingest: counts of this run")
     if summary["held"]:
         await table_artifact("ingest-sales-held-orders", summary["held"][:200],
-                             "Orders held (not allocated) and why")
+                             "Orders held (not allocated, or API codes not issued yet) and why")
     await markdown_artifact(
         "ingest-sales-summary",
         "\n".join([
