@@ -21,7 +21,7 @@ from typing import Any
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import quote
-from sqlalchemy import Engine, String, func, select, type_coerce
+from sqlalchemy import Engine, String, func, select, type_coerce, union
 
 from canonical import now_utc
 from connectors.erp import ErpClient, suiteql_time
@@ -41,7 +41,7 @@ from mappings.inventory import batch_item, inventory_item, site_quotas
 from state import pool
 from state.catalog import load_listings, load_skus
 from state.db import session_scope
-from state.models import OrderLine
+from state.models import Fingerprint, OrderLine
 from state.procurement import PurchaseOrder
 from state.store import (
     DeadLetterItem,
@@ -49,7 +49,6 @@ from state.store import (
     canonical_ids,
     fingerprint,
     get_watermark,
-    load_fingerprints,
     load_fingerprints_for_targets,
     record_dead_letters,
     save_fingerprints,
@@ -183,55 +182,55 @@ def _parts(only: set[str] | None, size: int = 1000) -> list[list[str] | None]:
     return [keys[i:i + size] for i in range(0, len(keys), size)]
 
 
-def dirty_skus(engine: Engine, since: datetime) -> set[str]:
-    """SKUs whose quotas may have moved since ``since``: the catalogue entry changed (status,
-    sales areas, mode) or one of its batches did (a sale, a refund, a receipt, an ERP
-    correction: every change of ``available`` stamps the batch)."""
-    from state.catalog import CatalogSku
-    from state.models import PoolBatch
-
-    with session_scope(engine) as session:
-        found = set(session.scalars(select(CatalogSku.sku).where(CatalogSku.updated_at >= since)))
-        found.update(session.scalars(select(PoolBatch.sku).where(PoolBatch.updated_at >= since)
-                                     .distinct()))
-    return found
-
-
 QUOTA_INPUTS = ("pool", "quota-inputs")
 """Fingerprint target and entity type of what each SKU's quotas were last planned from."""
 
 
-def input_stamps(session: Any, skus: set[str] | None) -> dict[str, str]:
-    """Per SKU (every SKU, or ``skus``), a digest of when its catalogue entry and each of its
-    batches last changed, as stored: every change that can move a quota stamps one of them."""
+def _stamped_since(since: datetime) -> Any:
+    """The SKUs whose catalogue entry or one of whose batches was stamped at ``since`` or
+    later (a sale, a refund, a receipt, an ERP correction: every change of ``available``
+    stamps the batch), as a subquery."""
+    from state.catalog import CatalogSku
+    from state.models import PoolBatch
+
+    return union(select(CatalogSku.__table__.c.sku).where(CatalogSku.updated_at >= since),
+                 select(PoolBatch.__table__.c.sku).where(PoolBatch.updated_at >= since))
+
+
+def input_stamps(session: Any, since: datetime) -> dict[str, str]:
+    """For every SKU stamped since ``since``, a digest of when its catalogue entry and each of
+    its batches last changed, as stored: every change that can move a quota stamps one."""
     from state.catalog import CatalogSku
     from state.models import PoolBatch
 
     cat, pb = CatalogSku.__table__, PoolBatch.__table__
-    # the stored text as it is (no conversion to datetimes): only compared with itself
-    cat_query = select(cat.c.sku, type_coerce(cat.c.updated_at, String()))
-    pb_query = select(pb.c.sku, pb.c.batch_no, type_coerce(pb.c.updated_at, String()))
+    window = _stamped_since(since)
     stamps: dict[str, list[str]] = {}
-    for part in _parts(skus):
-        for sku, at in session.execute(cat_query if part is None
-                                       else cat_query.where(cat.c.sku.in_(part))):
-            stamps.setdefault(sku, []).append(f"@{at}")
-        for sku, batch_no, at in session.execute(pb_query if part is None
-                                                 else pb_query.where(pb.c.sku.in_(part))):
-            stamps.setdefault(sku, []).append(f"{batch_no}@{at}")
+    # the stored text as it is (no conversion to datetimes): only compared with itself
+    for sku, at in session.execute(select(cat.c.sku, type_coerce(cat.c.updated_at, String()))
+                                   .where(cat.c.sku.in_(window))):
+        stamps.setdefault(sku, []).append(f"@{at}")
+    for sku, batch_no, at in session.execute(
+            select(pb.c.sku, pb.c.batch_no, type_coerce(pb.c.updated_at, String()))
+            .where(pb.c.sku.in_(window))):
+        stamps.setdefault(sku, []).append(f"{batch_no}@{at}")
     return {sku: hashlib.sha256("|".join(sorted(marks)).encode()).hexdigest()
             for sku, marks in stamps.items()}
 
 
-def unplanned(engine: Engine, candidates: set[str]) -> set[str]:
-    """The candidates (SKUs stamped since the last rebalance, less the settling time) whose
-    catalogue entry or batches are not as the last successful plan read them: a SKU that plan
-    already took into account is not planned again, and a change committed after that plan
-    read (however it was stamped) is."""
+def unplanned(engine: Engine, since: datetime) -> set[str]:
+    """SKUs stamped since ``since`` (the last rebalance less the settling time) whose
+    catalogue entry or batches are not as the last successful plan read them: what that plan
+    already took into account is not planned again, and a change committed after it read
+    (however early it was stamped) is."""
+    fp = Fingerprint.__table__
     with session_scope(engine) as session:
-        seen = load_fingerprints(session, *QUOTA_INPUTS, candidates)
-        now = input_stamps(session, candidates)
-    return {sku for sku in candidates if sku not in seen or seen[sku] != now.get(sku)}
+        now = input_stamps(session, since)
+        seen = {key: digest for key, digest in session.execute(
+            select(fp.c.entity_key, fp.c.digest).where(
+                fp.c.target == QUOTA_INPUTS[0], fp.c.entity_type == QUOTA_INPUTS[1],
+                fp.c.entity_key.in_(_stamped_since(since))))}
+    return {sku for sku, digest in now.items() if seen.get(sku) != digest}
 
 
 @dataclass
@@ -253,10 +252,11 @@ def plan(engine: Engine, sites: dict[str, WalletSiteSettings], as_of: datetime,
     on = as_of.date()
     stamp = as_of.isoformat()
     weights = recent_sales(engine, weights_days, only)
-    again = dirty_skus(engine, as_of - timedelta(seconds=settle_seconds))
     with session_scope(engine) as session:
         # the stamps before the data: a change committed in between is planned again
-        seen = input_stamps(session, again if only is None else again & only)
+        seen = input_stamps(session, as_of - timedelta(seconds=settle_seconds))
+        if only is not None:
+            seen = {sku: digest for sku, digest in seen.items() if sku in only}
         catalog = load_listings(session, only)
         stock = {s.sku: s for s in pool.stock(session, on=on, skus=only)}
     per_site: dict[str, dict[str, tuple[dict[str, Any], list[dict[str, Any]]]]] = {
@@ -401,8 +401,8 @@ async def sync_inventory(
         imported = await import_batches_task(engine, quote(erp), since)
         totals.erp_batches = imported.erp_batches
         totals.dead_lettered = imported.dead_lettered
-        only = (None if whole else unplanned(
-            engine, dirty_skus(engine, rebalanced - timedelta(seconds=settle_seconds))))
+        only = (None if whole else await asyncio.to_thread(
+            unplanned, engine, rebalanced - timedelta(seconds=settle_seconds)))
         done, inputs = await quotas_task(engine, quote(chosen), quote(wallets), high,
                                          weights_days, quote(only), settle_seconds)
         totals.skus, totals.quotas_changed, totals.batches_changed = (
