@@ -230,6 +230,9 @@ def plan_products(session: Session, skus: Sequence[Sku], wallets: Sequence[str]
     targets = {site: site_target(site) for site in wallets}
     known = load_fingerprints_for_targets(session, list(targets.values()), ENTITY,
                                           [s.sku for s in skus])
+    # a SKU's product is the same on every site that lists it (and on every site that no
+    # longer does): built and fingerprinted once each
+    versions: dict[tuple[str, bool], tuple[dict[str, Any], str]] = {}
     for site, target in targets.items():
         site_known = known[target]
         site_writes: list[OutboxItem] = []
@@ -238,8 +241,11 @@ def plan_products(session: Session, skus: Sequence[Sku], wallets: Sequence[str]
             listed = site in sku.sales_areas
             if not listed and sku.sku not in site_known:
                 continue
-            product = sku_to_wallet_product(sku, listed=listed)
-            digest = fingerprint(product)
+            version = versions.get((sku.sku, listed))
+            if version is None:
+                product = sku_to_wallet_product(sku, listed=listed)
+                version = versions[(sku.sku, listed)] = (product, fingerprint(product))
+            product, digest = version
             if site_known.get(sku.sku) == digest:
                 planned.unchanged += 1
                 continue

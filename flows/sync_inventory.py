@@ -197,23 +197,30 @@ def _stamped_since(since: datetime) -> Any:
                  select(PoolBatch.__table__.c.sku).where(PoolBatch.updated_at >= since))
 
 
-def input_stamps(session: Any, since: datetime) -> dict[str, str]:
-    """For every SKU stamped since ``since``, a digest of when its catalogue entry and each of
-    its batches last changed, as stored: every change that can move a quota stamps one."""
+def input_stamps(session: Any, since: datetime, skus: set[str] | None = None
+                 ) -> dict[str, str]:
+    """For every SKU stamped since ``since`` (or every one of ``skus``), a digest of when its
+    catalogue entry and each of its batches last changed, as stored: every change that can
+    move a quota stamps one of them."""
     from state.catalog import CatalogSku
     from state.models import PoolBatch
 
     cat, pb = CatalogSku.__table__, PoolBatch.__table__
-    window = _stamped_since(since)
-    stamps: dict[str, list[str]] = {}
     # the stored text as it is (no conversion to datetimes): only compared with itself
-    for sku, at in session.execute(select(cat.c.sku, type_coerce(cat.c.updated_at, String()))
-                                   .where(cat.c.sku.in_(window))):
-        stamps.setdefault(sku, []).append(f"@{at}")
-    for sku, batch_no, at in session.execute(
-            select(pb.c.sku, pb.c.batch_no, type_coerce(pb.c.updated_at, String()))
-            .where(pb.c.sku.in_(window))):
-        stamps.setdefault(sku, []).append(f"{batch_no}@{at}")
+    cat_query = select(cat.c.sku, type_coerce(cat.c.updated_at, String()))
+    pb_query = select(pb.c.sku, pb.c.batch_no, type_coerce(pb.c.updated_at, String()))
+    if skus is None:
+        window = _stamped_since(since)
+        queries = [(cat_query.where(cat.c.sku.in_(window)), pb_query.where(pb.c.sku.in_(window)))]
+    else:
+        queries = [(cat_query.where(cat.c.sku.in_(part)), pb_query.where(pb.c.sku.in_(part)))
+                   for part in _parts(skus)]
+    stamps: dict[str, list[str]] = {}
+    for of_catalog, of_batches in queries:
+        for sku, at in session.execute(of_catalog):
+            stamps.setdefault(sku, []).append(f"@{at}")
+        for sku, batch_no, at in session.execute(of_batches):
+            stamps.setdefault(sku, []).append(f"{batch_no}@{at}")
     return {sku: hashlib.sha256("|".join(sorted(marks)).encode()).hexdigest()
             for sku, marks in stamps.items()}
 
@@ -247,16 +254,14 @@ def plan(engine: Engine, sites: dict[str, WalletSiteSettings], as_of: datetime,
     site last confirmed it; for every SKU (a full rebalance) or ``only`` these. Quotas are the
     current state the site upserts (a repeat is harmless), so no outbox: the fingerprint saved
     on confirmation is the bookkeeping. ``inputs`` receives what the plan read of the SKUs the
-    next run will look at again (stamped from ``as_of`` less ``settle_seconds`` on), for the
-    run to save once it succeeds (see ``unplanned``)."""
+    next run will look at again (stamped from ``as_of`` less ``settle_seconds`` on; with
+    ``only``, of those), for the run to save once it succeeds (see ``unplanned``)."""
     on = as_of.date()
     stamp = as_of.isoformat()
     weights = recent_sales(engine, weights_days, only)
     with session_scope(engine) as session:
         # the stamps before the data: a change committed in between is planned again
-        seen = input_stamps(session, as_of - timedelta(seconds=settle_seconds))
-        if only is not None:
-            seen = {sku: digest for sku, digest in seen.items() if sku in only}
+        seen = input_stamps(session, as_of - timedelta(seconds=settle_seconds), only)
         catalog = load_listings(session, only)
         stock = {s.sku: s for s in pool.stock(session, on=on, skus=only)}
     per_site: dict[str, dict[str, tuple[dict[str, Any], list[dict[str, Any]]]]] = {
