@@ -361,6 +361,7 @@ class ApiAllocation(SQLModel, table=True):
     """What an API-issued sale took from which batch (FIFO), and how much came back."""
 
     __tablename__ = "api_allocation"
+    __table_args__ = (Index("ix_api_allocation_site_at", "site", "at"),)
 
     site: str = Field(primary_key=True, max_length=32)
     order_id: str = Field(primary_key=True, max_length=128)
