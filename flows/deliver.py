@@ -48,12 +48,10 @@ async def deliver_chunk(delivery: SubscriberDelivery) -> ChunkReport:
 async def deliver_events(
     subscriptions: list[str] | None = None,
     max_seconds: float = 240.0,
-    prune_older_than_days: float | None = None,
 ) -> dict[str, Any]:
     """Deliver recorded events to the active subscriptions (all, or those named) until they
-    have caught up, their subscriber is down, or ``max_seconds`` are spent; then, when
-    ``prune_older_than_days`` is given, delete older events no subscription needs any more
-    (``state.subscriptions.prune_events``)."""
+    have caught up, their subscriber is down, or ``max_seconds`` are spent. (Retention is
+    the ``prune-events`` flow's, on its own schedule.)"""
     logger = run_logger()
     key = run_key()
     engine = state_engine()
@@ -81,8 +79,6 @@ async def deliver_events(
     for counts in totals.values():
         total.add(counts)
     summary = {"subscribers": rows, **total.as_dict()}
-    if prune_older_than_days is not None:
-        summary["pruned"] = await asyncio.to_thread(_prune, engine, prune_older_than_days)
     with session_scope(engine) as session:
         ledger_finish(session, FLOW, key, "run",
                       status=LedgerStatus.FAILED if failed else LedgerStatus.DONE,
@@ -95,6 +91,19 @@ async def deliver_events(
         raise RuntimeError(f"delivery failed for {', '.join(failed)}: "
                            + "; ".join(states[name] for name in failed))
     return summary
+
+
+@flow(name="prune-events", log_prints=False)
+async def prune_old_events(older_than_days: float = 30.0) -> dict[str, Any]:
+    """Retention of the event log, on its own schedule (a daily sweep, not every minute's
+    delivery run): events older than ``older_than_days`` that no subscription needs any more
+    are deleted (``state.subscriptions.prune_events``)."""
+    report = await asyncio.to_thread(_prune, state_engine(), older_than_days)
+    await table_artifact("prune-events", [{"type": t, "deleted": n}
+                                           for t, n in sorted(report["by_type"].items())],
+                         f"Events older than {older_than_days:g} days pruned; "
+                         f"{report['kept']} older ones still needed")
+    return report
 
 
 def _prune(engine: Any, days: float) -> dict[str, Any]:
@@ -121,4 +130,4 @@ async def publish_artifacts(rows: list[dict[str, Any]], total: DeliveryCounts) -
     await markdown_artifact("deliver-events-summary", "\n".join(lines), "Event delivery summary")
 
 
-__all__ = ["deliver_chunk", "deliver_events"]
+__all__ = ["deliver_chunk", "deliver_events", "prune_old_events"]
