@@ -41,6 +41,7 @@ from state import procurement as proc
 from state.api_purchasing import stable_key
 from state.catalog import load_skus
 from state.costing import transfer_detail
+from state.events import announce, vendor_bill_credited
 from state.models import PoolBatch, PoolCode
 from state.purchasing_models import VendorCredit
 from state.store import OutboxItem, enqueue
@@ -321,6 +322,10 @@ def return_to_supplier(session: Session, code_ids: Sequence[int], *, actor: str,
         _event(session, [(cid, s, CodeStatus.RETURNED.value,
                           f"returned to {vendor.slug}, credit {credit.credit_no}. {reason}".strip())
                          for cid, s in changed], actor=actor, system=system, action="return")
+        announce(session, [vendor_bill_credited(
+            bill_no=bill.bill_no, credit_no=credit.credit_no, vendor=vendor.slug,
+            batch_no=batch_no, sku=batch.sku, quantity=quantity, unit_cost=batch.unit_cost,
+            amount=credit.amount, currency=batch.currency, reason=credit.reason, at=now)])
         report.done.extend(c for c, _ in changed)
         report.batches[credit.credit_no] = quantity
         report.credits.append(credit.credit_no)

@@ -385,6 +385,8 @@ EVENT_TYPES.update({
                         "ERP); entity vendor_bill",
     "vendor_bill.payment_rejected": "the bank rejected a vendor bill's payment; entity "
                                     "vendor_bill",
+    "vendor_bill.credited": "codes paid by a vendor bill were returned to the supplier: a "
+                            "vendor credit against the bill; entity vendor_bill",
     "remittance_batch.closed": "a remittance batch version was closed (a reversal is closed "
                                "when made); entity remittance_batch {batch_id}",
     "remittance_batch.posted": "a closed remittance batch version reached treasury and the "
@@ -462,6 +464,17 @@ def vendor_bill_payment(type_: str, *, bill_no: str, payment_no: str, run_no: st
     return _bill_event(type_, bill_no, at, {
         "payment_no": payment_no, "run_no": run_no, "amount": amount, "currency": currency,
         "at": at}, version=payment_no)
+
+
+def vendor_bill_credited(*, bill_no: str, credit_no: str, vendor: str, batch_no: str,
+                         sku: str, quantity: int, unit_cost: Decimal, amount: Decimal,
+                         currency: str, reason: str | None, at: datetime) -> Event:
+    """Once per vendor credit (its number is the version): how many codes went back, never
+    which."""
+    return _bill_event("vendor_bill.credited", bill_no, at, {
+        "credit_no": credit_no, "vendor": vendor, "batch_no": batch_no, "sku": sku,
+        "quantity": quantity, "unit_cost": unit_cost, "amount": amount, "currency": currency,
+        "reason": reason, "at": at}, version=credit_no)
 
 
 def remittance_batch_event(type_: str, batch: Mapping[str, Any], *, at: datetime,

@@ -4,6 +4,7 @@ line, return needs a contract that allows it; every code's chronology says what 
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -19,6 +20,7 @@ from state import vendor_uploads as vu
 from state.catalog import remember_skus
 from state.crypto import Keyring
 from state.db import session_scope
+from state.events import read_events
 from state.models import OutboxMessage, PoolBatch, PoolCode
 from state.purchasing_models import CostKind
 from tests.state.procurement_world import TODAY, codes_csv, seed_catalog, sku, vendor_with_po
@@ -148,3 +150,14 @@ def test_return_needs_a_contract_that_allows_it_and_a_bill(world):
         assert costing.totals(s, CostKind.RETURN) == {"SGD": Decimal("15.0000")}
     assert batch(engine, batch_no) == (8, 6, 6, 0)
     assert history(engine, ids[0])[-1] == ("return", "in_stock", "returned")
+    with session_scope(engine) as s:
+        again = ops.return_to_supplier(s, ids[:2], actor="ops")  # already returned
+        bill_no = s.get(proc.VendorBill, credit.bill_id).bill_no
+        credited = read_events(s, after=0, patterns=["vendor_bill.credited"])
+    assert again.done == [] and again.credits == []
+    assert len(credited) == 1 and credited[0].entity_key == bill_no  # subscribers hear once
+    data = json.loads(credited[0].data_json)
+    assert (data["credit_no"], data["quantity"], data["amount"], data["currency"]) == (
+        credit.credit_no, 2, "15.0000", "SGD")
+    assert "code" not in {k.lower() for k in data} and data["reason"] == "expired soon"
+
