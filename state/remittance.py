@@ -25,7 +25,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Column, Date, Index, Integer, String, UniqueConstraint, delete, select
+from sqlalchemy import Column, Date, Index, Integer, String, UniqueConstraint, delete, select, text
 from sqlalchemy.orm import Session
 from sqlmodel import Field, SQLModel
 
@@ -217,10 +217,19 @@ def _amount(money: Any) -> Decimal | None:
     return None if money is None else money.amount
 
 
+_DAY_LOCK = text("SELECT pg_advisory_xact_lock(hashtext(current_schema() || :name))")
+
+
 def store_day_result(session: Session, result: Any, *, run_key: str,
                      sources: Sequence[Mapping[str, Any]] = ()) -> None:
-    """Replace the day's stored result with ``result`` (a ``mappings.reconcile.DayResult``)."""
+    """Replace the day's stored result with ``result`` (a ``mappings.reconcile.DayResult``).
+
+    Two matches of one day at once take turns (a lock on the day, PostgreSQL; SQLite's write
+    lock does it there): the second compares with what the first stored, so each change of a
+    discrepancy is announced once."""
     day = result.day
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(_DAY_LOCK, {"name": f"/recon-day/{day.isoformat()}"})
     before = {d.key: _discrepancy_view(d) for d in discrepancies(session, day)}
     for model in (ReconGroup, ReconDiscrepancy, ReconOutcome):
         session.execute(delete(model).where(model.day == day))  # type: ignore[attr-defined]

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -234,6 +235,31 @@ def _events(engine, *patterns: str) -> list[tuple[str, str, dict]]:
     with session_scope(engine) as s:
         return [(e.type, e.entity_key, json.loads(e.data_json))
                 for e in read_events(s, after=0, patterns=list(patterns) or None, limit=10_000)]
+
+
+@pytest.mark.parametrize("engine", BOTH_DATABASES, indirect=True)
+def test_two_matches_of_one_day_at_once_announce_each_discrepancy_once(world, engine):
+    sources = read_sources(world.payment_files, world.order_files, world.delivery_files)
+    start = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def match() -> None:
+        try:
+            start.wait()
+            match_day(engine, DAY, sources, load_rules(), key="twin", zones=ZONES)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    twins = [threading.Thread(target=match) for _ in range(2)]
+    for t in twins:
+        t.start()
+    for t in twins:
+        t.join()
+    assert not errors
+    opened = Counter(k for t, k, _ in _events(engine, "discrepancy.*"))
+    with session_scope(engine) as s:
+        stored = remit.discrepancies(s, DAY, status="open")
+    assert opened == Counter(f"{DAY.isoformat()}:{d.key}" for d in stored)  # once each
 
 
 @pytest.mark.parametrize("engine", BOTH_DATABASES, indirect=True)
