@@ -1,8 +1,8 @@
 """Benchmark: the catalogue sync, vouchflow against a bare baseline, side by side.
 
-Both read the same N inventory items from the ERP sandbox (the collection pages, then one GET
-per item at the account's concurrency) and upsert the products on the twelve wallet sites in
-batches of 500. The baseline does exactly those HTTP calls with plain httpx and nothing else:
+Both read the same N inventory items from the ERP sandbox with the same SuiteQL pages (the
+flow's default read, ``catalog_read=suiteql``) and upsert the products on the twelve wallet
+sites in batches of 500. The baseline does exactly those HTTP calls with plain httpx and nothing else:
 no validation, mapping to the canonical model, state, outbox, fingerprints or Prefect.
 vouchflow runs the real ``sync-catalog`` flow through Prefect (a local API started before the
 clock starts). The wallet is emptied before each side, so both create every listing. A second
@@ -27,50 +27,56 @@ import httpx
 
 from bench.common import emit, peak_rss_mb, quiet_prefect, reset_wallet, sandbox_process
 
-BASELINE = ("plain httpx.AsyncClient: GET the inventoryItem collection pages, GET every item "
-            "with the same concurrency limit, PUT /products:batch (500 per request) to each "
-            "item's sales-area sites; same OAuth signing; no validation, mapping, state or "
-            "Prefect")
+BASELINE = ("plain httpx.AsyncClient: the same SuiteQL item pages vouchflow reads (1000 rows, "
+            "key ranges of 100,000), PUT /products:batch (500 per request) to each item's "
+            "sales-area sites; same OAuth signing; no validation, mapping, state or Prefect")
 
 
-async def baseline(env: dict[str, str], concurrency: int) -> dict[str, Any]:
+async def suiteql_items(erp: httpx.AsyncClient) -> tuple[list[dict[str, Any]], int]:
+    """Every inventory item as SuiteQL rows, read as vouchflow reads them (pages of 1000 in
+    key ranges below the 100,000-row cap); returns the rows and the number of requests."""
+    from connectors.erp.records import inventory_item_select
+
+    rows: list[dict[str, Any]] = []
+    calls = 0
+    last = None
+    while True:
+        where = "itemtype = 'InvtPart'" + (f" AND id > {last}" if last else "")
+        offset = 0
+        while offset < 100_000:
+            r = await erp.post("/services/rest/query/v1/suiteql",
+                               params={"limit": 1000, "offset": offset},
+                               json={"q": f"SELECT {inventory_item_select()} FROM item "
+                                          f"WHERE {where} ORDER BY id"},
+                               headers={"Prefer": "transient"})
+            r.raise_for_status()
+            calls += 1
+            page = r.json()
+            rows.extend(page["items"])
+            if page["items"]:
+                last = page["items"][-1]["id"]
+            offset += page["count"]
+            if not page["hasMore"]:
+                break
+        if not page["hasMore"]:
+            return rows, calls
+
+
+async def baseline(env: dict[str, str]) -> dict[str, Any]:
     from connectors.erp.auth import TokenAuth
     from connectors.erp.config import ErpSettings
 
-    auth = TokenAuth(ErpSettings())  # the signing is part of the essential work
-    erp_url = env["VOUCHFLOW_ERP_BASE_URL"]
-    wallet_url = env["VOUCHFLOW_WALLET_BASE_URL"]
-    limits = httpx.Limits(max_connections=concurrency * 2)
-    calls = 0
-    async with httpx.AsyncClient(base_url=erp_url, auth=auth, limits=limits,
-                                 timeout=60) as erp:
-        ids: list[str] = []
-        offset = 0
-        while True:
-            page = (await erp.get("/services/rest/record/v1/inventoryItem",
-                                  params={"limit": 1000, "offset": offset})).json()
-            calls += 1
-            ids.extend(item["id"] for item in page["items"])
-            if not page["hasMore"]:
-                break
-            offset += page["count"]
-        gate = asyncio.Semaphore(concurrency)
-
-        async def fetch(record_id: str) -> dict[str, Any]:
-            async with gate:
-                response = await erp.get(f"/services/rest/record/v1/inventoryItem/{record_id}")
-                response.raise_for_status()
-                return response.json()
-
-        records = await asyncio.gather(*(fetch(i) for i in ids))
-        calls += len(ids)
+    settings = ErpSettings()
+    async with httpx.AsyncClient(base_url=settings.url(), auth=TokenAuth(settings),
+                                 timeout=120) as erp:  # the signing is essential work
+        rows, calls = await suiteql_items(erp)
     by_site: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for r in records:
+    for r in rows:
         product = {
-            "sku": r["itemId"], "name": r["displayName"], "kind": r["custitem_vf_kind"],
-            "face_value": {"amount": str(r["custitem_vf_face_value"]),
+            "sku": r["itemid"], "name": r.get("displayname", ""), "kind": r["custitem_vf_kind"],
+            "face_value": {"amount": r["custitem_vf_face_value"],
                            "currency": r["custitem_vf_currency"]},
-            "status": "inactive" if r["isInactive"] else r["custitem_vf_status"],
+            "status": "inactive" if r.get("isinactive") == "T" else r["custitem_vf_status"],
             "issuance_mode": r["custitem_vf_issuance_mode"],
             "write_off_type": r["custitem_vf_write_off_type"],
         }
@@ -80,7 +86,8 @@ async def baseline(env: dict[str, str], concurrency: int) -> dict[str, Any]:
     async def push(site: str, products: list[dict[str, Any]]) -> int:
         key = env[f"VOUCHFLOW_WALLET_{site.upper()}_API_KEY"]
         sent = 0
-        async with httpx.AsyncClient(base_url=f"{wallet_url}/{site}/api/v1", timeout=60,
+        async with httpx.AsyncClient(base_url=f"{env['VOUCHFLOW_WALLET_BASE_URL']}/{site}"
+                                              "/api/v1", timeout=60,
                                      headers={"X-Api-Key": key}) as wallet:
             for start in range(0, len(products), 500):
                 response = await wallet.put("/products:batch",
@@ -120,8 +127,6 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--chunk-concurrency", type=int, default=2)
     args = parser.parse_args(argv)
     with catalog_sandbox(args.skus) as (home, env):
-        concurrency = int(os.environ.get("VOUCHFLOW_ERP_CONCURRENCY", "5"))
-
         from prefect.testing.utilities import prefect_test_harness
 
         from flows.sync_catalog import sync_catalog
@@ -137,7 +142,7 @@ def main(argv: list[str]) -> int:
             reset_wallet(env)
 
             started = time.perf_counter()
-            base = asyncio.run(baseline(env, concurrency))
+            base = asyncio.run(baseline(env))
             baseline_s = time.perf_counter() - started
 
             reset_wallet(env)

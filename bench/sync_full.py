@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 
 from bench.common import emit, peak_rss_mb, reset_wallet
-from bench.sync_catalog import catalog_sandbox
+from bench.sync_catalog import catalog_sandbox, suiteql_items
 
 BASELINE = ("plain httpx.AsyncClient with the same OAuth signing: the SuiteQL item pages, "
             "then per site PUT /products:batch, /inventory:batch and /batches:batch with "
@@ -47,31 +47,12 @@ def stock_pool(skus: list[tuple[str, str, str]]) -> None:
 async def baseline(env: dict[str, str], sent: dict[str, dict[str, list[Any]]]) -> dict[str, int]:
     from connectors.erp.auth import TokenAuth
     from connectors.erp.config import ErpSettings
-    from connectors.erp.records import inventory_item_select
 
     settings = ErpSettings()
-    calls = defaultdict(int)
+    calls: dict[str, int] = defaultdict(int)
     async with httpx.AsyncClient(base_url=settings.url(), auth=TokenAuth(settings),
                                  timeout=120) as erp:
-        last = None
-        while True:
-            where = "itemtype = 'InvtPart'" + (f" AND id > {last}" if last else "")
-            offset = 0
-            while offset < 100_000:
-                r = await erp.post("/services/rest/query/v1/suiteql",
-                                   params={"limit": 1000, "offset": offset},
-                                   json={"q": f"SELECT {inventory_item_select()} FROM item "
-                                              f"WHERE {where} ORDER BY id"},
-                                   headers={"Prefer": "transient"})
-                calls["suiteql"] += 1
-                page = r.json()
-                if page["items"]:
-                    last = page["items"][-1]["id"]
-                offset += page["count"]
-                if not page["hasMore"]:
-                    break
-            if not page["hasMore"]:
-                break
+        _, calls["suiteql"] = await suiteql_items(erp)
 
     async def push(site: str) -> None:
         key = env[f"VOUCHFLOW_WALLET_{site.upper()}_API_KEY"]
