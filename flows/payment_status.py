@@ -24,6 +24,7 @@ from typing import Any
 from prefect import flow
 from sqlalchemy import select
 
+from connectors.pain001 import payment_information_id
 from connectors.pain002 import Outcome, StatusReport, outcome, read_pain002
 from flows.runtime import markdown_artifact, run_logger, state_engine, table_artifact
 from flows.settlement import confirm_payments
@@ -83,7 +84,7 @@ def decide(report: StatusReport, payments: list[tuple[proc.VendorPayment, str, s
             unknown.append(tx.end_to_end_id or tx.instruction_id or f"line {tx.line}")
         else:
             listed[found] = tx
-    block_of = {p.currency: f"{report.original_message_id[:30]}-{p.currency}"
+    block_of = {p.currency: payment_information_id(report.original_message_id, p.currency)
                 for p, _b, _v in payments}
     decisions = []
     for p, bill_no, vendor in payments:

@@ -15,9 +15,10 @@ from connectors.pain001.writer import (
     Pain001Error,
     Transfer,
     build_pain001,
+    payment_information_id,
     schema,
     validate,
 )
 
 __all__ = ["NAMESPACE", "Creditor", "Debtor", "Pain001Error", "Transfer", "build_pain001",
-           "schema", "validate"]
+           "payment_information_id", "schema", "validate"]

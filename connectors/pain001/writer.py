@@ -113,6 +113,12 @@ def _party(parent: etree._Element, tag: str, name: str, country: str | None) -> 
         _el(_el(party, "PstlAdr"), "Ctry", country)
 
 
+def payment_information_id(message_id: str, currency: str) -> str:
+    """The id of a run's payment block in one currency (``PmtInfId``, at most 35 characters):
+    a bank's status report names the block by it."""
+    return f"{message_id[:30]}-{currency}"
+
+
 def build_pain001(
     *, message_id: str, created_at: datetime, execution_date: date, debtor: Debtor,
     transfers: Sequence[Transfer], initiating_party: str | None = None,
@@ -137,7 +143,7 @@ def build_pain001(
     for currency in sorted(by_currency):
         items = by_currency[currency]
         info = _el(body, "PmtInf")
-        _el(info, "PmtInfId", f"{message_id[:30]}-{currency}")
+        _el(info, "PmtInfId", payment_information_id(message_id, currency))
         _el(info, "PmtMtd", "TRF")
         _el(info, "BtchBookg", "false")
         _el(info, "NbOfTxs", str(len(items)))

@@ -21,7 +21,14 @@ from typing import Any
 import xmlschema
 from lxml import etree
 
-from connectors.payments.common import Origin, PaymentFileError, file_label, parse_datetime
+from connectors.payments.common import (
+    DTD_RE,
+    Origin,
+    PaymentFileError,
+    file_label,
+    parse_datetime,
+    safe_parser,
+)
 
 NS_PREFIX = "urn:iso:std:iso:20022:tech:xsd:"
 VERSIONS = ("pain.002.001.03", "pain.002.001.12", "pain.002.001.14", "pain.002.001.15")
@@ -29,7 +36,6 @@ VERSIONS = ("pain.002.001.03", "pain.002.001.12", "pain.002.001.14", "pain.002.0
 MAX_BYTES = 64 * 1024 * 1024
 """A status report larger than this is refused before parsing (a run of 100,000 payments
 answered transaction by transaction is about 50 MB)."""
-_DTD_RE = re.compile(rb"<!(DOCTYPE|ENTITY)", re.IGNORECASE)
 _VERSION_RE = re.compile(r"^urn:iso:std:iso:20022:tech:xsd:(pain\.002\.001\.\d{2})$")
 
 
@@ -158,11 +164,6 @@ def schema(version: str) -> xmlschema.XMLSchema:
     return xmlschema.XMLSchema(str(path))
 
 
-def safe_parser() -> etree.XMLParser:
-    return etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False,
-                           dtd_validation=False, huge_tree=False, remove_comments=True)
-
-
 class _Reader:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -184,7 +185,7 @@ class _Reader:
             raise self.error("unreadable", f"cannot read the file ({exc.strerror})") from None
         if not data.strip():
             raise self.error("empty_file", "the file is empty")
-        dtd = _DTD_RE.search(data)
+        dtd = DTD_RE.search(data)
         if dtd:
             raise self.error("dtd_refused", "DTDs and entity declarations are refused in "
                              "status reports", line=data[: dtd.start()].count(b"\n") + 1)

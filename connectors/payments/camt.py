@@ -27,17 +27,18 @@ import xmlschema
 from lxml import etree
 
 from connectors.payments.common import (
+    DTD_RE,
     Origin,
     PaymentFileError,
     check_currency,
     exact,
     file_label,
     parse_datetime,
+    safe_parser,
 )
 
 NS_PREFIX = "urn:iso:std:iso:20022:tech:xsd:"
 _NS_RE = re.compile(rb"urn:iso:std:iso:20022:tech:xsd:(camt\.05[234]\.001\.\d{2})")
-_DTD_RE = re.compile(rb"<!(DOCTYPE|ENTITY)", re.IGNORECASE)
 HEAD_BYTES = 65_536
 EXPLAIN_LIMIT = 16 * 1024 * 1024
 """An invalid file up to this size is validated again with xmlschema, whose error names the
@@ -163,11 +164,6 @@ def libxml_schema(version: str) -> etree.XMLSchema:
     return etree.XMLSchema(etree.parse(str(path), safe_parser()))
 
 
-def safe_parser() -> etree.XMLParser:
-    return etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False,
-                           dtd_validation=False, huge_tree=False, remove_comments=True)
-
-
 class Node:
     """An element read once into plain Python (local names, text, the currency attribute), so
     the dozens of lookups an entry needs cost dictionary hits instead of lxml path searches."""
@@ -255,7 +251,7 @@ class CamtReader:
             raise self.error("unreadable", f"cannot read the file ({exc.strerror})") from None
         if not head.strip():
             raise self.error("empty_file", "the file is empty")
-        dtd = _DTD_RE.search(head)
+        dtd = DTD_RE.search(head)
         if dtd:
             line = head[: dtd.start()].count(b"\n") + 1
             raise self.error("dtd_refused", "DTDs and entity declarations are refused in "
