@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -140,15 +140,28 @@ async def send_line_delivery(
         await wallet.deliver_codes(payload["order_id"], payload["line_id"], codes,
                                    key=row.idempotency_key)
     except (ConflictError, InvalidRecordError, NotFoundError) as exc:
-        with session_scope(engine) as session:
-            mark_attempt_failed(session, [row.id], str(exc), give_up=True)
-            record_dead_letters(session, [DeadLetterItem(
-                flow=flow, source=row.target, entity_type="delivery",
-                entity_key=row.idempotency_key, reason=str(exc),
-                payload={"outbox_id": row.id, "order_id": payload["order_id"],
-                         "line_id": payload["line_id"]})])
+        give_up(engine, row, str(exc), flow=flow, entity_type="delivery",
+                payload={"order_id": payload["order_id"], "line_id": payload["line_id"]})
         return False
     return True
+
+
+def give_up(engine: Engine, row: Any, reason: str, *, flow: str, entity_type: str,
+            payload: Mapping[str, Any] | None = None, session: Session | None = None) -> None:
+    """An outbox row that will never go through: given up, and a dead letter (keyed by the
+    row's idempotency key) says why. In ``session`` when given, else in its own transaction."""
+    def write(s: Session) -> None:
+        mark_attempt_failed(s, [row.id], reason, give_up=True)
+        record_dead_letters(s, [DeadLetterItem(
+            flow=flow, source=row.target, entity_type=entity_type,
+            entity_key=row.idempotency_key, reason=reason,
+            payload={"outbox_id": row.id, **(payload or {})})])
+
+    if session is not None:
+        write(session)
+        return
+    with session_scope(engine) as own:
+        write(own)
 
 
 def _dead_letter(

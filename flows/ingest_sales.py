@@ -32,7 +32,7 @@ from connectors.redact import scrub
 from connectors.wallet import WalletClient, WalletSiteSettings, load_sites
 from flows import supplier_codes
 from flows.credentials import erp_settings
-from flows.delivery import send_line_delivery
+from flows.delivery import give_up, send_line_delivery
 from flows.runtime import (
     limit_name,
     markdown_artifact,
@@ -65,7 +65,6 @@ from state.store import (
     fingerprint,
     get_watermark,
     load_fingerprints,
-    mark_attempt_failed,
     mark_sent,
     pending_outbox,
     record_dead_letters,
@@ -267,10 +266,8 @@ async def deliver_site(run: SalesRun, site: str, counts: SalesCounts) -> None:
             try:
                 codes = pool.codes_for_delivery(session, payload["code_ids"], run.keyring)
             except pool.CodeNotDeliverable as exc:
-                mark_attempt_failed(session, [row.id], str(exc), give_up=True)
-                record_dead_letters(session, [DeadLetterItem(
-                    flow=FLOW, source=target, entity_type="delivery",
-                    entity_key=row.idempotency_key, reason=str(exc), payload=None)])
+                give_up(run.engine, row, str(exc), flow=FLOW, entity_type="delivery",
+                        session=session)
                 counts.dead_lettered += 1
                 return
         body = [{"code": code, **({"pin": pin} if pin else {}),

@@ -51,7 +51,7 @@ from connectors.errors import (
 )
 from connectors.supplier import Issue, SupplierClient, SupplierSettings
 from flows.credentials import supplier_settings
-from flows.delivery import send_line_delivery
+from flows.delivery import give_up, send_line_delivery
 from flows.runtime import limit_name, run_logger, state_engine, system_slot, table_artifact
 from state import pool
 from state import procurement as proc
@@ -62,14 +62,12 @@ from state.events import emit_events, order_line_delivered
 from state.models import ApiAllocation, OrderLine, PoolBatch
 from state.purchasing_models import ApiIssuedCode
 from state.store import (
-    DeadLetterItem,
     OutboxItem,
     enqueue,
     get_watermark,
     mark_attempt_failed,
     mark_sent,
     pending_outbox,
-    record_dead_letters,
     set_watermark,
 )
 from state.vendor_uploads import receive_write_off_file
@@ -210,12 +208,7 @@ def _other_lines(session: Session, keyring: Keyring, codes: list[str], site: str
 
 def _give_up(engine: Engine, row: Any, reason: str, payload: Mapping[str, Any] | None = None
              ) -> None:
-    with session_scope(engine) as session:
-        mark_attempt_failed(session, [row.id], reason, give_up=True)
-        record_dead_letters(session, [DeadLetterItem(
-            flow=FLOW, source=row.target, entity_type="api_delivery",
-            entity_key=row.idempotency_key, reason=reason,
-            payload={"outbox_id": row.id, **(payload or {})})])
+    give_up(engine, row, reason, flow=FLOW, entity_type="api_delivery", payload=payload)
 
 
 async def deliver_line(engine: Engine, wallet: Any, keyring: Keyring, suppliers: Suppliers,
