@@ -42,12 +42,11 @@ from sqlalchemy.orm import Session
 
 from canonical import now_utc
 from connectors.errors import (
-    AuthError,
     ConfigurationError,
     ConflictError,
+    ConnectorError,
     InvalidRecordError,
     NotFoundError,
-    RetriableError,
 )
 from connectors.supplier import Issue, SupplierClient, SupplierSettings
 from flows.credentials import supplier_settings
@@ -233,16 +232,18 @@ async def deliver_line(engine: Engine, wallet: Any, keyring: Keyring, suppliers:
         issue: Issue = await client.issue_codes(
             p["sku"], p["quantity"], pool.line_ref(site, order_id, line_id),
             key=issue_key(site, order_id, line_id))
-    except (Hold, AuthError, RetriableError) as exc:
-        reason = f"API codes for {where} not issued yet: {exc}"
-        with session_scope(engine) as session:
-            mark_attempt_failed(session, [row.id], reason)
-        counts.held.append({"site": site, "order_id": order_id, "reason": reason})
-        return
     except (ConflictError, InvalidRecordError, NotFoundError) as exc:
         _give_up(engine, row, f"the supplier refused to issue codes for {where}: {exc}",
                  {"order_id": order_id, "line_id": line_id, "sku": p["sku"]})
         counts.dead_lettered += 1
+        return
+    except (Hold, ConnectorError) as exc:
+        # down, throttled, locked out or answering nonsense: this line waits for the next
+        # run (the key gets the same codes then); the other lines go on
+        reason = f"API codes for {where} not issued yet: {exc}"
+        with session_scope(engine) as session:
+            mark_attempt_failed(session, [row.id], reason)
+        counts.held.append({"site": site, "order_id": order_id, "reason": reason})
         return
     codes = [c.code.get_secret_value() for c in issue.codes]
     masked = [f"...{last4(c)}" for c in codes]
@@ -380,7 +381,7 @@ async def import_redemptions(
                     latest = r.redeemed_at if latest is None else max(latest, r.redeemed_at)
                     if digest not in known:
                         rows.append((code, r.redeemed_at.isoformat()))
-        except (Hold, AuthError, RetriableError) as exc:
+        except (Hold, ConnectorError) as exc:
             report.held = str(exc)
             continue
         finally:

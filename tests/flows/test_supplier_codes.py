@@ -18,6 +18,8 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import func, select, update
 
+from connectors.errors import MalformedResponseError
+from connectors.supplier import SupplierClient
 from connectors.wallet import WalletClient, load_sites
 from flows import ingest_sales as ing
 from flows import supplier_codes as sc
@@ -148,6 +150,29 @@ def test_a_supplier_that_is_down_holds_the_lines_until_it_is_back(sandboxes):
     assert sandboxes.wallet.effects.count("delivery.created") == 0
     sandboxes.supplier.faults.clear()
     assert run()["delivered_lines"] == len(world.lines)
+    assert_delivered_once(world)
+
+
+def test_a_nonsense_answer_for_one_line_holds_that_line_and_the_others_go_on(
+        sandboxes, monkeypatch):
+    world = make_world(sandboxes, orders=3)
+    (odd_order, odd_line), *_ = sorted(world.lines)
+    odd = sc.issue_key(SITE, odd_order, odd_line)
+    real = SupplierClient.issue_codes
+
+    async def answer(self, sku, quantity, order_ref, *, key):
+        if key == odd:
+            raise MalformedResponseError(f"{key}: answer without issue_id and codes",
+                                         system=self.system)
+        return await real(self, sku, quantity, order_ref, key=key)
+
+    monkeypatch.setattr(SupplierClient, "issue_codes", answer)
+    summary = run()
+    assert [h["order_id"] for h in summary["held"]] == [odd_order]
+    assert "without issue_id" in summary["held"][0]["reason"]
+    assert summary["delivered_lines"] == len(world.lines) - 1
+    monkeypatch.setattr(SupplierClient, "issue_codes", real)
+    assert run()["delivered_lines"] == 1  # the held line goes through next run
     assert_delivered_once(world)
 
 
