@@ -11,7 +11,6 @@ are sent.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -42,7 +41,7 @@ from state import pool
 from state.catalog import load_listings, load_skus
 from state.db import session_scope
 from state.models import Fingerprint, OrderLine
-from state.procurement import PurchaseOrder
+from state.procurement import po_numbers_by_erp_id
 from state.store import (
     DeadLetterItem,
     OutboxItem,
@@ -97,25 +96,12 @@ async def import_erp_batches(engine: Engine, erp: ErpClient, since: datetime | N
                              [r["custrecord_vf_batch_sku"] for r in rows
                               if r.get("custrecord_vf_batch_sku")])
         catalog = load_skus(session, skus.values())
-        orders = po_numbers(session, [r["custrecord_vf_batch_po"] for r in rows
+        orders = po_numbers_by_erp_id(session, [r["custrecord_vf_batch_po"] for r in rows
                                       if r.get("custrecord_vf_batch_po")])
         for row in rows:
             _import_batch_row(session, row, skus, catalog, orders, counts, dead)
         record_dead_letters(session, dead)
     counts.dead_lettered += len(dead)
-
-
-def po_numbers(session: Any, erp_ids: list[str]) -> dict[str, str]:
-    """vouchflow's purchase order numbers by the ERP's internal ids (a batch record refers to
-    its order by internal id; the pool keeps vouchflow's number)."""
-    table = PurchaseOrder.__table__
-    wanted = list(dict.fromkeys(erp_ids))
-    found: dict[str, str] = {}
-    for start in range(0, len(wanted), 1000):
-        query = select(table.c.erp_id, table.c.po_no).where(
-            table.c.erp_id.in_(wanted[start:start + 1000]))
-        found.update((erp_id, po_no) for erp_id, po_no in session.execute(query))
-    return found
 
 
 def _import_batch_row(session: Any, row: dict[str, Any], skus: dict[str, str],
@@ -221,8 +207,7 @@ def input_stamps(session: Any, since: datetime, skus: set[str] | None = None
             stamps.setdefault(sku, []).append(f"@{at}")
         for sku, batch_no, at in session.execute(of_batches):
             stamps.setdefault(sku, []).append(f"{batch_no}@{at}")
-    return {sku: hashlib.sha256("|".join(sorted(marks)).encode()).hexdigest()
-            for sku, marks in stamps.items()}
+    return {sku: fingerprint(sorted(marks)) for sku, marks in stamps.items()}
 
 
 def unplanned(engine: Engine, since: datetime) -> set[str]:

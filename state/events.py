@@ -61,9 +61,35 @@ EVENT_TYPES: dict[str, str] = {
                             "version from the site); entity sales_order {site}:{order_id}",
     "order_line.allocated": "an order line took its codes (code pool) or units (API batches); "
                             "entity sales_order",
-    "order_line.delivered": "a code-pool line's codes were accepted by the site; entity "
-                            "sales_order",
+    "order_line.delivered": "a line's codes (from the pool or issued by its API supplier) were "
+                            "accepted by the site; entity sales_order",
     "sku.changed": "a voucher SKU as mapped from the ERP changed; entity sku {sku}",
+    "purchase_order.created": "a purchase order was made (by an operator, from a request, or "
+                              "as a daily API order or its correction); entity purchase_order "
+                              "{po_no}",
+    "purchase_order.received": "goods were received against a purchase order line (a receipt "
+                               "into a batch); entity purchase_order",
+    "purchase_order.changed": "a purchase order as it stands after a receipt or a bill changed "
+                              "it; entity purchase_order",
+    "vendor_bill.created": "a vendor bill was made from a purchase order; entity vendor_bill "
+                           "{bill_no}",
+    "vendor_bill.approved": "a vendor bill was approved for payment; entity vendor_bill",
+    "vendor_bill.paid": "a vendor bill was paid (its payment confirmed by the bank and in the "
+                        "ERP); entity vendor_bill",
+    "vendor_bill.payment_rejected": "the bank rejected a vendor bill's payment; entity "
+                                    "vendor_bill",
+    "vendor_bill.credited": "codes paid by a vendor bill were returned to the supplier: a "
+                            "vendor credit against the bill; entity vendor_bill",
+    "remittance_batch.closed": "a remittance batch version was closed (a reversal is closed "
+                               "when made); entity remittance_batch {batch_id}",
+    "remittance_batch.posted": "a closed remittance batch version reached treasury and the "
+                               "ERP; entity remittance_batch",
+    "remittance_batch.reopened": "a closed or posted batch was reopened: a reversal version "
+                                 "and a new open version; entity remittance_batch",
+    "discrepancy.opened": "a day's matching found an open discrepancy; entity discrepancy "
+                          "{day}:{key}",
+    "discrepancy.resolved": "an open discrepancy was accepted by a correction or no longer "
+                            "found by the day's matching; entity discrepancy",
 }
 """Every event type vouchflow emits, with what it means. Subscriptions name these (or
 ``prefix.*``, or ``*``)."""
@@ -370,34 +396,6 @@ def _drop_announced(session: Session, previous: Any) -> None:
 
 
 # builders: procurement, settlement, remittance ------------------------------------------------
-EVENT_TYPES.update({
-    "purchase_order.created": "a purchase order was made (by an operator, from a request, or "
-                              "as a daily API order or its correction); entity purchase_order "
-                              "{po_no}",
-    "purchase_order.received": "goods were received against a purchase order line (a receipt "
-                               "into a batch); entity purchase_order",
-    "purchase_order.changed": "a purchase order as it stands after a receipt or a bill changed "
-                              "it; entity purchase_order",
-    "vendor_bill.created": "a vendor bill was made from a purchase order; entity vendor_bill "
-                           "{bill_no}",
-    "vendor_bill.approved": "a vendor bill was approved for payment; entity vendor_bill",
-    "vendor_bill.paid": "a vendor bill was paid (its payment confirmed by the bank and in the "
-                        "ERP); entity vendor_bill",
-    "vendor_bill.payment_rejected": "the bank rejected a vendor bill's payment; entity "
-                                    "vendor_bill",
-    "vendor_bill.credited": "codes paid by a vendor bill were returned to the supplier: a "
-                            "vendor credit against the bill; entity vendor_bill",
-    "remittance_batch.closed": "a remittance batch version was closed (a reversal is closed "
-                               "when made); entity remittance_batch {batch_id}",
-    "remittance_batch.posted": "a closed remittance batch version reached treasury and the "
-                               "ERP; entity remittance_batch",
-    "remittance_batch.reopened": "a closed or posted batch was reopened: a reversal version "
-                                 "and a new open version; entity remittance_batch",
-    "discrepancy.opened": "a day's matching found an open discrepancy; entity discrepancy "
-                          "{day}:{key}",
-    "discrepancy.resolved": "an open discrepancy was accepted by a correction or no longer "
-                            "found by the day's matching; entity discrepancy",
-})
 
 
 def plain(value: Any) -> Any:

@@ -66,6 +66,7 @@ from state.events import (
     vendor_bill_created,
 )
 from state.models import ExactDecimal
+from state.store import _chunks
 from state.types import JSONText, UTCDateTime
 
 
@@ -912,6 +913,18 @@ def get_order(session: Session, po_no: str, vendor_id: int | None = None) -> Pur
 def order_lines(session: Session, po_id: int) -> list[PurchaseOrderLine]:
     return list(session.scalars(select(PurchaseOrderLine).where(
         PurchaseOrderLine.po_id == po_id).order_by(PurchaseOrderLine.line_no)))
+
+
+def po_numbers_by_erp_id(session: Session, erp_ids: Iterable[str]) -> dict[str, str]:
+    """vouchflow's purchase order numbers by the ERP's internal ids (an ERP record refers to
+    an order by internal id; vouchflow's own records keep its number). Ids of orders
+    vouchflow did not place are left out."""
+    t = PurchaseOrder.__table__
+    found: dict[str, str] = {}
+    for part in _chunks(list(dict.fromkeys(erp_ids))):
+        found.update((erp_id, po_no) for erp_id, po_no in session.execute(
+            select(t.c.erp_id, t.c.po_no).where(t.c.erp_id.in_(part))))
+    return found
 
 
 def get_order_line(session: Session, po_no: str, line_no: int, vendor_id: int | None = None
