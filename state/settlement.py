@@ -418,14 +418,17 @@ def confirm_payments(session: Session, run_no: str, *, rejected: Sequence[str] =
     marked paid when their vendorPayment is in the ERP (``mark_bill_paid``). Returns the
     payments confirmed now."""
     at = at or now_utc()
-    vp = proc.VendorPayment
+    vp, vb = proc.VendorPayment, proc.VendorBill
+    refused = set(rejected)
+    taken = set(accepted) if accepted is not None else None
     done = []
-    for p in session.scalars(select(vp).where(vp.run_no == run_no,
-                                              vp.status == proc.PaymentStatus.SENT.value)):
-        if p.end_to_end_id in rejected or p.payment_no in rejected:
+    for p, bill_no in session.execute(
+            select(vp, vb.bill_no).join(vb, vb.id == vp.bill_id)
+            .where(vp.run_no == run_no, vp.status == proc.PaymentStatus.SENT.value)).all():
+        if p.end_to_end_id in refused or p.payment_no in refused:
             p.status = proc.PaymentStatus.REJECTED
-            _announce_payment(session, "vendor_bill.payment_rejected", p, at)
-        elif accepted is not None and not {p.end_to_end_id, p.payment_no} & set(accepted):
+            _announce_payment(session, "vendor_bill.payment_rejected", p, at, bill_no)
+        elif taken is not None and not {p.end_to_end_id, p.payment_no} & taken:
             continue  # still pending at the bank
         else:
             p.status = proc.PaymentStatus.CONFIRMED
@@ -474,9 +477,10 @@ def mark_bill_paid(session: Session, payment_id: int, erp_id: str) -> None:
 
 
 def _announce_payment(session: Session, type_: str, payment: proc.VendorPayment,
-                      at: datetime) -> None:
-    bill_no = session.scalar(select(proc.VendorBill.bill_no).where(
-        proc.VendorBill.id == payment.bill_id))
+                      at: datetime, bill_no: str | None = None) -> None:
+    if bill_no is None:
+        bill_no = session.scalar(select(proc.VendorBill.bill_no).where(
+            proc.VendorBill.id == payment.bill_id))
     assert bill_no is not None
     announce(session, [vendor_bill_payment(
         type_, bill_no=bill_no, payment_no=payment.payment_no, run_no=payment.run_no,
