@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 
 from bench.common import emit, peak_rss_mb, reset_wallet
-from bench.sync_catalog import catalog_sandbox, suiteql_items
+from bench.sync_catalog import catalog_sandbox, push_site, suiteql_items
 
 BASELINE = ("plain httpx.AsyncClient with the same OAuth signing: the SuiteQL item pages, "
             "then per site PUT /products:batch, /inventory:batch and /batches:batch with "
@@ -54,19 +54,12 @@ async def baseline(env: dict[str, str], sent: dict[str, dict[str, list[Any]]]) -
                                  timeout=120) as erp:
         _, calls["suiteql"] = await suiteql_items(erp)
 
-    async def push(site: str) -> None:
-        key = env[f"VOUCHFLOW_WALLET_{site.upper()}_API_KEY"]
-        async with httpx.AsyncClient(base_url=f"{env['VOUCHFLOW_WALLET_BASE_URL']}/{site}"
-                                              "/api/v1", headers={"X-Api-Key": key},
-                                     timeout=120) as wallet:
-            for path in ("products:batch", "inventory:batch", "batches:batch"):
-                items = sent.get(site, {}).get(path, [])
-                for start in range(0, len(items), 500):
-                    r = await wallet.put(f"/{path}", json={"items": items[start:start + 500]})
-                    r.raise_for_status()
-                    calls[path] += 1
-
-    await asyncio.gather(*(push(site) for site in sent))
+    paths = ("products:batch", "inventory:batch", "batches:batch")
+    for done in await asyncio.gather(*(
+            push_site(env, site, {p: sent.get(site, {}).get(p, []) for p in paths})
+            for site in sent)):
+        for path, n in done.items():
+            calls[path] += n
     return dict(calls)
 
 
