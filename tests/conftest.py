@@ -7,6 +7,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, text
@@ -107,6 +108,27 @@ def state_url(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> str:
     if stale is not None:
         stale.dispose()
     db._migrated.discard(url)
+
+
+@pytest.fixture(scope="module")
+def supplier_served() -> Iterator[Any]:
+    """The supplier sandbox served on a loopback port for a test module."""
+    from sandbox.core import serve
+    from sandbox.supplier import SupplierSandbox
+
+    with serve(SupplierSandbox()) as served:
+        yield served
+
+
+def fresh_supplier(served: Any, *, pattern: str) -> Any:
+    """The served supplier sandbox emptied, selling ``GC-10`` in codes of ``pattern``."""
+    from sandbox.supplier import SupplierSandbox
+
+    sandbox = served.sandbox
+    assert isinstance(sandbox, SupplierSandbox)
+    sandbox.reset()
+    sandbox.add_sku("GC-10", pattern=pattern, pin_digits=4, unit_price="9.50")
+    return sandbox
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,6 @@ environment."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
@@ -14,8 +13,9 @@ from pydantic import SecretStr
 from connectors.errors import AuthError, ConfigurationError, ConflictError, InvalidRecordError
 from connectors.http import RetryPolicy
 from connectors.supplier import SupplierClient, SupplierSettings, supplier_settings
-from sandbox.core import ServedSandbox, serve
+from sandbox.core import ServedSandbox
 from sandbox.supplier import DEFAULT_TOKEN, SupplierSandbox
+from tests.conftest import fresh_supplier
 
 pytestmark = pytest.mark.anyio
 FAST = RetryPolicy(max_attempts=4, base_delay=0.01, max_delay=0.05, jitter=False)
@@ -26,19 +26,14 @@ def anyio_backend():
     return "asyncio"
 
 
-@pytest.fixture(scope="module")
-def served() -> Iterator[ServedSandbox]:
-    with serve(SupplierSandbox()) as s:
-        yield s
+@pytest.fixture
+def served(supplier_served: ServedSandbox) -> ServedSandbox:
+    return supplier_served
 
 
 @pytest.fixture
-def sup(served: ServedSandbox) -> SupplierSandbox:
-    sandbox = served.sandbox
-    assert isinstance(sandbox, SupplierSandbox)
-    sandbox.reset()
-    sandbox.add_sku("GC-10", pattern="GC10-XXXX-XXXX", pin_digits=4, unit_price="9.50")
-    return sandbox
+def sup(supplier_served: ServedSandbox) -> SupplierSandbox:
+    return fresh_supplier(supplier_served, pattern="GC10-XXXX-XXXX")
 
 
 def client_for(served: ServedSandbox, token: str = DEFAULT_TOKEN) -> SupplierClient:

@@ -13,23 +13,19 @@ import pytest
 
 from sandbox.core import ServedSandbox, serve
 from sandbox.supplier import DEFAULT_TOKEN, SupplierSandbox
+from tests.conftest import fresh_supplier
 
 AUTH = {"Authorization": f"Bearer {DEFAULT_TOKEN}"}
 
 
-@pytest.fixture(scope="module")
-def served() -> Iterator[ServedSandbox]:
-    with serve(SupplierSandbox()) as s:
-        yield s
+@pytest.fixture
+def served(supplier_served: ServedSandbox) -> ServedSandbox:
+    return supplier_served
 
 
 @pytest.fixture
-def sup(served: ServedSandbox) -> SupplierSandbox:
-    sandbox = served.sandbox
-    assert isinstance(sandbox, SupplierSandbox)
-    sandbox.reset()
-    sandbox.add_sku("GC-10", pattern="GC10-XXXX-9999", pin_digits=4, unit_price="9.50")
-    return sandbox
+def sup(supplier_served: ServedSandbox) -> SupplierSandbox:
+    return fresh_supplier(supplier_served, pattern="GC10-XXXX-9999")
 
 
 @pytest.fixture
