@@ -88,6 +88,35 @@ def last4(code: str) -> str:
     return code[-4:] if len(code) > 4 else ""
 
 
+_IPAD = bytes(x ^ 0x36 for x in range(256))
+_OPAD = bytes(x ^ 0x5C for x in range(256))
+
+
+def hmac_sha256_many(key: bytes, messages: Iterable[bytes]) -> list[bytes]:
+    """HMAC-SHA256 (RFC 2104) of many messages under one key: the same bytes as
+    ``hmac.digest(key, m, "sha256")`` for each.
+
+    The one-shot ``hmac.digest`` sets OpenSSL's HMAC up again for every message (about 3 µs
+    here, most of a voucher code's hashing). The key's inner and outer SHA-256 states are the
+    same for every message, so they are computed once and copied, as the standard library's
+    own pure-Python HMAC does: about 1 µs a message."""
+    block = hashlib.sha256().block_size
+    if len(key) > block:
+        key = hashlib.sha256(key).digest()
+    key = key.ljust(block, b"\0")
+    inner, outer = hashlib.sha256(key.translate(_IPAD)), hashlib.sha256(key.translate(_OPAD))
+    inner_copy, outer_copy = inner.copy, outer.copy
+    out: list[bytes] = []
+    add = out.append
+    for message in messages:
+        i = inner_copy()
+        i.update(message)
+        o = outer_copy()
+        o.update(i.digest())
+        add(o.digest())
+    return out
+
+
 BATCH_ENCRYPT_FROM = 16
 """From this many values, ``encrypt_many`` builds the tokens a batch at a time."""
 
@@ -124,9 +153,10 @@ def fernet_tokens(signing_key: bytes, encryption_key: bytes, values: Sequence[by
             cts[i] += out[16 * j:16 * j + 16]
         start += 16
         todo = [i for i in todo if len(padded[i]) > start]
-    enc, digest = base64.urlsafe_b64encode, hmac.digest
+    enc = base64.urlsafe_b64encode
     bodies = [head + ivs[16 * i:16 * i + 16] + cts[i] for i in range(n)]
-    return [enc(b + digest(signing_key, b, "sha256")).decode("ascii") for b in bodies]
+    macs = hmac_sha256_many(signing_key, bodies)
+    return [enc(b + m).decode("ascii") for b, m in zip(bodies, macs, strict=True)]
 
 
 class Keyring:
@@ -176,8 +206,8 @@ class Keyring:
                         hashlib.sha256).hexdigest()
 
     def hash_codes(self, codes: Iterable[str]) -> list[str]:
-        key, digest = self._hash_key, hmac.digest  # one-shot HMAC: the same value, faster
-        return [digest(key, normalize_code(c).encode("utf-8"), "sha256").hex() for c in codes]
+        return [d.hex() for d in hmac_sha256_many(
+            self._hash_key, (normalize_code(c).encode("utf-8") for c in codes))]
 
     # encryption -----------------------------------------------------------------------------
     def encrypt(self, value: str) -> str:

@@ -59,6 +59,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
+from psycopg.errors import UniqueViolation
 from psycopg.rows import namedtuple_row
 from sqlalchemy import Engine, bindparam, func, select, text, tuple_, update
 from sqlalchemy.exc import IntegrityError
@@ -825,8 +826,17 @@ def _insert_fresh_pg(
     chunk, fresh = prepared.chunk, prepared.fresh
     if not fresh:
         return
-    added = _insert_codes_pg(session, batch, now, actor, system,
-                             _pg_columns(prepared, sorted(fresh.values()), batch_rank))
+    columns = _pg_columns(prepared, sorted(fresh.values()), batch_rank)
+    try:
+        # the usual case, no code of the chunk in the pool yet: a plain insert probes the hash
+        # index once a code; ON CONFLICT would look each one up first and then insert it
+        with session.begin_nested():
+            added = _insert_codes_pg(session, batch, now, actor, system, columns,
+                                     skip_existing=False)
+    except UniqueViolation as exc:  # raised by the driver: _pg runs on its cursor
+        if exc.diag.constraint_name != HASH_UNIQUE:
+            raise
+        added = _insert_codes_pg(session, batch, now, actor, system, columns)
     skipped = dict(fresh)
     new_ids = []
     for code_id, digest in added:
@@ -884,19 +894,26 @@ SELECT id, code_hash FROM ins
 """
 
 
+_PG_INSERT_NEW_CODES = _PG_INSERT_CODES.replace("ON CONFLICT (code_hash) DO NOTHING\n", "")
+HASH_UNIQUE = "uq_pool_code_hash"
+
+
 def _insert_codes_pg(
     session: Session, batch: Any, now: datetime, actor: str, system: str,
-    columns: dict[str, list[Any]],
+    columns: dict[str, list[Any]], *, skip_existing: bool = True,
 ) -> list[tuple[int, str]]:
     """``columns``: the codes' hashes (h), ciphertexts (c), PIN ciphertexts (p), last four
     characters (l) and expiry ranks (r), in input order. Hashes, ciphertexts (urlsafe base64)
     and ranks never hold a comma, so they travel as one comma-joined text each (a binary
     array costs the driver a Python call per element); the last four characters of a code
-    may be anything and go as an array."""
+    may be anything and go as an array.
+
+    ``skip_existing``: a code already in the pool is left out (``ON CONFLICT DO NOTHING``);
+    without it, one fails the statement on ``uq_pool_code_hash`` (cheaper when none is)."""
     joined = {"h": ",".join(columns["h"]), "c": ",".join(columns["c"]),
               "p": ",".join(p or "" for p in columns["p"]),
               "r": ",".join(map(str, columns["r"])), "l": columns["l"]}
-    result = _pg(session, _PG_INSERT_CODES, {
+    result = _pg(session, _PG_INSERT_CODES if skip_existing else _PG_INSERT_NEW_CODES, {
         **joined, "sku": batch.sku, "batch_no": batch.batch_no, "seq": batch.seq,
         "now": now, "actor": actor, "system": system, "detail": f"batch {batch.batch_no}"})
     return [(int(i), h) for i, h in result]

@@ -36,3 +36,16 @@ def test_keyring_batches_agree_with_single_calls():
     assert [None if t is None else ring.decrypt(t) for t in tokens] == values
     assert len(set(t for t in tokens if t)) == len([v for v in values if v])  # fresh IVs
     assert ring.encrypt_many(["short", None])[1] is None
+
+
+def test_hmac_many_is_hmac_for_any_key_and_message():
+    import hmac
+
+    from state.crypto import hmac_sha256_many
+
+    rng = random.Random(9)
+    messages = [bytes(rng.getrandbits(8) for _ in range(n)) for n in range(0, 300, 7)]
+    for key in (b"", b"k", os.urandom(32), os.urandom(64), os.urandom(65), os.urandom(200)):
+        assert hmac_sha256_many(key, messages) == [
+            hmac.digest(key, m, "sha256") for m in messages]
+    assert hmac_sha256_many(b"k", []) == []

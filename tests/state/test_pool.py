@@ -665,3 +665,22 @@ def test_inbound_events_are_kept_once_and_processed_in_order(engine):
         assert [e.event_id for e in todo] == ["ev-2", "ev-1", "ev-0"]
         mark_inbound_processed(s, ["ev-2"])
         assert [e.event_id for e in unprocessed_inbound(s)] == ["ev-1", "ev-0"]
+
+
+def test_a_code_must_name_a_batch_that_exists(engine):
+    """The rule the foreign key kept (triggers since migration 0009): every batch an insert
+    names must exist, however many codes name it; a batch with codes cannot go."""
+    batch(engine, "B1", "SKU1")
+    insert = ("INSERT INTO pool_code (code_hash, code_enc, last4, sku, batch_no, status, "
+              "expiry_rank, batch_seq, updated_at) VALUES ")
+    row = "('{h}', 'x', '0001', 'SKU1', '{b}', 'in_stock', 1, 1, CURRENT_TIMESTAMP)"
+    ok = ", ".join(row.format(h=f"h{i}", b="B1") for i in range(3))
+    with engine.begin() as conn:
+        conn.execute(text(insert + ok))
+    mixed = ", ".join(row.format(h=f"m{i}", b="B1" if i % 2 else "NOPE") for i in range(4))
+    with pytest.raises(IntegrityError) as refused, engine.begin() as conn:
+        conn.execute(text(insert + mixed))
+    assert "NOPE" in str(refused.value) or "FOREIGN KEY" in str(refused.value)
+    assert rows(engine, "SELECT count(*) FROM pool_code")[0][0] == 3
+    with pytest.raises(IntegrityError), engine.begin() as conn:
+        conn.execute(text("DELETE FROM pool_batch WHERE batch_no = 'B1'"))
