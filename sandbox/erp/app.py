@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
@@ -177,6 +178,7 @@ class ErpSandbox(Sandbox):
         self.auth_failures: list[str] = []
         self._suiteql: SuiteQLEngine | None = None
         self._job_tasks: set[asyncio.Task[None]] = set()
+        self._now_text: tuple[int | None, str] = (None, "")
         self._resume_jobs = False
 
     # ---- data helpers (tests and the demo) --------------------------------------------------
@@ -194,7 +196,16 @@ class ErpSandbox(Sandbox):
         return engine
 
     def now_str(self) -> str:
-        return format_datetime(self.clock())
+        """The clock as stored in records (UTC, whole seconds). Formatted once per second: a
+        batch job stamps every record it writes, and the formatting was most of a stamp."""
+        now = self.clock()
+        if now.tzinfo is None:
+            return format_datetime(now)  # refuses it, as it should
+        second = math.floor(now.timestamp())
+        cached = self._now_text
+        if cached[0] != second:
+            cached = self._now_text = (second, format_datetime(now))
+        return cached[1]
 
     def get_record(self, record_type: str, ref: str) -> dict[str, Any] | None:
         with self.lock:
