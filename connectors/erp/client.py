@@ -136,6 +136,7 @@ class ErpClient(HttpConnector):
     system = "erp"
     error_table = ERP_ERRORS
     decimal_numbers = True  # NetSuite amounts are JSON numbers
+    lean_transport = True  # one account-wide limit of a few requests: slot time is scarce
 
     def __init__(
         self,
@@ -148,6 +149,7 @@ class ErpClient(HttpConnector):
         settings.check()
         self.settings = settings
         self.account = realm_for(settings.account)
+        self._window: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
         super().__init__(
             settings.url(),
             auth=_auth_for(settings),
@@ -409,7 +411,8 @@ class ErpClient(HttpConnector):
         results are asked for directly after a short wait; only if they are not ready yet
         does the client fall back to polling the job's status. Under the account's limit
         every saved request is a slot for another batch."""
-        job_id = await self.submit_batch(record_type, records, key=key, upsert=upsert)
+        async with self._submit_window():
+            job_id = await self.submit_batch(record_type, records, key=key, upsert=upsert)
         await asyncio.sleep(self.expected_job_seconds(len(records)))
         try:
             return await self.job_results(job_id)
@@ -419,6 +422,21 @@ class ErpClient(HttpConnector):
         if str(job.get("status", "")).lower() == "failed" and not job.get("completed", True):
             raise ServerError(f"job {job_id} failed as a whole", system=self.system)
         return await self.job_results(job_id)
+
+    def _submit_window(self) -> asyncio.Semaphore:
+        """At most ``concurrency + 1`` of this client's batch submits wait for a slot at once.
+
+        Requests get the account's slots in arrival order. Without a window, a caller that
+        starts two hundred batches at once queues two hundred submits, and every result read
+        (due ~40 ms after its submit) waits behind all the submits left: the reads then ran
+        one after another at the end, with the slots mostly idle (0.1-0.3 s of a 2.5 s run
+        with no request in flight, on the erp_upsert bench). With the window a read waits
+        behind at most one submit and slips in between the writes; and each batch is
+        validated and encoded only when its turn is near, not all of them up front."""
+        loop = asyncio.get_running_loop()
+        if self._window is None or self._window[0] is not loop:
+            self._window = (loop, asyncio.Semaphore(self.settings.concurrency + 1))
+        return self._window[1]
 
     def expected_job_seconds(self, records: int) -> float:
         """How long a batch job of this size usually takes (a first guess, tuned by setting)."""

@@ -81,6 +81,30 @@ def test_twenty_writers_upsert_twenty_thousand_items_within_the_account_limit(er
     assert stats.rejected_concurrency == 0
 
 
+def test_result_reads_go_out_between_the_batch_writes(erp):
+    """Forty batches started at once: their result reads do not wait until every write has
+    gone out. (They did: queued behind all the submits, they ran at the end, one after
+    another, with the account's slots idle.)"""
+    sandbox, base = erp
+    sandbox.faults.set(latency_ms=20, method="PUT", path_prefix="/services/rest/record/")
+    records = [item(i, "R") for i in range(4000)]
+
+    async def go():
+        async with ErpClient(settings(base), retry=FAST) as client:
+            return await asyncio.gather(*(
+                client.batch("inventoryItem", records[i:i + 100], key=f"reads-{i}")
+                for i in range(0, 4000, 100)))
+
+    results = asyncio.run(go())
+    assert all(r.ok for batch in results for r in batch)
+    log = sandbox.requests()
+    puts = [n for n, r in enumerate(log) if r["method"] == "PUT"]
+    reads = [n for n, r in enumerate(log) if r["path"].endswith("/result") and r["status"] == 200]
+    assert len(puts) == 40 and len(reads) == 40
+    assert sum(1 for n in reads if n < puts[-1]) >= 10  # about 30 when the machine is quiet
+    assert sandbox.stats.max_in_flight == 5 and sandbox.stats.rejected_concurrency == 0
+
+
 def test_single_upserts_from_many_writers_never_exceed_the_limit(erp):
     sandbox, base = erp
     sandbox.faults.set(latency_ms=5, method="PUT")
