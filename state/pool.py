@@ -61,7 +61,7 @@ from typing import Any
 
 from psycopg.errors import UniqueViolation
 from psycopg.rows import namedtuple_row
-from sqlalchemy import Engine, bindparam, func, select, text, tuple_, update
+from sqlalchemy import Engine, bindparam, func, insert, select, text, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import TextClause
@@ -90,6 +90,7 @@ from state.models import (
     PoolBatch,
     PoolCode,
     PoolCodeEvent,
+    PoolCodeReceipt,
     SalesOrder,
 )
 from state.store import OutboxItem, _insert, enqueue
@@ -876,22 +877,28 @@ def _received(session: Session, batch: Any, report: AddCodesReport, n: int, now:
 
 
 _PG_INSERT_CODES = """
-WITH ins AS (
+WITH receipt AS (
+    SELECT nextval(pg_get_serial_sequence('code_receipt', 'id')) AS id
+), ins AS (
     INSERT INTO pool_code (code_hash, code_enc, pin_enc, last4, sku, batch_no, status,
-                           expiry_rank, batch_seq, updated_at)
-    SELECT v.h, v.c, NULLIF(v.p, ''), v.l, :sku, :batch_no, 'in_stock', v.r, :seq, :now
+                           expiry_rank, batch_seq, updated_at, receipt_id)
+    SELECT v.h, v.c, NULLIF(v.p, ''), v.l, :sku, :batch_no, 'in_stock', v.r, :seq, :now,
+           (SELECT id FROM receipt)
     FROM unnest(string_to_array(:h, ','), string_to_array(:c, ','), string_to_array(:p, ','),
                 CAST(:l AS text[]), CAST(string_to_array(:r, ',') AS int[]))
          WITH ORDINALITY AS v(h, c, p, l, r, o)
     ORDER BY v.o
     ON CONFLICT (code_hash) DO NOTHING
     RETURNING id, code_hash
-), ev AS (
-    INSERT INTO code_event (code_id, at, actor, system, action, from_status, to_status, detail)
-    SELECT id, :now, :actor, :system, 'receive', NULL, 'in_stock', :detail FROM ins
+), rec AS (
+    INSERT INTO code_receipt (id, batch_no, at, actor, system, detail)
+    SELECT id, :batch_no, :now, :actor, :system, :detail FROM receipt
+    WHERE EXISTS (SELECT 1 FROM ins)
 )
 SELECT id, code_hash FROM ins
 """
+"""The chunk's new codes and, if there are any, their receipt (the first entry of each one's
+chronology), in one statement."""
 
 
 _PG_INSERT_NEW_CODES = _PG_INSERT_CODES.replace("ON CONFLICT (code_hash) DO NOTHING\n", "")
@@ -924,11 +931,14 @@ def _insert_codes_sqlite(
 ) -> list[tuple[int, str]]:
     # the chunk runs under BEGIN IMMEDIATE: nobody else writes, so the ids are ours to number
     start = (session.scalar(text("SELECT max(id) FROM pool_code")) or 0) + 1
+    receipt = session.execute(
+        insert(PoolCodeReceipt.__table__).values(
+            batch_no=rows[0]["batch_no"], at=now, actor=actor, system=system,
+            detail=f"batch {rows[0]['batch_no']}")).inserted_primary_key[0]
     for n, row in enumerate(rows):
         row["id"] = start + n
+        row["receipt_id"] = receipt
     session.execute(_insert(session, PoolCode.__table__), rows)
-    _events(session, [(r["id"], None, CodeStatus.IN_STOCK.value, f"batch {r['batch_no']}")
-                      for r in rows], at=now, actor=actor, system=system, action="receive")
     return [(r["id"], r["code_hash"]) for r in rows]
 
 
@@ -941,13 +951,20 @@ def find_code(session: Session, code: str, keyring: Keyring) -> Any | None:
 
 
 def code_history(session: Session, code_id: int) -> list[CodeEvent]:
-    """A code's chronology, oldest first."""
+    """A code's chronology, oldest first: its receipt (``code_receipt``), then its events."""
+    received = session.execute(
+        select(PoolCodeReceipt.__table__).join(
+            PoolCode.__table__, PoolCode.__table__.c.receipt_id == PoolCodeReceipt.__table__.c.id)
+        .where(PoolCode.__table__.c.id == code_id)).first()
+    history = [] if received is None else [CodeEvent(
+        at=received.at, actor=received.actor, system=received.system, action="receive",
+        from_status=None, to_status=CodeStatus.IN_STOCK, detail=received.detail)]
     table = PoolCodeEvent.__table__
     rows = session.execute(select(*table.c).where(table.c.code_id == code_id)
                            .order_by(table.c.id))
-    return [CodeEvent(at=r.at, actor=r.actor, system=r.system, action=r.action,
-                      from_status=r.from_status, to_status=r.to_status, detail=r.detail)
-            for r in rows]
+    return history + [CodeEvent(at=r.at, actor=r.actor, system=r.system, action=r.action,
+                                from_status=r.from_status, to_status=r.to_status,
+                                detail=r.detail) for r in rows]
 
 
 # orders in ----------------------------------------------------------------------------------
