@@ -111,9 +111,15 @@ def main(argv: list[str]) -> int:
             os.environ.update(env)
             os.environ["VOUCHFLOW_ERP_CONCURRENCY"] = str(args.limit)
             n_single = min(args.single_records, args.records)
+            load_before = os.getloadavg()[0]
             single_s = asyncio.run(singles(n_single))
+            cpu = time.process_time()
             batch_s, failed = asyncio.run(batches(args.records, size))
+            batch_cpu = time.process_time() - cpu
+            cpu = time.process_time()
             base_s = asyncio.run(baseline(args.records, size, args.limit))
+            base_cpu = time.process_time() - cpu
+            load_after = os.getloadavg()[0]
             stats = httpx.get(env["VOUCHFLOW_ERP_BASE_URL"] + "/_sandbox/stats").json()
     ceiling = args.limit * size / (args.latency_ms / 1000)
     batch_rate = args.records / batch_s
@@ -132,6 +138,11 @@ def main(argv: list[str]) -> int:
         "ratio": round(batch_s / base_s, 3),
         "sandbox_max_in_flight": stats.get("max_in_flight"),
         "sandbox_rejected_over_limit": stats.get("rejected_concurrency"),
+        # diagnostics: the client's CPU in each phase (the sandbox runs in its own process), and
+        # the machine's load, which moves these figures more than anything on a shared box
+        "vouchflow_client_cpu_s": round(batch_cpu, 3),
+        "baseline_client_cpu_s": round(base_cpu, 3),
+        "load_avg_1m": [round(load_before, 2), round(load_after, 2)],
         "peak_rss_mb": peak_rss_mb(),
         "baseline": BASELINE,
     })
