@@ -6,9 +6,11 @@ from decimal import Decimal
 import httpx
 import pytest
 from oauthlib.common import Request as OAuthRequest
+from oauthlib.oauth1 import SIGNATURE_HMAC_SHA256, SIGNATURE_TYPE_AUTH_HEADER, Client
 from oauthlib.oauth1.rfc5849 import signature, utils
 
 from connectors.erp import ErpClient, format_q_date, host_for, realm_for
+from connectors.erp.auth import TokenAuth
 from connectors.errors import ConfigurationError, InvalidRecordError, NotFoundError
 from tests.connectors.cases import build_erp, erp_error, erp_settings
 from tests.connectors.conformance import FAST_RETRY, FakeServer, json_response
@@ -61,6 +63,31 @@ async def test_requests_carry_a_valid_hmac_sha256_signature():
         assert signature.verify_hmac_sha256(oauth_request, "cs-conformance-secret",
                                             "ts-conformance-secret")
         assert not signature.verify_hmac_sha256(oauth_request, "wrong", "ts-conformance-secret")
+
+
+@pytest.mark.parametrize("method, url", [
+    ("GET", "https://999999-sb1.suitetalk.api.netsuite.com/services/rest/record/v1/inventoryItem/7"),
+    ("PUT", "https://999999-sb1.suitetalk.api.netsuite.com/services/rest/record/v1/inventoryItem/"
+            "eid:SKU-1_a"),
+    ("GET", "https://999999-sb1.suitetalk.api.netsuite.com/services/rest/record/v1/inventoryItem"
+            "?q=lastModifiedDate%20ON_OR_AFTER%20%221%2F2%2F2026%2010%3A05%20am%22&limit=1000&offset=0"),
+    ("POST", "http://127.0.0.1:8701/services/rest/query/v1/suiteql?limit=10&offset=20"),
+    ("get", "http://127.0.0.1:8701/services/rest/async/v1/job/12/result?a=%7E~%20+&a=2&b="),
+])
+def test_the_header_is_the_one_oauthlib_client_would_sign(method, url):
+    """TokenAuth skips oauthlib.Client.sign's render-parse-render round trip; the header it
+    builds from the same nonce and timestamp must be byte for byte the same."""
+    settings = erp_settings()
+    client = Client(settings.consumer_key.get_secret_value(),
+                    client_secret=settings.consumer_secret.get_secret_value(),
+                    resource_owner_key=settings.token_id.get_secret_value(),
+                    resource_owner_secret=settings.token_secret.get_secret_value(),
+                    signature_method=SIGNATURE_HMAC_SHA256,
+                    signature_type=SIGNATURE_TYPE_AUTH_HEADER, realm="999999_SB1",
+                    nonce="61825915034327563941700000000", timestamp="1700000000")
+    expected = client.sign(url, http_method=method.upper())[1]["Authorization"]
+    assert TokenAuth(settings).authorization(
+        method, url, nonce="61825915034327563941700000000", timestamp="1700000000") == expected
 
 
 async def test_each_retry_is_signed_afresh():
