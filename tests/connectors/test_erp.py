@@ -109,6 +109,33 @@ async def test_numbers_are_decoded_as_decimal():
     assert isinstance(record["qty"], int)
 
 
+async def test_batch_bodies_carry_exact_decimal_numbers():
+    """Amounts go out as JSON numbers with their exact digits (orjson when installed,
+    simplejson otherwise: the same document either way)."""
+    from datetime import date
+
+    import simplejson
+
+    from connectors.http import _default, dumps
+
+    seen: list[bytes] = []
+
+    def handler(req: httpx.Request, n: int) -> httpx.Response:
+        seen.append(req.content)
+        return httpx.Response(202, headers={"Location": "https://x/services/rest/async/v1/job/9"})
+
+    records = [{"externalId": "SKU-1", "custitem_vf_face_value": Decimal("10.50"),
+                "rate": Decimal("1E+2"), "displayName": "Café voucher", "isInactive": False,
+                "custitem_vf_expiry": date(2026, 1, 2), "memo": None}]
+    server = FakeServer(handler)
+    async with build_erp(server.transport(), FAST_RETRY) as client:
+        assert await client.submit_batch("inventoryItem", records, key="exact-1") == "9"
+    assert b'"custitem_vf_face_value":10.50' in seen[0] and b'"rate":1E+2' in seen[0]
+    plain = simplejson.dumps({"items": records}, use_decimal=True, default=_default)
+    assert json.loads(seen[0], parse_float=Decimal) == json.loads(plain, parse_float=Decimal)
+    assert dumps({"k": Decimal("0.10")}, decimal_numbers=True) == b'{"k":0.10}'
+
+
 async def test_upsert_uses_the_external_id_and_reads_location():
     def handler(req: httpx.Request, n: int) -> httpx.Response:
         assert req.method == "PUT"
