@@ -361,10 +361,14 @@ class ErpClient(HttpConnector):
         return self._id_from_location(response)
 
     async def wait_for_job(self, job_id: str, *, timeout: float = 600.0,
-                           first_poll: float = 0.02, max_poll: float = 2.0) -> dict[str, Any]:
-        """Poll a job until it is completed or failed (backing off between polls)."""
+                           first_poll: float = 0.02, max_poll: float = 2.0,
+                           first_wait: float = 0.0) -> dict[str, Any]:
+        """Poll a job until it is completed or failed (backing off between polls), the first
+        poll after ``first_wait`` seconds."""
         deadline = time.monotonic() + timeout
         delay = first_poll
+        if first_wait > 0:
+            await asyncio.sleep(first_wait)
         while True:
             job = await self.request_json("GET", f"{JOB_PATH}/{job_id}")
             if not isinstance(job, dict):
@@ -413,12 +417,13 @@ class ErpClient(HttpConnector):
         every saved request is a slot for another batch."""
         async with self._submit_window():
             job_id = await self.submit_batch(record_type, records, key=key, upsert=upsert)
-        await asyncio.sleep(self.expected_job_seconds(len(records)))
+        expected = self.expected_job_seconds(len(records))
+        await asyncio.sleep(expected)
         try:
             return await self.job_results(job_id)
         except (InvalidRecordError, ConflictError):
-            pass  # not completed yet: poll as the protocol says
-        job = await self.wait_for_job(job_id, timeout=timeout)
+            pass  # not completed yet: poll as the protocol says (not at once: it just said no)
+        job = await self.wait_for_job(job_id, timeout=timeout, first_wait=expected / 2)
         if str(job.get("status", "")).lower() == "failed" and not job.get("completed", True):
             raise ServerError(f"job {job_id} failed as a whole", system=self.system)
         return await self.job_results(job_id)

@@ -105,6 +105,26 @@ def test_result_reads_go_out_between_the_batch_writes(erp):
     assert sandbox.stats.max_in_flight == 5 and sandbox.stats.rejected_concurrency == 0
 
 
+def test_a_job_not_done_when_first_read_is_polled_then_read(erp):
+    """The results are asked for directly after the usual job time; a job still running
+    answers 400 and is then polled (not at once: it has just said no) until completed."""
+    sandbox, base = erp
+    sandbox.job_delay_s = 0.15  # much slower than the ~40 ms the client expects
+    records = [item(i, "L") for i in range(100)]  # expected job time 0.04 s
+
+    async def go():
+        async with ErpClient(settings(base), retry=FAST) as client:
+            return await client.batch("inventoryItem", records, key="late-job")
+
+    results = asyncio.run(go())
+    assert [r.ok for r in results] == [True] * 100
+    jobs = [r for r in sandbox.requests() if "/async/v1/job/" in r["path"]]
+    kinds = [("result" if r["path"].endswith("/result") else "poll", r["status"]) for r in jobs]
+    assert kinds[0] == ("result", 400) and kinds[-1] == ("result", 200)
+    assert set(kinds[1:-1]) == {("poll", 200)}
+    assert jobs[1]["t"] - jobs[0]["t"] >= 0.015  # the first poll waited after the refusal
+
+
 def test_single_upserts_from_many_writers_never_exceed_the_limit(erp):
     sandbox, base = erp
     sandbox.faults.set(latency_ms=5, method="PUT")
