@@ -4,9 +4,11 @@ queries over a day's files, for days with a million orders (the row-by-row path 
 
 Same inputs, same rules, same classes as ``mappings.reconcile.reconcile`` for what this path
 reads: orders (CSV), delivery evidence (CSV), card acquirer settlement CSVs and wallet
-balance CSVs, payments in the order's currency. Money is exact decimals (every amount is
-checked against its currency's minor unit, as the row readers check it), never floats. A file that breaks a rule is refused with the file, line, field and
-rule, as the row readers say it; the others are read.
+balance CSVs, payments in the order's currency. Money is exact decimals, never floats: every
+amount's text is checked as the row readers check it (a decimal, not negative, no more
+non-zero decimals than its currency's minor unit), since a cast alone would round past its
+scale. A file that breaks a rule is refused with the file, line, field and rule, as the row
+readers say it; the others are read.
 
 It reads the files it is given and returns counts (and, when asked, each entity's classes);
 it writes nothing: storing a day's result stays with ``flows.reconcile``.
@@ -15,6 +17,8 @@ it writes nothing: storing a day's result stays with ``flows.reconcile``.
 from __future__ import annotations
 
 import csv
+import gc
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
@@ -86,18 +90,25 @@ def _q(path: Path) -> str:
     return "'" + str(path).replace("'", "''") + "'"
 
 
+DECIMAL_TEXT = r"[+-]?([0-9]+([.][0-9]*)?|[.][0-9]+)"
+"""An amount as the row readers take it (``connectors.payments.common``): digits with an
+optional decimal point and sign; no exponent, no digit separators."""
+
+
 def _check(con: Any, table: str, file: str, pairs: Sequence[tuple[str, str]]) -> None:
-    """Refuse the file if an amount is not a decimal, has more non-zero decimals than its
-    currency allows, or its currency is unknown (the first offending row named). One scan for
-    all the table's amount columns; the row's line is looked up only when one is bad."""
+    """Refuse the file if an amount has no currency or an unknown one, is not a decimal, is
+    negative, or has more non-zero decimals than its currency allows, as the row readers
+    refuse it (the first offending row named). The text is judged, not a cast of it: a cast
+    would round past its scale. One scan for all the table's amount columns; the row's line
+    is looked up only when one is bad."""
     conditions = []
     for amount, currency in pairs:
-        a, c = f'"{amount}"', f'"{currency}"'
+        a, c = f'trim("{amount}")', f'"{currency}"'
         conditions.append(
-            f"({a} IS NOT NULL AND ({c} NOT IN (SELECT code FROM currencies)"
-            f" OR TRY_CAST({a} AS DECIMAL(18,6)) IS NULL OR NOT regexp_full_match({a}, '[0-9.]+')"
-            f" OR (TRY_CAST({a} AS DECIMAL(18,6)) * (SELECT CAST(pow(10, exp) AS BIGINT) FROM"
-            f" currencies WHERE code = {c})) % 1 <> 0))")
+            f"({a} IS NOT NULL AND ({c} IS NULL OR {c} NOT IN (SELECT code FROM currencies)"
+            f" OR NOT regexp_full_match({a}, '{DECIMAL_TEXT}') OR starts_with({a}, '-')"
+            f" OR length(rtrim(split_part({a}, '.', 2), '0')) >"
+            f" (SELECT exp FROM currencies WHERE code = {c})))")
     where = " OR ".join(conditions)
     hit = con.execute(f"SELECT count(*) FROM {table} WHERE {where}").fetchone()
     if not hit or not hit[0]:
@@ -112,16 +123,22 @@ def _check(con: Any, table: str, file: str, pairs: Sequence[tuple[str, str]]) ->
         value, cur = values.get(amount), values.get(currency)
         if value is None:
             continue
+        if cur is None:
+            raise PaymentFileError(file, "currency_missing",
+                                   f"an amount in {amount!r} needs a currency", line=line,
+                                   field=amount)
         if cur not in exps:
             raise PaymentFileError(file, "currency_unknown",
                                    f"{cur!r} is not an ISO 4217 currency", line=line,
                                    field=currency)
         text = str(value).strip()
-        whole, _, frac = text.partition(".")
-        if not (whole + frac).isdigit():
+        if not re.fullmatch(DECIMAL_TEXT, text):
             raise PaymentFileError(file, "amount_format", f"{value!r} is not a decimal amount",
                                    line=line, field=amount)
-        if len(frac.rstrip("0")) > exps[cur]:
+        if text.startswith("-"):
+            raise PaymentFileError(file, "amount_sign", f"{value!r} is negative; this column "
+                                   "takes magnitudes", line=line, field=amount)
+        if len(text.partition(".")[2].rstrip("0")) > exps[cur]:
             raise PaymentFileError(file, "amount_decimals", f"{text} has more decimals than "
                                    f"{cur} allows ({exps[cur]})", line=line, field=amount)
     raise PaymentFileError(file, "invalid_amount", "an amount cannot be read", line=line)
@@ -131,18 +148,39 @@ ACQUIRER_KINDS = {name: kind.value for name, kind in ROW_ACQUIRER_KINDS.items()
                   if kind in {TraceKind.PAYMENT, TraceKind.REFUND, TraceKind.CHARGEBACK,
                               TraceKind.PAYOUT}}
 """The row path's acquirer types, for the kinds this path matches (the others are ``other``)."""
-
-
-def _valid(amount: str) -> str:
-    """SQL: the amount (read as an exact decimal) is empty or not negative. Its currency and
-    its exactness to the currency's minor unit are checked once the file is in (one CASE over
-    the few currencies it holds, instead of a lookup per row)."""
-    a = f'r."{amount}"'
-    return f"({a} IS NULL OR {a} >= 0)"
+ACQUIRER_TYPES = {name: ACQUIRER_KINDS[name.lower()] for name in (
+    "Settled", "SettledBulk", "Refunded", "RefundedBulk", "Chargeback", "SecondChargeback",
+    "MerchantPayout")}
+"""The same types as the settlement reports spell them."""
+KINDS = ("payment", "refund", "chargeback", "payout", "other")
 
 
 def _amount(amount: str) -> str:
-    return f'r."{amount}"'
+    """SQL: the amount column (read as text) as an exact decimal. A text the cast cannot
+    take fails the read, and the file is explained by the text path."""
+    return f'CAST(r."{amount}" AS {AMOUNT})'
+
+
+def _invalid(amount: str, value: str | None = None) -> str:
+    """SQL: the amount (its text ``a``, its decimal ``v``) is there and negative, or not
+    exactly what its text says. The cast takes an exponent (``1e-7``) and rounds past six
+    decimals, where the row readers refuse the text; a text with an exponent, or with a
+    seventh decimal that is not a trailing zero, is flagged (the regular expression only for
+    the rare text with seven decimals or more). Its currency and its exactness to the
+    currency's minor unit are checked once the file is in (one CASE over the few currencies
+    it holds, instead of a lookup per row). ``value`` names the decimal when the query has
+    it already."""
+    a, v = f'r."{amount}"', value or _amount(amount)
+    return (f"({a} IS NOT NULL AND ({v} < 0 OR contains({a}, 'e') OR contains({a}, 'E')"
+            f" OR ({a} LIKE '%._______%' AND NOT regexp_full_match({a},"
+            f" '\\s*[+]?[0-9]*[.]{'[0-9]' * 6}0*\\s*'))))")
+
+
+def _flag(condition: str) -> str:
+    """SQL: ``condition`` as a flag that is never NULL. Evaluated as a CASE, the condition is
+    a filter: each OR and AND looks only at the rows still undecided, instead of computing
+    every part for every row and combining the columns of results."""
+    return f"CASE WHEN {condition} THEN true ELSE false END"
 
 
 def _columns(names: Sequence[str], typed: dict[str, str]) -> str:
@@ -184,17 +222,22 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
     con.execute("CREATE TABLE currencies AS SELECT * FROM (VALUES "
                 + ", ".join(f"('{c}', {e}, {10 ** e})" for c, e in _currencies())
                 + ") v(code, exp, scale)")  # one statement (executemany costs 1 ms a row)
+    # what is stored of a day's million rows is stored small: currencies and kinds as
+    # enums (one byte; a currency that is not ISO 4217 fails the cast, and the file is
+    # explained), statuses as flags; a stored text costs more than parsing it
+    con.execute("CREATE TYPE currency AS ENUM ("
+                + ", ".join(f"'{c}'" for c, _ in _currencies()) + ")")
+    con.execute("CREATE TYPE kind AS ENUM ("
+                + ", ".join(f"'{k}'" for k in KINDS) + ")")
     lags = {name: m.lag_days for name, m in rules.methods.items()}
     lag_case = "CASE " + " ".join(f"WHEN r.method = '{k}' THEN {v}" for k, v in lags.items()) \
         + f" ELSE {rules.default_lag_days} END"
-    zone_case = "CASE upper(r.\"TimeZone\") " + " ".join(
-        f"WHEN '{name}' THEN {minutes}" for name, minutes in _zones()) + " END"
     con.execute("""CREATE TABLE orders (file INTEGER, site VARCHAR, order_id VARCHAR,
-        status VARCHAR, currency VARCHAR, day DATE, pref VARCHAR,
+        cancelled BOOLEAN, confirmed BOOLEAN, currency currency, day DATE, pref VARCHAR,
         expected DECIMAL(18,6), lag INTEGER, bad BOOLEAN)""")
-    con.execute("""CREATE TABLE traces (file INTEGER, kind VARCHAR,
-        account VARCHAR, pref VARCHAR, mref VARCHAR, oref VARCHAR, currency VARCHAR,
-        net_currency VARCHAR, amount DECIMAL(18,6), credit BOOLEAN, fee DECIMAL(18,6),
+    con.execute("""CREATE TABLE traces (file INTEGER, kind kind,
+        account VARCHAR, pref VARCHAR, mref VARCHAR, oref VARCHAR, currency currency,
+        net_currency currency, amount DECIMAL(18,6), credit BOOLEAN, fee DECIMAL(18,6),
         net DECIMAL(18,6), booking_date DATE,
         batch VARCHAR, bad BOOLEAN)""")
     refused: list[str] = []
@@ -203,20 +246,22 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
     scales = {c: 10 ** e for c, e in _currencies()}
 
     def post_check(table: str, pairs: Sequence[tuple[str, str]]) -> bool:
-        """True when no row of file ``number`` is flagged bad and every amount is in a known
-        currency and exact to its minor unit: one scan for the flags, the currencies present
-        and the amounts with more than two decimals; a second one, exact to each currency,
-        only when a currency of the file has fewer than two decimals or an amount more."""
-        lists = ", ".join(f"list(DISTINCT {c}) FILTER ({a} IS NOT NULL)" for a, c in pairs)
+        """True when no row of file ``number`` is flagged bad and every amount has a
+        currency and is exact to its minor unit: one scan grouped by the currencies the file
+        holds (a handful) counts the flags and the amounts with more than two decimals; a
+        second one, exact to each currency, only when a currency of the file has fewer than
+        two decimals or an amount more. (The currencies are ISO 4217: their type says so.)"""
+        keys = ", ".join(f"CASE WHEN {a} IS NOT NULL THEN {c} END" for a, c in pairs)
         cents = " OR ".join(f"{a} * 100 % 1 <> 0" for a, _ in pairs)
-        row = con.execute(f"SELECT count(*) FILTER (bad), count(*) FILTER ({cents}), {lists} "
-                          f"FROM {table} WHERE file = ?", [number]).fetchone()
-        if row is None or row[0]:
+        missing = " OR ".join(f"({a} IS NOT NULL AND {c} IS NULL)" for a, c in pairs)
+        groups = con.execute(f"SELECT count(*) FILTER (bad OR {missing}), "
+                             f"count(*) FILTER ({cents}), {keys} FROM {table} WHERE file = ? "
+                             "GROUP BY ALL", [number]).fetchall()
+        if any(g[0] for g in groups):
             return False
-        presents = [present or [] for present in row[2:]]
-        if any(c not in scales for present in presents for c in present):
-            return False
-        if not row[1] and all(scales[c] >= 100 for present in presents for c in present):
+        presents = [sorted({g[2 + i] for g in groups} - {None}) for i in range(len(pairs))]
+        if not any(g[1] for g in groups) and all(
+                scales[c] >= 100 for present in presents for c in present):
             return True
         inexact = []
         for (amount, currency), present in zip(pairs, presents, strict=True):
@@ -259,13 +304,14 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
 
     for path in orders:
         take("orders", path, ORDER_COLUMNS, f"""INSERT INTO orders SELECT {{n}}, r.site,
-            r.order_id, r.status, r.currency, CAST(substr(r.created_at, 1, 10) AS DATE),
+            r.order_id, r.status = 'cancelled', r.status = 'confirmed',
+            CAST(r.currency AS currency), CAST(substr(r.created_at, 1, 10) AS DATE),
             r.provider_reference,
-            CASE WHEN r.status = 'cancelled' THEN 0 ELSE {_amount('total')} END,
-            {lag_case}, NOT {_valid('total')}
-            FROM {{src}} r""",
-             [("total", "currency")], {"total": AMOUNT}, [("expected", "currency")],
-             {"created_at": "DATE"})  # the day as written there: the site's business day
+            CASE WHEN r.status = 'cancelled' THEN 0 ELSE r."total:" END,
+            {lag_case}, {_flag(_invalid('total', 'r."total:"'))}
+            FROM (SELECT *, {_amount('total')} AS "total:" FROM {{src}} r) r""",
+             [("total", "currency")], {}, [("expected", "currency")],
+             {"created_at": "DATE"})  # the date as written there: the site's business day
     # delivery evidence is read where it is used, in the verdict (one pass, no table of its
     # own); a file the CSV reader cannot parse is found then and refused
     delivered_from: dict[Path, str] = {}
@@ -277,41 +323,53 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
                 " WHERE status = 'delivered' AND TRY_CAST(quantity AS INTEGER) > 0")
         except PaymentFileError as exc:
             refused.append(str(exc))
-    kinds = " ".join(f"WHEN '{k}' THEN '{v}'" for k, v in ACQUIRER_KINDS.items())
+    # the type and the zone as the reports spell them first (one comparison of the text),
+    # the row reader's normalised spelling only for the others
+    kinds = "CASE \"Type\" " + " ".join(f"WHEN '{k}' THEN '{v}'::kind" for k, v in
+                                       ACQUIRER_TYPES.items()) \
+        + " ELSE CASE lower(replace(\"Type\", ' ', '')) " + " ".join(
+            f"WHEN '{k}' THEN '{v}'::kind" for k, v in ACQUIRER_KINDS.items()) \
+        + " ELSE 'other'::kind END END"
+    zone = "CASE \"TimeZone\" " + " ".join(f"WHEN '{name}' THEN {minutes}" for name, minutes
+                                          in _zones()) \
+        + " ELSE CASE upper(trim(\"TimeZone\")) " + " ".join(
+            f"WHEN '{name}' THEN {minutes}" for name, minutes in _zones()) + " END END"
     card_files = []  # the acquirer's (their payouts are checked against their batches)
+    amounts = ", ".join(f"{_amount(a)} AS \"{a}:\"" for a, _ in ACQ_AMOUNTS)
+    checks = " OR ".join(_invalid(a, f'r."{a}:"') for a, _ in ACQ_AMOUNTS)
     for path in acquirer:
         card_files.append(number + 1)
-        checks = " AND ".join(_valid(a) for a, _ in ACQ_AMOUNTS)
         take("traces", path, ACQUIRER_REQUIRED, f"""INSERT INTO traces SELECT {{n}},
-            CASE r.type_key {kinds} ELSE 'other' END,
-            r."Merchant Account",
-            CASE WHEN r.type_key LIKE 'settled%' THEN r."Psp Reference"
+            r.kind, r."Merchant Account",
+            CASE WHEN r.kind = 'payment' THEN r."Psp Reference"
                  ELSE coalesce(r."Modification Reference", r."Psp Reference") END,
             r."Merchant Reference",
-            CASE WHEN r.type_key LIKE 'settled%' THEN NULL ELSE r."Psp Reference" END,
-            coalesce(r."Gross Currency", r."Net Currency"), r."Net Currency",
-            coalesce({_amount('Gross Credit (GC)')}, {_amount('Gross Debit (GC)')},
-                     {_amount('Net Credit (NC)')}, {_amount('Net Debit (NC)')}),
+            CASE WHEN r.kind = 'payment' THEN NULL ELSE r."Psp Reference" END,
+            coalesce(r.gross_currency, r.net_currency), r.net_currency,
+            coalesce(r."Gross Credit (GC):", r."Gross Debit (GC):", r."Net Credit (NC):",
+                     r."Net Debit (NC):"),
             r."Gross Credit (GC)" IS NOT NULL OR (r."Gross Debit (GC)" IS NULL
                 AND r."Net Credit (NC)" IS NOT NULL),
-            coalesce({_amount('Commission (NC)')}, 0),
-            coalesce({_amount('Net Credit (NC)')}, -{_amount('Net Debit (NC)')}),
+            coalesce(r."Commission (NC):", 0),
+            coalesce(r."Net Credit (NC):", -r."Net Debit (NC):"),
             CAST(r."Creation Date" - to_minutes(r.zone) AS DATE),
-            r."Batch Number", NOT ({checks}) OR r.zone IS NULL
-            FROM (SELECT *, lower(replace("Type", ' ', '')) AS type_key,
-                  {zone_case.replace('r."TimeZone"', '"TimeZone"')} AS zone
-                  FROM {{src}}) r""",
-             ACQ_AMOUNTS, {**{a: AMOUNT for a, _ in ACQ_AMOUNTS}, "Creation Date": "TIMESTAMP"},
+            r."Batch Number", {_flag('r.zone IS NULL OR ' + checks)}
+            FROM (SELECT *, {kinds} AS kind, {zone} AS zone, {amounts},
+                  CAST("Gross Currency" AS currency) AS gross_currency,
+                  CAST("Net Currency" AS currency) AS net_currency
+                  FROM {{src}} r) r""",
+             ACQ_AMOUNTS, {"Creation Date": "TIMESTAMP"},
              [("amount", "currency"), ("fee", "net_currency"), ("net", "net_currency")])
     for path in wallet:
         take("traces", path, WALLET_REQUIRED, f"""INSERT INTO traces SELECT {{n}},
-            CASE r.type WHEN 'payment' THEN 'payment' WHEN 'refund' THEN 'refund'
-                        WHEN 'payout' THEN 'payout' ELSE 'other' END,
+            CASE r.type WHEN 'payment' THEN 'payment'::kind WHEN 'refund' THEN 'refund'::kind
+                        WHEN 'payout' THEN 'payout'::kind ELSE 'other'::kind END,
             'wallet:' || r.site, r.transaction_id, r.order_id, NULL, r.currency, r.currency,
             {_amount('amount')}, r.type IN ('payment', 'adjustment_credit'), 0, NULL,
-            CAST(r.created_at AS DATE), r.settlement_id, NOT {_valid('amount')}
-            FROM {{src}} r""",
-             [("amount", "currency")], {"amount": AMOUNT, "created_at": "TIMESTAMPTZ"},
+            CAST(r.created_at AS DATE), r.settlement_id, {_flag(_invalid('amount'))}
+            FROM (SELECT * REPLACE (CAST(currency AS currency) AS currency)
+                  FROM {{src}}) r""",
+             [("amount", "currency")], {"created_at": "TIMESTAMPTZ"},
              [("amount", "currency")])
 
     d = f"DATE '{day.isoformat()}'"
@@ -346,7 +404,7 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
         f"greatest({_abs_tol(rules)}, round(abs(expected) * {rules.tolerance_percent}"
         " / 100, 2))")
     verdict = f"""CREATE OR REPLACE TABLE verdict AS SELECT o.rowid AS oid, o.expected,
-        o.status, coalesce(a.received, 0) AS received, coalesce(a.n, 0) AS counted,
+        o.cancelled, o.confirmed, coalesce(a.received, 0) AS received, coalesce(a.n, 0) AS counted,
         {{delivered}} AS delivered
         FROM orders o LEFT JOIN (SELECT oid, count(*) AS n, sum(amount) AS received FROM pm
                                  WHERE oid IS NOT NULL GROUP BY oid) a ON a.oid = o.rowid
@@ -385,7 +443,8 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
         GROUP BY oid""")
     require = "true" if rules.require_delivery else "false"
     # the orders that may be reported: their money with the repeats taken out
-    con.execute(f"""CREATE TABLE issues AS SELECT v.oid, v.expected, v.status, v.delivered,
+    con.execute(f"""CREATE TABLE issues AS SELECT v.oid, v.expected, v.cancelled,
+        v.confirmed, v.delivered,
         coalesce(mu.received, v.received) AS received,
         coalesce(mu.counted, v.counted) AS counted, coalesce(mu.dups, 0) AS dups
         FROM verdict v LEFT JOIN multi mu USING (oid)
@@ -397,11 +456,11 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
             WHERE dups > 0
         UNION ALL SELECT oid, NULL, CASE WHEN delivered AND {require}
                 THEN 'delivered_not_paid' ELSE 'unpaid_order' END
-            FROM issues WHERE counted = 0 AND status <> 'cancelled' AND expected <> 0
+            FROM issues WHERE counted = 0 AND NOT cancelled AND expected <> 0
         UNION ALL SELECT oid, NULL, 'amount_mismatch' FROM issues
             WHERE counted > 0 AND abs(received - expected) > {tol}
         UNION ALL SELECT oid, NULL, 'paid_not_delivered' FROM issues
-            WHERE counted > 0 AND NOT delivered AND {require} AND status = 'confirmed'
+            WHERE counted > 0 AND NOT delivered AND {require} AND confirmed
         UNION ALL SELECT NULL, pref, 'payment_without_order' FROM pm
             WHERE oid IS NULL AND booking_date = {d}""")
     # refunds and chargebacks: through the original payment's reference, else the merchant's
@@ -452,11 +511,25 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
     row = con.execute("SELECT count(*) FROM verdict").fetchone()
     result.orders = int(row[0]) if row else 0
     if labels:
-        for entity, classes in con.execute(
-                """SELECT coalesce(f.entity, o.site || ':' || o.order_id),
-                   list(f.cls ORDER BY f.cls) FROM found f LEFT JOIN orders o ON o.rowid = f.oid
-                   GROUP BY ALL""").fetchall():
-            result.labels[entity] = list(classes)
+        # one (entity, class) row each, in order (DuckDB hands lists to Python slowly); the
+        # collector is held off meanwhile: these tens of thousands of new tuples and lists
+        # hold no cycles, but would set off a full collection of the caller's whole heap
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            found = con.execute("""SELECT coalesce(f.entity, o.site || ':' || o.order_id) AS e,
+                f.cls FROM found f LEFT JOIN orders o ON o.rowid = f.oid
+                ORDER BY e, f.cls""").fetchall()
+            for entity, cls in found:
+                classes = result.labels.get(entity)
+                if classes is None:
+                    result.labels[entity] = [cls]
+                else:
+                    classes.append(cls)
+            del found
+        finally:
+            if collecting:
+                gc.enable()
     con.close()
     return result
 

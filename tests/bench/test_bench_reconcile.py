@@ -126,3 +126,51 @@ def test_a_file_with_a_bad_date_or_zone_is_refused_naming_line_field_and_rule(
     result = reconcile_columnar(load_rules(), DAY, **inputs)
     assert result.refused == [f"{kind}_bad.csv: {expected}"]
     assert result.orders == 200
+
+
+@pytest.mark.parametrize(("kind", "column", "value", "expected"), [
+    # the text is judged, not a decimal cast of it (which rounds past six places and takes
+    # an exponent): the same refusals as connectors.payments.common.parse_amount
+    ("wallet", 6, "10.0000001", "line 3: amount: 10.0000001 has more decimals than SGD allows "
+                                "(2) [amount_decimals]"),
+    ("wallet", 6, "1e-7", "line 3: amount: '1e-7' is not a decimal amount [amount_format]"),
+    ("orders", 5, "1E2", "line 3: total: '1E2' is not a decimal amount [amount_format]"),
+    ("orders", 5, "-5.00", "line 3: total: '-5.00' is negative; this column takes magnitudes "
+                           "[amount_sign]"),
+    ("acquirer", 11, "9.550000001", "line 3: Gross Credit (GC): 9.550000001 has more decimals "
+                                    "than SGD allows (2) [amount_decimals]"),
+])
+def test_an_amount_the_row_readers_refuse_is_refused_however_a_cast_would_round_it(
+        tmp_path, kind, column, value, expected):
+    data = generate(tmp_path, 200)
+    files = data["files"]
+    lines = files[kind][0].read_text().splitlines()
+    cells = lines[2].split(",")
+    assert cells[column], (kind, cells)  # an amount is there to replace
+    cells[column] = value
+    bad = tmp_path / f"{kind}_bad.csv"
+    bad.write_text("\n".join([lines[0], lines[1], ",".join(cells), lines[3]]) + "\n")
+    inputs = {k: files[k] for k in ("orders", "deliveries", "acquirer", "wallet")}
+    inputs[kind] = [*inputs[kind], bad]
+    result = reconcile_columnar(load_rules(), DAY, **inputs)
+    assert result.refused == [f"{kind}_bad.csv: {expected}"]
+    assert result.orders == 200
+
+
+def test_zeros_past_the_minor_unit_are_the_same_amount(tmp_path):
+    """``18.150000000`` is 18.15: trailing zeros beyond six places are not a refusal."""
+    from bench.reconcile import accuracy
+
+    data = generate(tmp_path, 200)
+    files = data["files"]
+    for kind, column in (("wallet", 6), ("acquirer", 11)):
+        lines = files[kind][0].read_text().splitlines()
+        cells = lines[2].split(",")
+        cells[column] = cells[column] + "0000000"
+        lines[2] = ",".join(cells)
+        files[kind][0].write_text("\n".join(lines) + "\n")
+    result = reconcile_columnar(load_rules(), DAY, orders=files["orders"],
+                                deliveries=files["deliveries"], acquirer=files["acquirer"],
+                                wallet=files["wallet"], labels=True)
+    assert result.refused == []
+    assert accuracy(data["truth"], result.labels) == 1.0
