@@ -330,10 +330,11 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
         + " ELSE CASE lower(replace(\"Type\", ' ', '')) " + " ".join(
             f"WHEN '{k}' THEN '{v}'::kind" for k, v in ACQUIRER_KINDS.items()) \
         + " ELSE 'other'::kind END END"
-    zone = "CASE \"TimeZone\" " + " ".join(f"WHEN '{name}' THEN {minutes}" for name, minutes
-                                          in _zones()) \
+    zone = "CASE \"TimeZone\" " + " ".join(
+        f"WHEN '{name}' THEN INTERVAL '{minutes} minutes'" for name, minutes in _zones()) \
         + " ELSE CASE upper(trim(\"TimeZone\")) " + " ".join(
-            f"WHEN '{name}' THEN {minutes}" for name, minutes in _zones()) + " END END"
+            f"WHEN '{name}' THEN INTERVAL '{minutes} minutes'" for name, minutes in _zones()) \
+        + " END END"
     card_files = []  # the acquirer's (their payouts are checked against their batches)
     amounts = ", ".join(f"{_amount(a)} AS \"{a}:\"" for a, _ in ACQ_AMOUNTS)
     checks = " OR ".join(_invalid(a, f'r."{a}:"') for a, _ in ACQ_AMOUNTS)
@@ -352,7 +353,7 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
                 AND r."Net Credit (NC)" IS NOT NULL),
             coalesce(r."Commission (NC):", 0),
             coalesce(r."Net Credit (NC):", -r."Net Debit (NC):"),
-            CAST(r."Creation Date" - to_minutes(r.zone) AS DATE),
+            CAST(r."Creation Date" - r.zone AS DATE),
             r."Batch Number", {_flag('r.zone IS NULL OR ' + checks)}
             FROM (SELECT *, {kinds} AS kind, {zone} AS zone, {amounts},
                   CAST("Gross Currency" AS currency) AS gross_currency,
@@ -464,9 +465,12 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
         UNION ALL SELECT NULL, pref, 'payment_without_order' FROM pm
             WHERE oid IS NULL AND booking_date = {d}""")
     # refunds and chargebacks: through the original payment's reference, else the merchant's
+    # (the few refunds taken out first: the joins then hash them, not the payments)
+    con.execute("""CREATE TABLE refunded AS SELECT kind, pref, oref, mref, booking_date
+        FROM traces WHERE kind IN ('refund', 'chargeback')""")
     con.execute("""CREATE TABLE refunds AS SELECT r.kind, r.pref, r.booking_date,
         coalesce(pm.oid, om.rowid) AS oid
-        FROM (SELECT * FROM traces WHERE kind IN ('refund', 'chargeback')) r
+        FROM refunded r
         LEFT JOIN pm ON r.oref IS NOT NULL AND pm.pref = r.oref AND pm.oid IS NOT NULL
         LEFT JOIN orders om ON r.oref IS NULL AND om.order_id = r.mref""")
     con.execute(f"""INSERT INTO found SELECT NULL, pref, 'payment_without_order' FROM refunds
