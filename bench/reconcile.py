@@ -258,6 +258,7 @@ def main(argv: list[str]) -> int:
             "classes": {k: v for k, v in sorted(result.counts.items())},
             "refused": result.refused, "baseline_matched": baseline_matched,
             "generated_s": generated_s, "baseline": BASELINE,
+            "vouchflow_phases_s": result.phases,
         }
         if args.check:
             python = python_labels(folder, files)

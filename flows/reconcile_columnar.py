@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import gc
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
@@ -50,6 +51,9 @@ class ColumnarResult:
     refused: list[str] = field(default_factory=list)
     traces: int = 0
     orders: int = 0
+    phases: dict[str, float] = field(default_factory=dict)
+    """Seconds each phase of the run took (wall clock), in the order they ran: where a large
+    day's time goes, for whoever makes it faster."""
 
 
 def _header(path: Path, required: Sequence[str]) -> list[str]:
@@ -213,6 +217,14 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
     and an order's site and id are looked up again only for the entities that are reported."""
     import duckdb
 
+    phases: dict[str, float] = {}
+    clock = [time.perf_counter()]
+
+    def phase(name: str) -> None:
+        now = time.perf_counter()
+        phases[name] = round(phases.get(name, 0.0) + now - clock[0], 4)
+        clock[0] = now
+
     con = duckdb.connect()
     if threads:
         con.execute(f"SET threads={int(threads)}")
@@ -302,6 +314,7 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
                 refused.append(f"{path.name}: an amount cannot be read [invalid_amount]")
             con.execute("SET preserve_insertion_order=false")
 
+    phase("connect")
     for path in orders:
         take("orders", path, ORDER_COLUMNS, f"""INSERT INTO orders SELECT {{n}}, r.site,
             r.order_id, r.status = 'cancelled', r.status = 'confirmed',
@@ -314,6 +327,7 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
              {"created_at": "DATE"})  # the date as written there: the site's business day
     # delivery evidence is read where it is used, in the verdict (one pass, no table of its
     # own); a file the CSV reader cannot parse is found then and refused
+    phase("read_orders")
     delivered_from: dict[Path, str] = {}
     refused_deliveries_at = len(refused)
     for path in deliveries:
@@ -361,6 +375,7 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
                   FROM {{src}} r) r""",
              ACQ_AMOUNTS, {"Creation Date": "TIMESTAMP"},
              [("amount", "currency"), ("fee", "net_currency"), ("net", "net_currency")])
+    phase("read_card")
     for path in wallet:
         take("traces", path, WALLET_REQUIRED, f"""INSERT INTO traces SELECT {{n}},
             CASE r.type WHEN 'payment' THEN 'payment'::kind WHEN 'refund' THEN 'refund'::kind
@@ -373,6 +388,7 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
              [("amount", "currency")], {"created_at": "TIMESTAMPTZ"},
              [("amount", "currency")])
 
+    phase("read_wallet")
     d = f"DATE '{day.isoformat()}'"
     window = (f"p.booking_date BETWEEN {{o}}.day - {rules.days_before} AND {{o}}.day + {{o}}.lag"
               " AND p.currency = {o}.currency")
@@ -401,6 +417,7 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
             JOIN orders o ON o.{ocol} = p.{tcol} AND {window.format(o="o")}""")
         _first_order(con, "hit")
         con.execute("UPDATE pm SET oid = hit.oid FROM hit WHERE pm.tid = hit.tid")
+    phase("match_payments")
     tol = _abs_tol(rules) if not rules.tolerance_percent else (
         f"greatest({_abs_tol(rules)}, round(abs(expected) * {rules.tolerance_percent}"
         " / 100, 2))")
@@ -426,6 +443,7 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
             refused[refused_deliveries_at:refused_deliveries_at] = unreadable
             refused_deliveries_at += len(unreadable)
     con.execute("RESET perfect_ht_threshold")
+    phase("verdict_with_deliveries")
     # several payments for one order: which of them repeat a payment once the order was paid
     con.execute(f"""CREATE TABLE multi AS SELECT oid,
         sum(CASE WHEN dup THEN 0 ELSE amount END) AS received,
@@ -464,6 +482,7 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
             WHERE counted > 0 AND NOT delivered AND {require} AND confirmed
         UNION ALL SELECT NULL, pref, 'payment_without_order' FROM pm
             WHERE oid IS NULL AND booking_date = {d}""")
+    phase("repeats_and_classes")
     # refunds and chargebacks: through the original payment's reference, else the merchant's
     # (the few refunds taken out first: the joins then hash them, not the payments)
     con.execute("""CREATE TABLE refunded AS SELECT kind, pref, oref, mref, booking_date
@@ -475,6 +494,7 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
         LEFT JOIN orders om ON r.oref IS NULL AND om.order_id = r.mref""")
     con.execute(f"""INSERT INTO found SELECT NULL, pref, 'payment_without_order' FROM refunds
         WHERE oid IS NULL AND booking_date = {d}""")
+    phase("refunds")
     # payouts against the transactions of their batch (N:1), the batches summed first
     ptol = _abs_tol(rules) if not rules.tolerance_percent else (
         f"greatest({_abs_tol(rules)}, round(p.amount * {rules.tolerance_percent} / 100, 2))")
@@ -491,6 +511,7 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
         GROUP BY p.account, p.batch""")
     con.execute("""INSERT INTO found SELECT NULL, payout_id, 'payout_mismatch' FROM payouts
         WHERE members = 0 OR abs(total - amount) > tol""")
+    phase("payouts")
     counts: dict[str, int] = {}
     for cls, n in con.execute("SELECT cls, count(*) FROM found GROUP BY cls").fetchall():
         counts[f"discrepancy:{cls}"] = int(n)
@@ -514,6 +535,7 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
     result.traces = int(row[0]) if row else 0
     row = con.execute("SELECT count(*) FROM verdict").fetchone()
     result.orders = int(row[0]) if row else 0
+    phase("counts")
     if labels:
         # one (entity, class) row each, in order (DuckDB hands lists to Python slowly); the
         # collector is held off meanwhile: these tens of thousands of new tuples and lists
@@ -534,7 +556,10 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
         finally:
             if collecting:
                 gc.enable()
+    phase("labels")
     con.close()
+    phase("close")
+    result.phases = phases
     return result
 
 
