@@ -188,9 +188,9 @@ def _flag(condition: str) -> str:
 
 
 def _columns(names: Sequence[str], typed: dict[str, str]) -> str:
-    """A ``columns=`` argument for read_csv: every column text unless typed here (decimals are
-    read as decimals, never floats; a value that is not one fails the read and the file is
-    explained by the text path)."""
+    """A ``columns=`` argument for read_csv: every column text unless typed here (times as
+    timestamps, currencies as the ISO 4217 enum; a value that is not one fails the read and
+    the file is explained by the text path). Amounts stay text: their text is judged."""
     items = ", ".join("'" + n.replace("'", "''") + "': '" + typed.get(n, "VARCHAR") + "'"
                       for n in names)
     return "{" + items + "}"
@@ -318,12 +318,12 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
     for path in orders:
         take("orders", path, ORDER_COLUMNS, f"""INSERT INTO orders SELECT {{n}}, r.site,
             r.order_id, r.status = 'cancelled', r.status = 'confirmed',
-            CAST(r.currency AS currency), CAST(substr(r.created_at, 1, 10) AS DATE),
+            r.currency, CAST(substr(r.created_at, 1, 10) AS DATE),
             r.provider_reference,
             CASE WHEN r.status = 'cancelled' THEN 0 ELSE r."total:" END,
             {lag_case}, {_flag(_invalid('total', 'r."total:"'))}
             FROM (SELECT *, {_amount('total')} AS "total:" FROM {{src}} r) r""",
-             [("total", "currency")], {}, [("expected", "currency")],
+             [("total", "currency")], {"currency": "currency"}, [("expected", "currency")],
              {"created_at": "DATE"})  # the date as written there: the site's business day
     # delivery evidence is read where it is used, in the verdict (one pass, no table of its
     # own); a file the CSV reader cannot parse is found then and refused
@@ -360,7 +360,7 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
                  ELSE coalesce(r."Modification Reference", r."Psp Reference") END,
             r."Merchant Reference",
             CASE WHEN r.kind = 'payment' THEN NULL ELSE r."Psp Reference" END,
-            coalesce(r.gross_currency, r.net_currency), r.net_currency,
+            coalesce(r."Gross Currency", r."Net Currency"), r."Net Currency",
             coalesce(r."Gross Credit (GC):", r."Gross Debit (GC):", r."Net Credit (NC):",
                      r."Net Debit (NC):"),
             r."Gross Credit (GC)" IS NOT NULL OR (r."Gross Debit (GC)" IS NULL
@@ -369,11 +369,10 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
             coalesce(r."Net Credit (NC):", -r."Net Debit (NC):"),
             CAST(r."Creation Date" - r.zone AS DATE),
             r."Batch Number", {_flag('r.zone IS NULL OR ' + checks)}
-            FROM (SELECT *, {kinds} AS kind, {zone} AS zone, {amounts},
-                  CAST("Gross Currency" AS currency) AS gross_currency,
-                  CAST("Net Currency" AS currency) AS net_currency
+            FROM (SELECT *, {kinds} AS kind, {zone} AS zone, {amounts}
                   FROM {{src}} r) r""",
-             ACQ_AMOUNTS, {"Creation Date": "TIMESTAMP"},
+             ACQ_AMOUNTS, {"Creation Date": "TIMESTAMP", "Gross Currency": "currency",
+                           "Net Currency": "currency"},
              [("amount", "currency"), ("fee", "net_currency"), ("net", "net_currency")])
     phase("read_card")
     for path in wallet:
@@ -383,9 +382,8 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
             'wallet:' || r.site, r.transaction_id, r.order_id, NULL, r.currency, r.currency,
             {_amount('amount')}, r.type IN ('payment', 'adjustment_credit'), 0, NULL,
             CAST(r.created_at AS DATE), r.settlement_id, {_flag(_invalid('amount'))}
-            FROM (SELECT * REPLACE (CAST(currency AS currency) AS currency)
-                  FROM {{src}}) r""",
-             [("amount", "currency")], {"created_at": "TIMESTAMPTZ"},
+            FROM {{src}} r""",
+             [("amount", "currency")], {"created_at": "TIMESTAMPTZ", "currency": "currency"},
              [("amount", "currency")])
 
     phase("read_wallet")

@@ -139,6 +139,11 @@ def test_a_file_with_a_bad_date_or_zone_is_refused_naming_line_field_and_rule(
                            "[amount_sign]"),
     ("acquirer", 11, "9.550000001", "line 3: Gross Credit (GC): 9.550000001 has more decimals "
                                     "than SGD allows (2) [amount_decimals]"),
+    # a currency is read as ISO 4217 or the file is explained
+    ("wallet", 5, "XXQ", "line 3: currency: 'XXQ' is not an ISO 4217 currency "
+                         "[currency_unknown]"),
+    ("acquirer", 13, "XXQ", "line 3: Net Currency: 'XXQ' is not an ISO 4217 currency "
+                            "[currency_unknown]"),
 ])
 def test_an_amount_the_row_readers_refuse_is_refused_however_a_cast_would_round_it(
         tmp_path, kind, column, value, expected):
@@ -146,7 +151,7 @@ def test_an_amount_the_row_readers_refuse_is_refused_however_a_cast_would_round_
     files = data["files"]
     lines = files[kind][0].read_text().splitlines()
     cells = lines[2].split(",")
-    assert cells[column], (kind, cells)  # an amount is there to replace
+    assert cells[column], (kind, cells)  # a value is there to replace
     cells[column] = value
     bad = tmp_path / f"{kind}_bad.csv"
     bad.write_text("\n".join([lines[0], lines[1], ",".join(cells), lines[3]]) + "\n")
