@@ -173,6 +173,63 @@ def test_timeouts_and_refusals_are_httpx_errors():
     asyncio.run(go())
 
 
+def _self_signed(tmp_path) -> tuple[str, str]:
+    """A certificate for localhost, signed by itself (cert file, key file)."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_file), str(key_file)
+
+
+def test_https_with_the_given_trust_and_refused_without_it(tmp_path):
+    import ssl
+
+    cert_file, key_file = _self_signed(tmp_path)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert_file, key_file)
+    trusting = ssl.create_default_context(cafile=cert_file)
+
+    async def go():
+        server = Server()
+        srv = await asyncio.start_server(server.handle, "127.0.0.1", 0, ssl=server_ctx)
+        port = srv.sockets[0].getsockname()[1]
+        try:
+            async with httpx.AsyncClient(base_url=f"https://localhost:{port}", timeout=5,
+                                         transport=Http1Transport(ssl_context=trusting)) as c:
+                texts = [(await c.get(f"/tls/{i}")).text for i in range(3)]
+            async with httpx.AsyncClient(base_url=f"https://localhost:{port}", timeout=5,
+                                         transport=Http1Transport()) as c:
+                with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+                    await c.get("/untrusted")
+            return texts, server.accepted
+        finally:
+            srv.close()
+            server.drop_idle()
+
+    texts, accepted = asyncio.run(go())
+    assert texts == ["ok /tls/0", "ok /tls/1", "ok /tls/2"]
+    assert accepted == 1  # one TLS connection kept alive for the three requests
+
+
 def test_a_cancelled_request_leaves_the_transport_usable():
     async def go():
         async with serving() as server, client(server.url, max_connections=1) as c:
