@@ -226,8 +226,16 @@ class _Connection:
                 and not self.reader.at_eof() and now - self.idle_since < expiry)
 
     def close(self) -> None:
-        if not self.loop.is_closed():
+        if self.loop.is_closed():
+            return  # its loop closed under it: the socket goes with the transport
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self.loop:
             self.writer.close()
+        else:  # a connection left from another event loop (a client used by one loop at a time)
+            self.loop.call_soon_threadsafe(self.writer.close)
 
     async def exchange(self, request: httpx.Request, body: bytes,
                        timeouts: Mapping[str, float | None]) -> httpx.Response:

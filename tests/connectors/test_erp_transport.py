@@ -60,6 +60,8 @@ class Server:
                 path = event.target.decode()
                 if path.startswith("/slow"):
                     await asyncio.sleep(1.0)
+                if path.startswith("/pause"):
+                    await asyncio.sleep(0.05)
                 headers = [(b"content-type", b"text/plain")]
                 payload = b"echo:" + body if body else b"ok " + path.encode()
                 chunked = path.startswith("/chunked")
@@ -150,7 +152,7 @@ def test_a_closed_connection_is_not_reused():
 def test_no_more_connections_than_allowed():
     async def go():
         async with serving() as server, client(server.url, max_connections=2) as c:
-            answers = await asyncio.gather(*(c.get(f"/slow/{i}") for i in range(5)))
+            answers = await asyncio.gather(*(c.get(f"/pause/{i}") for i in range(5)))
             return server.most_open, [a.status_code for a in answers]
 
     most_open, statuses = asyncio.run(go())
@@ -228,6 +230,42 @@ def test_https_with_the_given_trust_and_refused_without_it(tmp_path):
     texts, accepted = asyncio.run(go())
     assert texts == ["ok /tls/0", "ok /tls/1", "ok /tls/2"]
     assert accepted == 1  # one TLS connection kept alive for the three requests
+
+
+def test_a_transport_used_by_one_event_loop_after_another():
+    """Connections belong to the loop that opened them: a later loop opens its own."""
+    import threading
+
+    server = Server()
+    ready, stop = threading.Event(), threading.Event()
+
+    def serve() -> None:
+        async def main() -> None:
+            srv = await asyncio.start_server(server.handle, "127.0.0.1", 0)
+            server.port = srv.sockets[0].getsockname()[1]
+            ready.set()
+            while not stop.is_set():
+                await asyncio.sleep(0.01)
+            srv.close()
+        asyncio.run(main())
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    ready.wait(5)
+    client = httpx.AsyncClient(base_url=server.url, transport=Http1Transport())
+
+    async def use(tag: str) -> str:
+        return (await client.get(f"/{tag}")).text  # the client stays open between loops
+
+    try:
+        assert asyncio.run(use("first")) == "ok /first"
+        assert asyncio.run(use("second")) == "ok /second"
+        assert asyncio.run(use("third")) == "ok /third"
+        asyncio.run(client.aclose())
+    finally:
+        stop.set()
+        thread.join(5)
+    assert server.accepted == 3
 
 
 def test_a_cancelled_request_leaves_the_transport_usable():
