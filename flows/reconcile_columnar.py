@@ -235,7 +235,7 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
                 + ", ".join(f"('{c}', {e}, {10 ** e})" for c, e in _currencies())
                 + ") v(code, exp, scale)")  # one statement (executemany costs 1 ms a row)
     # what is stored of a day's million rows is stored small: currencies and kinds as
-    # enums (one byte; a currency that is not ISO 4217 fails the cast, and the file is
+    # enums (one byte; a currency that is not ISO 4217 fails the read, and the file is
     # explained), statuses as flags; a stored text costs more than parsing it
     con.execute("CREATE TYPE currency AS ENUM ("
                 + ", ".join(f"'{c}'" for c, _ in _currencies()) + ")")
@@ -356,10 +356,10 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
         card_files.append(number + 1)
         take("traces", path, ACQUIRER_REQUIRED, f"""INSERT INTO traces SELECT {{n}},
             r.kind, r."Merchant Account",
-            CASE WHEN r.kind = 'payment' THEN r."Psp Reference"
+            CASE WHEN r.kind IN ('payment', 'other') THEN r."Psp Reference"
                  ELSE coalesce(r."Modification Reference", r."Psp Reference") END,
             r."Merchant Reference",
-            CASE WHEN r.kind = 'payment' THEN NULL ELSE r."Psp Reference" END,
+            CASE WHEN r.kind IN ('payment', 'other') THEN NULL ELSE r."Psp Reference" END,
             coalesce(r."Gross Currency", r."Net Currency"), r."Net Currency",
             coalesce(r."Gross Credit (GC):", r."Gross Debit (GC):", r."Net Credit (NC):",
                      r."Net Debit (NC):"),
