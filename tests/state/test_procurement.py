@@ -17,7 +17,7 @@ from state import vendor_uploads as vu
 from state.crypto import Keyring
 from state.db import session_scope
 from state.events import read_events
-from state.models import DeadLetter, PoolBatch, PoolCode, PoolCodeEvent
+from state.models import DeadLetter, PoolBatch, PoolCode, PoolCodeEvent, PoolCodeReceipt
 from state.subscriptions import create_subscription
 from tests.state.procurement_world import (
     TODAY,
@@ -222,9 +222,12 @@ def test_upload_rejects_bad_rows_row_by_row_and_accepts_the_rest(world, ring):
         stored = s.execute(select(PoolCode.code_enc, PoolCode.pin_enc)
                            .where(PoolCode.batch_no == result.batch_no)).all()
         assert all("GOODCODE" not in enc for enc, _ in stored)
-        events = s.scalar(select(func.count()).select_from(PoolCodeEvent)
-                          .where(PoolCodeEvent.action == "receive"))
-        assert events == 2 + 1 + 5
+        # every accepted code carries its receipt (the first entry of its chronology)
+        received = s.execute(select(PoolCodeReceipt.actor, func.count()).join(
+            PoolCode, PoolCode.receipt_id == PoolCodeReceipt.id).group_by(PoolCodeReceipt.actor)
+        ).all()
+        assert sum(n for _, n in received) == 2 + 1 + 5
+        assert s.scalar(select(func.count()).select_from(PoolCodeEvent)) == 0
         letter = s.scalar(select(DeadLetter).where(DeadLetter.entity_key == result.upload_no))
     assert letter.flow == "vendor_upload" and letter.source == "vendor:acme"
     assert "GOODCODE0001" not in json.dumps(letter.payload)
