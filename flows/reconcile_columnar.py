@@ -292,14 +292,15 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
     def take(table: str, path: Path, required: Sequence[str], insert: str,
              pairs: Sequence[tuple[str, str]], typed: dict[str, str] | None = None,
              stored: Sequence[tuple[str, str]] = (),
-             cast: dict[str, str] | None = None) -> None:
+             cast: dict[str, str] | None = None,
+             timestamp_format: str | None = TIMESTAMP_FORMAT) -> None:
         """Read one file into ``table``; ``cast`` names text columns the insert casts (so a
         failed insert is explained by them too)."""
         nonlocal number
         number += 1
         failed = False
         try:
-            src = _source(path, _header(path, required), typed or {})
+            src = _source(path, _header(path, required), typed or {}, timestamp_format)
             con.execute(insert.format(n=number, src=src))
         except PaymentFileError as exc:
             refused.append(str(exc))
@@ -312,7 +313,7 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
             con.execute(f"""CREATE OR REPLACE TEMP TABLE explain AS SELECT *
                             FROM read_csv({_q(path)}, all_varchar=true, header=true)""")
             if not _guard(con, "explain", path.name, pairs, refused,
-                          {**(typed or {}), **(cast or {})}):
+                          {**(typed or {}), **(cast or {})}, timestamp_format):
                 refused.append(f"{path.name}: an amount cannot be read [invalid_amount]")
             con.execute("SET preserve_insertion_order=false")
 
@@ -320,13 +321,16 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
     for path in orders:
         take("orders", path, ORDER_COLUMNS, f"""INSERT INTO orders SELECT {{n}}, r.site,
             r.order_id, r.status = 'cancelled', r.status = 'confirmed',
-            r.currency, CAST(substr(r.created_at, 1, 10) AS DATE),
+            r.currency, CAST(r.created_at AS DATE),
             r.provider_reference,
             CASE WHEN r.status = 'cancelled' THEN 0 ELSE r."total:" END,
             {lag_case}, {_flag(_invalid('total', 'r."total:"'))}
             FROM (SELECT *, {_amount('total')} AS "total:" FROM {{src}} r) r""",
-             [("total", "currency")], {"currency": "currency"}, [("expected", "currency")],
-             {"created_at": "DATE"})  # the date as written there: the site's business day
+             [("total", "currency")], {"currency": "currency", "created_at": "TIMESTAMP"},
+             [("expected", "currency")],
+             # the date and time as written there (its offset not applied): its date is the
+             # site's business day
+             timestamp_format=None)
     # delivery evidence is read where it is used, in the verdict (one pass, no table of its
     # own); a file the CSV reader cannot parse is found then and refused
     phase("read_orders")
@@ -563,10 +567,14 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
     return result
 
 
-def _source(path: Path, names: Sequence[str], typed: dict[str, str] | None = None) -> str:
-    """The file as a DuckDB ``read_csv`` of its own column names (text unless typed here)."""
+def _source(path: Path, names: Sequence[str], typed: dict[str, str] | None = None,
+            timestamp_format: str | None = TIMESTAMP_FORMAT) -> str:
+    """The file as a DuckDB ``read_csv`` of its own column names (text unless typed here);
+    its TIMESTAMP columns in ``timestamp_format``, or as ISO 8601 when that is None (the time
+    as written: an offset is not applied)."""
+    fmt = f", timestampformat='{timestamp_format}'" if timestamp_format else ""
     return (f"read_csv({_q(path)}, header=true, auto_detect=false, "
-            f"columns={_columns(names, typed or {})}, timestampformat='{TIMESTAMP_FORMAT}')")
+            f"columns={_columns(names, typed or {})}{fmt})")
 
 
 def _unreadable(con: Any, queries: dict[Path, str]) -> list[str]:
@@ -598,18 +606,20 @@ def _abs_tol(rules: Rules) -> str:
 
 
 def _guard(con: Any, table: str, file: str, pairs: Sequence[tuple[str, str]],
-           refused: list[str], typed: dict[str, str] | None = None) -> bool:
+           refused: list[str], typed: dict[str, str] | None = None,
+           timestamp_format: str | None = TIMESTAMP_FORMAT) -> bool:
     """True when the file was refused: its amounts, then its dates, times and time zones."""
     try:
         _check(con, table, file, pairs)
-        _check_times(con, table, file, typed or {})
+        _check_times(con, table, file, typed or {}, timestamp_format)
     except PaymentFileError as exc:
         refused.append(str(exc))
         return True
     return False
 
 
-def _check_times(con: Any, table: str, file: str, typed: dict[str, str]) -> None:
+def _check_times(con: Any, table: str, file: str, typed: dict[str, str],
+                 timestamp_format: str | None = TIMESTAMP_FORMAT) -> None:
     """Refuse the file at its first date, time or time zone the typed read could not take
     (the row readers' rules: ``date_format``, ``datetime_format``, ``timezone_unknown``)."""
     zones = ", ".join(f"'{name}'" for name, _ in _zones())
@@ -620,13 +630,14 @@ def _check_times(con: Any, table: str, file: str, typed: dict[str, str]) -> None
         if kind == "DATE":
             tests.append((column, f"TRY_CAST({c} AS DATE) IS NULL", "date_format", "a date"))
         elif kind == "TIMESTAMP":
-            tests.append((column, f"TRY_STRPTIME({c}, '{TIMESTAMP_FORMAT}') IS NULL",
-                          "datetime_format", "a date and time"))
+            bad = (f"TRY_STRPTIME({c}, '{timestamp_format}') IS NULL" if timestamp_format
+                   else f"TRY_CAST({c} AS TIMESTAMP) IS NULL")
+            tests.append((column, bad, "datetime_format", "a date and time"))
         elif kind == "TIMESTAMPTZ":
             tests.append((column, f"TRY_CAST({c} AS TIMESTAMPTZ) IS NULL", "datetime_format",
                           "a date and time"))
     if "TimeZone" in names:
-        tests.append(("TimeZone", f'upper("TimeZone") NOT IN ({zones})', "timezone_unknown",
+        tests.append(("TimeZone", f'upper(trim("TimeZone")) NOT IN ({zones})', "timezone_unknown",
                       "a time zone"))
     first = None
     for column, bad, rule, what in tests:

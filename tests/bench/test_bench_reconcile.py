@@ -105,7 +105,10 @@ def test_a_delivery_file_the_reader_cannot_parse_is_refused_and_the_others_count
 
 
 @pytest.mark.parametrize(("kind", "column", "value", "expected"), [
-    ("orders", 3, "2026-11-2x", "line 3: created_at: '2026-11-2x' is not a date [date_format]"),
+    ("orders", 3, "2026-11-2x", "line 3: created_at: '2026-11-2x' is not a date and time "
+                                "[datetime_format]"),
+    ("orders", 3, "2026-11-20T25:00:00+08:00", "line 3: created_at: '2026-11-20T25:00:00+08:00' "
+                                               "is not a date and time [datetime_format]"),
     ("acquirer", 5, "20/11/2026 10:00", "line 3: Creation Date: '20/11/2026 10:00' is not a "
                                         "date and time [datetime_format]"),
     ("acquirer", 6, "XYZT", "line 3: TimeZone: 'XYZT' is not a time zone [timezone_unknown]"),
