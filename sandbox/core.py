@@ -25,7 +25,7 @@ import socket
 import tempfile
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter, defaultdict, deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
@@ -109,14 +109,14 @@ class EffectLog:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._entries: list[dict[str, Any]] = []
-        self._by_kind: dict[str, Counter[str]] = {}
+        self._by_kind: defaultdict[str, Counter[str]] = defaultdict(Counter)
 
     def record(self, kind: str, key: str, **details: Any) -> dict[str, Any]:
         with self._lock:
             entry = {"seq": len(self._entries) + 1, "t": time.time(), "kind": kind, "key": key}
             entry.update(details)
             self._entries.append(entry)
-            self._by_kind.setdefault(kind, Counter())[key] += 1
+            self._by_kind[kind][key] += 1
             return entry
 
     def entries(self, kind: str | None = None, key: str | None = None) -> list[dict[str, Any]]:
