@@ -104,6 +104,22 @@ def test_a_delivery_file_the_reader_cannot_parse_is_refused_and_the_others_count
     assert accuracy(data["truth"], result.labels) == 1.0 and result.orders == 200
 
 
+def refused_with_one_cell_changed(tmp_path, kind: str, column: int, value: str) -> list[str]:
+    """A day's files plus a copy of one of them with a cell of its second data row replaced:
+    what the columnar path refuses (the day's 200 orders are still read)."""
+    files = generate(tmp_path, 200)["files"]
+    lines = files[kind][0].read_text().splitlines()
+    cells = lines[2].split(",")
+    assert cells[column], (kind, cells)  # a value is there to replace
+    cells[column] = value
+    bad = tmp_path / f"{kind}_bad.csv"
+    bad.write_text("\n".join([lines[0], lines[1], ",".join(cells), lines[3]]) + "\n")
+    inputs = {k: files[k] for k in ("orders", "deliveries", "acquirer", "wallet")}
+    inputs[kind] = [*inputs[kind], bad]
+    result = reconcile_columnar(load_rules(), DAY, **inputs)
+    assert result.orders == 200
+    return result.refused
+
 @pytest.mark.parametrize(("kind", "column", "value", "expected"), [
     ("orders", 3, "2026-11-2x", "line 3: created_at: '2026-11-2x' is not a date and time "
                                 "[datetime_format]"),
@@ -117,18 +133,8 @@ def test_a_delivery_file_the_reader_cannot_parse_is_refused_and_the_others_count
 ])
 def test_a_file_with_a_bad_date_or_zone_is_refused_naming_line_field_and_rule(
         tmp_path, kind, column, value, expected):
-    data = generate(tmp_path, 200)
-    files = data["files"]
-    lines = files[kind][0].read_text().splitlines()
-    cells = lines[2].split(",")
-    cells[column] = value
-    bad = tmp_path / f"{kind}_bad.csv"
-    bad.write_text("\n".join([lines[0], lines[1], ",".join(cells), lines[3]]) + "\n")
-    inputs = {k: files[k] for k in ("orders", "deliveries", "acquirer", "wallet")}
-    inputs[kind] = [*inputs[kind], bad]
-    result = reconcile_columnar(load_rules(), DAY, **inputs)
-    assert result.refused == [f"{kind}_bad.csv: {expected}"]
-    assert result.orders == 200
+    assert refused_with_one_cell_changed(tmp_path, kind, column, value) == [
+        f"{kind}_bad.csv: {expected}"]
 
 
 @pytest.mark.parametrize(("kind", "column", "value", "expected"), [
@@ -150,19 +156,8 @@ def test_a_file_with_a_bad_date_or_zone_is_refused_naming_line_field_and_rule(
 ])
 def test_an_amount_the_row_readers_refuse_is_refused_however_a_cast_would_round_it(
         tmp_path, kind, column, value, expected):
-    data = generate(tmp_path, 200)
-    files = data["files"]
-    lines = files[kind][0].read_text().splitlines()
-    cells = lines[2].split(",")
-    assert cells[column], (kind, cells)  # a value is there to replace
-    cells[column] = value
-    bad = tmp_path / f"{kind}_bad.csv"
-    bad.write_text("\n".join([lines[0], lines[1], ",".join(cells), lines[3]]) + "\n")
-    inputs = {k: files[k] for k in ("orders", "deliveries", "acquirer", "wallet")}
-    inputs[kind] = [*inputs[kind], bad]
-    result = reconcile_columnar(load_rules(), DAY, **inputs)
-    assert result.refused == [f"{kind}_bad.csv: {expected}"]
-    assert result.orders == 200
+    assert refused_with_one_cell_changed(tmp_path, kind, column, value) == [
+        f"{kind}_bad.csv: {expected}"]
 
 
 def test_zeros_past_the_minor_unit_are_the_same_amount(tmp_path):
