@@ -457,7 +457,7 @@ class HttpConnector:
         self.retry = retry
         self.limiter = limiter
         self.attempts = 0  # every HTTP attempt, retries included
-        self._lanes_by_loop: _Lanes | None = None
+        self._loop_bound: dict[str, tuple[asyncio.AbstractEventLoop, Any]] = {}
         if transport is None and self.lean_transport:
             transport = Http1Transport(ssl_context=shared_ssl_context(),
                                        max_connections=max_connections)
@@ -606,13 +606,20 @@ class HttpConnector:
             raise self.error_for(response)
         return response
 
-    def _lanes(self) -> _Lanes:
+    def loop_bound(self, name: str, make: Callable[[asyncio.AbstractEventLoop], T]) -> T:
+        """The connector's ``name`` object for the running event loop, made by ``make`` the
+        first time that loop asks: queues, futures and semaphores belong to one loop, and a
+        client may be used by one loop after another (each ``asyncio.run`` of a flow)."""
         loop = asyncio.get_running_loop()
-        lanes = self._lanes_by_loop
-        if lanes is None or lanes.loop is not loop:
-            assert self.limiter is not None
-            lanes = self._lanes_by_loop = _Lanes(loop, self._client, self.limiter)
-        return lanes
+        bound = self._loop_bound.get(name)
+        if bound is None or bound[0] is not loop:
+            bound = self._loop_bound[name] = (loop, make(loop))
+        return bound[1]  # type: ignore[no-any-return]
+
+    def _lanes(self) -> _Lanes:
+        limiter = self.limiter
+        assert limiter is not None
+        return self.loop_bound("lanes", lambda loop: _Lanes(loop, self._client, limiter))
 
     async def request_json(self, method: str, url: str, **kwargs: Any) -> Any:
         response = await self.request(method, url, **kwargs)

@@ -876,7 +876,7 @@ def _received(session: Session, batch: Any, report: AddCodesReport, n: int, now:
                     BatchStatus.ACTIVE.value)))
 
 
-_PG_INSERT_CODES = """
+_PG_INSERT_CODES_SQL = """
 WITH receipt AS (
     SELECT nextval(pg_get_serial_sequence('code_receipt', 'id')) AS id
 ), ins AS (
@@ -888,7 +888,7 @@ WITH receipt AS (
                 CAST(:l AS text[]), CAST(string_to_array(:r, ',') AS int[]))
          WITH ORDINALITY AS v(h, c, p, l, r, o)
     ORDER BY v.o
-    ON CONFLICT (code_hash) DO NOTHING
+    {on_conflict}
     RETURNING id, code_hash
 ), rec AS (
     INSERT INTO code_receipt (id, batch_no, at, actor, system, detail)
@@ -899,10 +899,13 @@ SELECT id, code_hash FROM ins
 """
 """The chunk's new codes and, if there are any, their receipt (the first entry of each one's
 chronology), in one statement."""
-
-
-_PG_INSERT_NEW_CODES = _PG_INSERT_CODES.replace("ON CONFLICT (code_hash) DO NOTHING\n", "")
+_PG_INSERT_CODES = _PG_INSERT_CODES_SQL.format(on_conflict="ON CONFLICT (code_hash) DO NOTHING")
+_PG_INSERT_NEW_CODES = _PG_INSERT_CODES_SQL.format(on_conflict="")
 HASH_UNIQUE = "uq_pool_code_hash"
+
+
+def _receipt_detail(batch_no: str) -> str:
+    return f"batch {batch_no}"
 
 
 def _insert_codes_pg(
@@ -922,7 +925,7 @@ def _insert_codes_pg(
               "r": ",".join(map(str, columns["r"])), "l": columns["l"]}
     result = _pg(session, _PG_INSERT_CODES if skip_existing else _PG_INSERT_NEW_CODES, {
         **joined, "sku": batch.sku, "batch_no": batch.batch_no, "seq": batch.seq,
-        "now": now, "actor": actor, "system": system, "detail": f"batch {batch.batch_no}"})
+        "now": now, "actor": actor, "system": system, "detail": _receipt_detail(batch.batch_no)})
     return [(int(i), h) for i, h in result]
 
 
@@ -934,7 +937,7 @@ def _insert_codes_sqlite(
     receipt = session.execute(
         insert(PoolCodeReceipt.__table__).values(
             batch_no=rows[0]["batch_no"], at=now, actor=actor, system=system,
-            detail=f"batch {rows[0]['batch_no']}")).inserted_primary_key[0]
+            detail=_receipt_detail(rows[0]["batch_no"]))).inserted_primary_key[0]
     for n, row in enumerate(rows):
         row["id"] = start + n
         row["receipt_id"] = receipt

@@ -149,7 +149,6 @@ class ErpClient(HttpConnector):
         settings.check()
         self.settings = settings
         self.account = realm_for(settings.account)
-        self._window: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
         super().__init__(
             settings.url(),
             auth=_auth_for(settings),
@@ -438,10 +437,8 @@ class ErpClient(HttpConnector):
         with no request in flight, on the erp_upsert bench). With the window a read waits
         behind at most one submit and slips in between the writes; and each batch is
         validated and encoded only when its turn is near, not all of them up front."""
-        loop = asyncio.get_running_loop()
-        if self._window is None or self._window[0] is not loop:
-            self._window = (loop, asyncio.Semaphore(self.settings.concurrency + 1))
-        return self._window[1]
+        return self.loop_bound("submit_window",
+                               lambda _: asyncio.Semaphore(self.settings.concurrency + 1))
 
     def expected_job_seconds(self, records: int) -> float:
         """How long a batch job of this size usually takes (a first guess, tuned by setting)."""
