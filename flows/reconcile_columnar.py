@@ -300,7 +300,8 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
         number += 1
         failed = False
         try:
-            src = _source(path, _header(path, required), typed or {}, timestamp_format)
+            names = _header(path, required)
+            src = _source(path, names, typed or {}, timestamp_format)
             con.execute(insert.format(n=number, src=src))
         except PaymentFileError as exc:
             refused.append(str(exc))
@@ -310,12 +311,20 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
         if failed or not post_check(table, stored):
             con.execute(f"DELETE FROM {table} WHERE file = ?", [number])
             con.execute("SET preserve_insertion_order=true")  # lines are counted in order
-            con.execute(f"""CREATE OR REPLACE TEMP TABLE explain AS SELECT *
-                            FROM read_csv({_q(path)}, all_varchar=true, header=true)""")
-            if not _guard(con, "explain", path.name, pairs, refused,
-                          {**(typed or {}), **(cast or {})}, timestamp_format):
-                refused.append(f"{path.name}: an amount cannot be read [invalid_amount]")
-            con.execute("SET preserve_insertion_order=false")
+            try:
+                # every column as text, in the same dialect as the typed read (a sniffer
+                # could read a broken file another way); a file the CSV reader cannot
+                # parse at all is refused at the line it names
+                con.execute(f"""CREATE OR REPLACE TEMP TABLE explain AS SELECT *
+                                FROM {_source(path, names, {}, None)}""")
+            except duckdb.Error as exc:
+                refused.append(str(_syntax_error(path.name, exc)))
+            else:
+                if not _guard(con, "explain", path.name, pairs, refused,
+                              {**(typed or {}), **(cast or {})}, timestamp_format):
+                    refused.append(f"{path.name}: an amount cannot be read [invalid_amount]")
+            finally:
+                con.execute("SET preserve_insertion_order=false")
 
     phase("connect")
     for path in orders:
@@ -587,9 +596,29 @@ def _unreadable(con: Any, queries: dict[Path, str]) -> list[str]:
         try:
             con.execute(f"SELECT count(*) FROM ({query})").fetchone()
         except duckdb.Error as exc:
-            out.append(f"{path.name}: {str(exc).splitlines()[0]} [csv_syntax]")
+            out.append(str(_syntax_error(path.name, exc)))
             del queries[path]
     return out
+
+
+def _syntax_error(file: str, exc: Exception) -> PaymentFileError:
+    """The CSV reader's error as a refusal: the line it names and what is wrong there (a row
+    with more or fewer fields than the header is ``field_count``, as the row readers say it;
+    anything else the reader cannot parse, such as an unterminated quote, ``csv_syntax``)."""
+    text = str(exc)
+    found = re.search(r"CSV Error on Line: (\d+)", text)
+    line = int(found.group(1)) if found else None
+    counts = re.search(r"Expected Number of Columns: (\d+) Found: (\d+)", text)
+    if counts:
+        return PaymentFileError(file, "field_count", f"{counts.group(2)} fields where the "
+                                f"header has {counts.group(1)}", line=line)
+    # the reader's sentence is the last line before its possible fixes, after the line it
+    # quotes (which may run on, cut short, over the lines that follow); a line of data is
+    # not repeated as if it were the reason
+    lines = [x.strip() for x in text.split("Possible fixes")[0].splitlines() if x.strip()]
+    reason = lines[-1] if len(lines) > 2 and lines[-1].endswith(".") else ""
+    return PaymentFileError(file, "csv_syntax", reason or "the CSV reader cannot parse this "
+                            "line", line=line)
 
 
 def _first_order(con: Any, table: str) -> None:

@@ -177,3 +177,42 @@ def test_zeros_past_the_minor_unit_are_the_same_amount(tmp_path):
                                 wallet=files["wallet"], labels=True)
     assert result.refused == []
     assert accuracy(data["truth"], result.labels) == 1.0
+
+
+def refused_with_one_line_changed(tmp_path, kind: str, change) -> tuple[list[str], float]:
+    """A day's files plus a copy of one of them whose third line (the second data row) is
+    changed: what the columnar path refuses, and the accuracy of the day's classes without
+    the copy (the good files are all read)."""
+    from bench.reconcile import accuracy
+
+    data = generate(tmp_path, 200)
+    files = data["files"]
+    lines = files[kind][0].read_text().splitlines()
+    lines[2] = change(lines[2])
+    bad = tmp_path / f"{kind}_bad.csv"
+    bad.write_text("\n".join(lines) + "\n")
+    inputs = {k: files[k] for k in ("orders", "deliveries", "acquirer", "wallet")}
+    inputs[kind] = [bad, *inputs[kind]]
+    result = reconcile_columnar(load_rules(), DAY, **inputs, labels=True)
+    assert result.orders == 200
+    return result.refused, accuracy(data["truth"], result.labels)
+
+
+@pytest.mark.parametrize("kind", ["orders", "acquirer", "wallet", "deliveries"])
+@pytest.mark.parametrize(("change", "expected"), [
+    (lambda line: line.replace(",", ',"', 1),
+     "line 3: Value with unterminated quote found. [csv_syntax]"),
+    (lambda line: line + ",extra", "line 3: {more} fields where the header has {width} "
+                                   "[field_count]"),
+    (lambda line: line.rsplit(",", 1)[0], "line 3: {fewer} fields where the header has "
+                                          "{width} [field_count]"),
+], ids=["unterminated_quote", "field_more", "field_fewer"])
+def test_a_file_the_csv_reader_cannot_parse_is_refused_at_its_line_and_the_others_count(
+        tmp_path, kind, change, expected):
+    """Broken CSV syntax in any of the day's files is a refusal naming the file, the line and
+    the rule (not an exception that stops the day), and the other files are read as usual."""
+    width = {"orders": 8, "acquirer": 22, "wallet": 9, "deliveries": 4}[kind]
+    refused, accuracy = refused_with_one_line_changed(tmp_path, kind, change)
+    assert refused == [f"{kind}_bad.csv: " + expected.format(
+        width=width, more=width + 1, fewer=width - 1)]
+    assert accuracy == 1.0
