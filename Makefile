@@ -15,8 +15,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/vouchflow demo
 
+# the suite in TEST_WORKERS processes, whole modules each (module fixtures set up once);
+# most tests wait on sandboxes, servers and subprocesses, so three share two cores well
+TEST_WORKERS ?= 3
 test: $(STAMP) chromium
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # the browser tests drive Debian's chromium (headless); installed here when missing, so the
 # tests themselves install nothing (under CI=true a missing chromium fails them)

@@ -150,3 +150,13 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
         report.outcome = "failed"
         report.longrepr = f"CI=true and this test would have been skipped: {reason}"
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config,
+                                  items: list[pytest.Item]) -> None:
+    """Modules with slow tests run first. ``make test`` spreads whole modules over several
+    processes (pytest-xdist, ``--dist loadfile``); a slow module handed out last would keep
+    one process busy long after the others ran out of work."""
+    slow_modules = {item.module.__name__ for item in items
+                    if item.get_closest_marker("slow") is not None and item.module is not None}
+    items.sort(key=lambda item: item.module is None or item.module.__name__ not in slow_modules)
