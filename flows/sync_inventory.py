@@ -20,7 +20,7 @@ from typing import Any
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import quote
-from sqlalchemy import Engine, String, func, select, type_coerce, union
+from sqlalchemy import Engine, String, and_, cast, func, select, union
 
 from canonical import now_utc
 from connectors.erp import ErpClient, suiteql_time
@@ -168,61 +168,81 @@ def _parts(only: set[str] | None, size: int = 1000) -> list[list[str] | None]:
     return [keys[i:i + size] for i in range(0, len(keys), size)]
 
 
-QUOTA_INPUTS = ("pool", "quota-inputs")
-"""Fingerprint target and entity type of what each SKU's quotas were last planned from."""
+QUOTA_INPUTS = "pool"
+"""Fingerprint target of what the last plan of each SKU read of its inputs: per catalogue
+entry (``SEEN_CATALOG``, keyed by SKU) and per batch (``SEEN_BATCH``, keyed by batch number),
+the row's stamp as stored. Compared row by row in the database, so looking again at the SKUs
+stamped within the settling time costs one join, not a digest per SKU."""
+SEEN_CATALOG = "quota-input:catalog"
+SEEN_BATCH = "quota-input:batch"
 
 
-def _stamped_since(since: datetime) -> Any:
-    """The SKUs whose catalogue entry or one of whose batches was stamped at ``since`` or
-    later (a sale, a refund, a receipt, an ERP correction: every change of ``available``
-    stamps the batch), as a subquery."""
-    from state.catalog import CatalogSku
-    from state.models import PoolBatch
-
-    return union(select(CatalogSku.__table__.c.sku).where(CatalogSku.updated_at >= since),
-                 select(PoolBatch.__table__.c.sku).where(PoolBatch.updated_at >= since))
+def _stamp(column: Any) -> Any:
+    """A stamp as the database writes it out as text (no conversion to a datetime): only ever
+    compared with itself."""
+    return cast(column, String())
 
 
-def input_stamps(session: Any, since: datetime, skus: set[str] | None = None
-                 ) -> dict[str, str]:
-    """For every SKU stamped since ``since`` (or every one of ``skus``), a digest of when its
-    catalogue entry and each of its batches last changed, as stored: every change that can
-    move a quota stamps one of them."""
+@dataclass
+class InputStamps:
+    """The stamps a plan read of its SKUs' inputs: catalogue entries by SKU, batches by batch
+    number."""
+
+    catalog: dict[str, str] = field(default_factory=dict)
+    batches: dict[str, str] = field(default_factory=dict)
+
+
+def input_stamps(session: Any, since: datetime, skus: set[str] | None = None) -> InputStamps:
+    """The stamps of every catalogue entry and batch stamped at ``since`` or later (every
+    change that can move a quota stamps one of them: a sale, a refund, a receipt, an ERP
+    correction, a catalogue change), of every SKU or of ``skus``."""
     from state.catalog import CatalogSku
     from state.models import PoolBatch
 
     cat, pb = CatalogSku.__table__, PoolBatch.__table__
-    # the stored text as it is (no conversion to datetimes): only compared with itself
-    cat_query = select(cat.c.sku, type_coerce(cat.c.updated_at, String()))
-    pb_query = select(pb.c.sku, pb.c.batch_no, type_coerce(pb.c.updated_at, String()))
-    if skus is None:
-        window = _stamped_since(since)
-        queries = [(cat_query.where(cat.c.sku.in_(window)), pb_query.where(pb.c.sku.in_(window)))]
-    else:
-        queries = [(cat_query.where(cat.c.sku.in_(part)), pb_query.where(pb.c.sku.in_(part)))
-                   for part in _parts(skus)]
-    stamps: dict[str, list[str]] = {}
-    for of_catalog, of_batches in queries:
-        for sku, at in session.execute(of_catalog):
-            stamps.setdefault(sku, []).append(f"@{at}")
-        for sku, batch_no, at in session.execute(of_batches):
-            stamps.setdefault(sku, []).append(f"{batch_no}@{at}")
-    return {sku: fingerprint(sorted(marks)) for sku, marks in stamps.items()}
+    of_catalog = select(cat.c.sku, _stamp(cat.c.updated_at)).where(cat.c.updated_at >= since)
+    of_batches = (select(pb.c.batch_no, _stamp(pb.c.updated_at))
+                  .where(pb.c.updated_at >= since))
+    read = InputStamps()
+    for part in _parts(skus):
+        for sku, at in session.execute(
+                of_catalog if part is None else of_catalog.where(cat.c.sku.in_(part))):
+            read.catalog[sku] = at
+        for batch_no, at in session.execute(
+                of_batches if part is None else of_batches.where(pb.c.sku.in_(part))):
+            read.batches[batch_no] = at
+    return read
+
+
+def save_input_stamps(session: Any, read: InputStamps) -> None:
+    """Remember what the plan read (after the run succeeded: see ``unplanned``)."""
+    save_fingerprints(session, QUOTA_INPUTS, SEEN_CATALOG, read.catalog)
+    save_fingerprints(session, QUOTA_INPUTS, SEEN_BATCH, read.batches)
 
 
 def unplanned(engine: Engine, since: datetime) -> set[str]:
-    """SKUs stamped since ``since`` (the last rebalance less the settling time) whose
-    catalogue entry or batches are not as the last successful plan read them: what that plan
-    already took into account is not planned again, and a change committed after it read
-    (however early it was stamped) is."""
-    fp = Fingerprint.__table__
+    """SKUs with a catalogue entry or batch stamped since ``since`` (the last rebalance less
+    the settling time) that is not as the last plan of the SKU read it: what that plan already
+    took into account is not planned again, and a change committed after it read (however
+    early it was stamped) is. One query: each row stamped since then against the stamp last
+    read of it."""
+    from state.catalog import CatalogSku
+    from state.models import PoolBatch
+
+    cat, pb, fp = CatalogSku.__table__, PoolBatch.__table__, Fingerprint.__table__
+
+    def changed(table: Any, key: Any, kind: str) -> Any:
+        seen = fp.alias()
+        return (select(table.c.sku)
+                .select_from(table.outerjoin(seen, and_(
+                    seen.c.target == QUOTA_INPUTS, seen.c.entity_type == kind,
+                    seen.c.entity_key == key)))
+                .where(table.c.updated_at >= since,
+                       seen.c.digest.is_distinct_from(_stamp(table.c.updated_at))))
+
     with session_scope(engine) as session:
-        now = input_stamps(session, since)
-        seen = {key: digest for key, digest in session.execute(
-            select(fp.c.entity_key, fp.c.digest).where(
-                fp.c.target == QUOTA_INPUTS[0], fp.c.entity_type == QUOTA_INPUTS[1],
-                fp.c.entity_key.in_(_stamped_since(since))))}
-    return {sku for sku, digest in now.items() if seen.get(sku) != digest}
+        return set(session.scalars(union(changed(cat, cat.c.sku, SEEN_CATALOG),
+                                         changed(pb, pb.c.batch_no, SEEN_BATCH))))
 
 
 @dataclass
@@ -233,7 +253,7 @@ class SiteWrites:
 
 def plan(engine: Engine, sites: dict[str, WalletSiteSettings], as_of: datetime,
          weights_days: int, counts: InventoryCounts, only: set[str] | None = None,
-         inputs: dict[str, str] | None = None, settle_seconds: float = 30.0,
+         inputs: InputStamps | None = None, settle_seconds: float = 30.0,
          ) -> dict[str, SiteWrites]:
     """Quota per (site, SKU) and per (site, batch), and the writes for what changed since the
     site last confirmed it; for every SKU (a full rebalance) or ``only`` these. Quotas are the
@@ -260,7 +280,8 @@ def plan(engine: Engine, sites: dict[str, WalletSiteSettings], as_of: datetime,
                                     [batch_item(code, share) for share in quotas[site]])
     counts.skus = len(catalog)
     if inputs is not None:
-        inputs.update(seen)
+        inputs.catalog.update(seen.catalog)
+        inputs.batches.update(seen.batches)
     writes: dict[str, SiteWrites] = {}
     targets = {site: f"wallet:{site}" for site in sites}
     with session_scope(engine) as session:
@@ -347,9 +368,9 @@ async def import_batches_task(engine: Engine, erp: ErpClient, since: datetime | 
 async def quotas_task(engine: Engine, sites: dict[str, WalletSiteSettings],
                       wallets: dict[str, WalletClient], as_of: datetime,
                       weights_days: int, only: set[str] | None, settle_seconds: float,
-                      ) -> tuple[InventoryCounts, Bulk[dict[str, str]]]:
+                      ) -> tuple[InventoryCounts, Bulk[InputStamps]]:
     counts = InventoryCounts()
-    inputs: dict[str, str] = {}
+    inputs = InputStamps()
     writes = await asyncio.to_thread(plan, engine, sites, as_of, weights_days, counts, only,
                                      inputs, settle_seconds)
     await asyncio.gather(*(push_site(engine, wallets[s], s, w, counts)
@@ -404,7 +425,7 @@ async def sync_inventory(
             # when quotas were last computed: the next run rebalances what changed since
             # (and everything, once the date has moved on)
             set_watermark(session, FLOW, "pool", high, "quota")
-            save_fingerprints(session, *QUOTA_INPUTS, inputs.value)
+            save_input_stamps(session, inputs.value)
     finally:
         await erp.aclose()
         for w in wallets.values():

@@ -17,6 +17,7 @@ from state.catalog import load_skus
 from state.crypto import Keyring
 from state.db import get_engine, session_scope
 from state.models import PoolBatch
+from tests.flows.conftest import BOTH_DATABASES
 from tests.flows.sales_world import stock_the_pool
 
 pytestmark = pytest.mark.usefixtures("prefect_harness", "state_url")
@@ -135,6 +136,7 @@ def _api_sku_shown_whole(sandboxes, units: int):
 
 
 @pytest.mark.seed(30, 0)
+@pytest.mark.parametrize("engine", BOTH_DATABASES, indirect=True)
 def test_right_after_a_run_only_what_changed_since_is_planned_again(sandboxes):
     # everything was stamped moments ago (within the settling time): what the last run
     # planned from is not planned again, only the batch that changed after it
@@ -153,6 +155,7 @@ def test_right_after_a_run_only_what_changed_since_is_planned_again(sandboxes):
 
 
 @pytest.mark.seed(30, 0)
+@pytest.mark.parametrize("engine", BOTH_DATABASES, indirect=True)
 def test_a_change_committed_after_the_last_plan_read_is_planned_though_stamped_before(
         sandboxes):
     asyncio.run(sc.sync_catalog())
@@ -171,6 +174,48 @@ def test_a_change_committed_after_the_last_plan_read_is_planned_though_stamped_b
                   .values(updated_at=rebalanced - timedelta(seconds=5)))
     summary = run()
     assert summary["skus"] == 1 and sum(shown(sandboxes)[code].values()) == 2
+
+
+@pytest.mark.seed(30, 0)
+@pytest.mark.parametrize("engine", BOTH_DATABASES, indirect=True)
+def test_a_new_batch_committed_after_the_last_plan_read_is_planned_though_stamped_before(
+        sandboxes):
+    # a batch the last plan never saw (no stamp of it was read), stamped within the settling
+    # time before that plan began
+    asyncio.run(sc.sync_catalog())
+    stock_the_pool(codes_per_sku=5, api_units=8)
+    run()
+    code, sku = _api_sku_shown_whole(sandboxes, 8)
+    with session_scope(get_engine()) as s:
+        rebalanced = si.get_watermark(s, si.FLOW, "pool", "quota")
+        pool.upsert_batch(s, batch_no=f"B-{code}-LATE", sku=code, issuance_mode="api",
+                          unit_cost=Decimal("1.2500"), currency=sku.face_value.currency,
+                          expiry_type="fixed_date", expires_on=date(2027, 6, 30),
+                          quantity=4)
+        s.execute(PoolBatch.__table__.update().where(PoolBatch.batch_no == f"B-{code}-LATE")
+                  .values(updated_at=rebalanced - timedelta(seconds=20)))
+    summary = run()
+    assert summary["skus"] == 1 and sum(shown(sandboxes)[code].values()) == 12
+    assert run()["skus"] == 0
+
+
+@pytest.mark.seed(30, 0)
+@pytest.mark.parametrize("engine", BOTH_DATABASES, indirect=True)
+def test_a_catalogue_change_committed_after_the_last_plan_read_is_planned_though_stamped_before(
+        sandboxes):
+    from state.catalog import CatalogSku
+
+    asyncio.run(sc.sync_catalog())
+    stock_the_pool(codes_per_sku=5, api_units=8)
+    run()
+    code, _ = _api_sku_shown_whole(sandboxes, 8)
+    with session_scope(get_engine()) as s:
+        rebalanced = si.get_watermark(s, si.FLOW, "pool", "quota")
+        s.execute(CatalogSku.__table__.update().where(CatalogSku.sku == code)
+                  .values(status="frozen", updated_at=rebalanced - timedelta(seconds=5)))
+    summary = run()
+    assert summary["skus"] == 1 and sum(shown(sandboxes)[code].values()) == 0
+    assert run()["skus"] == 0
 
 
 @pytest.mark.seed(20, 0)
