@@ -195,11 +195,45 @@ def _connected(url: str, name: str, ready: Any, go: Any) -> Any:
     from state.db import make_engine
 
     engine = make_engine(url, pool_size=1, max_overflow=0)
+    if engine.dialect.name == "postgresql":
+        from sqlalchemy import event
+
+        @event.listens_for(engine, "connect")
+        def _backend(dbapi_conn: Any, _record: Any) -> None:
+            with dbapi_conn.cursor() as cur:
+                cur.execute("SELECT pg_backend_pid()")
+                _WORKER["backends"].add(cur.fetchone()[0])
+
     with engine.connect():
         pass
     ready.put(name)
     go.wait()
+    _WORKER["cpu_start"] = _cpu()
     return engine
+
+
+_WORKER: dict[str, Any] = {"backends": set(), "cpu_start": (0.0, 0.0)}
+"""This worker process's database backend pids and its CPU counters at the go signal."""
+
+
+def _cpu() -> tuple[float, float]:
+    """CPU seconds so far of this process and of its database backends (PostgreSQL on this
+    machine: read from /proc; 0 where that is not possible): where a worker's time goes."""
+    tick = os.sysconf("SC_CLK_TCK")
+    backend = 0.0
+    for pid in _WORKER["backends"]:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        backend += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return time.process_time(), backend
+
+
+def _cpu_used() -> dict[str, float]:
+    """This worker's CPU seconds since the go signal: its own and its backends'."""
+    (own0, db0), (own1, db1) = _WORKER["cpu_start"], _cpu()
+    return {"cpu_s": own1 - own0, "db_cpu_s": db1 - db0}
 
 
 def _vouchflow_worker(url: str, name: str, chunk: int, ready: Any, go: Any, out: Any) -> None:
@@ -211,7 +245,7 @@ def _vouchflow_worker(url: str, name: str, chunk: int, ready: Any, go: Any, out:
     out.put({"worker": name, "seconds": time.perf_counter() - started,
              "codes": report.codes_allocated, "orders": report.orders_allocated,
              "held": report.orders_held, "deferred": report.orders_deferred,
-             "conflicts": report.conflicts, "chunks": report.chunks})
+             "conflicts": report.conflicts, "chunks": report.chunks, **_cpu_used()})
     engine.dispose()
 
 
@@ -273,7 +307,8 @@ def _baseline_worker(url: str, name: str, chunk: int, ready: Any, go: Any, out: 
             break
         if got == 0:
             time.sleep(0.01)
-    out.put({"worker": name, "seconds": time.perf_counter() - started, "codes": codes})
+    out.put({"worker": name, "seconds": time.perf_counter() - started, "codes": codes,
+             **_cpu_used()})
     engine.dispose()
 
 
@@ -436,9 +471,11 @@ def main(argv: list[str]) -> int:
             log(f"vouchflow: {vouchflow_s:.1f}s; checking")
             checked = check(url, full=True)
             baseline_s = base_checked = None
+            base_results: list[dict] = []
             if not args.no_baseline:
                 log("baseline")
-                baseline_s, _ = run_workers(_baseline_worker, burl, args.workers, args.chunk)
+                baseline_s, base_results = run_workers(_baseline_worker, burl, args.workers,
+                                                       args.chunk)
                 base_checked = check(burl, full=False)
 
     codes = checked["codes_allocated"]
@@ -460,6 +497,11 @@ def main(argv: list[str]) -> int:
         "seed_s": round(seed_s, 1),
         "per_worker": [{k: (round(v, 2) if isinstance(v, float) else v) for k, v in r.items()}
                        for r in sorted(results, key=lambda r: r["worker"])],
+        # CPU seconds of the workers' own processes and of their database backends (summed):
+        # with two cores, whichever side is larger bounds the codes per second
+        "vouchflow_worker_cpu_s": round(sum(r["cpu_s"] for r in results), 2),
+        "vouchflow_db_cpu_s": round(sum(r["db_cpu_s"] for r in results), 2),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
     }
     if baseline_s is not None and base_checked is not None:
         result.update({
@@ -467,6 +509,8 @@ def main(argv: list[str]) -> int:
             "baseline_codes_per_s": round(base_checked["codes_allocated"] / baseline_s, 1),
             "ratio": round(vouchflow_s / baseline_s, 3),
             "baseline_lost": base_checked["lost"],
+            "baseline_worker_cpu_s": round(sum(r["cpu_s"] for r in base_results), 2),
+            "baseline_db_cpu_s": round(sum(r["db_cpu_s"] for r in base_results), 2),
             "baseline": BASELINE[kind],
         })
     emit(result)
