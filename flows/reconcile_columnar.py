@@ -414,19 +414,15 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
             rules_known.append(key)
     # the first rule in one join; each later rule only for the payments still without order
     tcol, ocol = rules_known[0] if rules_known else ("pref", "pref")
-    # every payment with the order it pays (or none), and every order without a payment
-    # (no ``tid``): the order's money and flags ride along, so the verdict is a grouping of
-    # this table by the order's row id, not a second join of the million orders
-    con.execute(f"""CREATE TABLE pm AS SELECT p.tid, p.pref, p.amount, p.booking_date,
-        o.rowid AS oid, o.expected, o.cancelled, o.confirmed, o.day = {d} AS today
-        FROM (SELECT rowid AS tid, pref, mref, amount, booking_date, currency FROM traces
-              WHERE kind = 'payment' AND credit) p
-        FULL JOIN orders o ON o.{ocol} = p.{tcol} AND {window.format(o="o")}""")
-    rows = con.execute("""SELECT (SELECT count(tid) FROM pm), count(*) FROM traces
+    con.execute(f"""CREATE TABLE pm AS SELECT p.rowid AS tid, p.pref, p.amount,
+        p.booking_date, o.rowid AS oid
+        FROM traces p LEFT JOIN orders o ON o.{ocol} = p.{tcol} AND {window.format(o="o")}
+        WHERE p.kind = 'payment' AND p.credit""")
+    rows = con.execute("""SELECT (SELECT count(*) FROM pm), count(*) FROM traces
                           WHERE kind = 'payment' AND credit""").fetchone()
     if rows and rows[0] != rows[1]:
         # an order reference two orders share: the first site wins
-        _first_order(con, "pm", d)
+        _first_order(con, "pm")
     for tcol, ocol in rules_known[1:]:
         con.execute(f"""CREATE OR REPLACE TABLE hit AS SELECT p.tid, o.rowid AS oid
             FROM (SELECT t.rowid AS tid, t.* FROM traces t
@@ -438,14 +434,20 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
     tol = _abs_tol(rules) if not rules.tolerance_percent else (
         f"greatest({_abs_tol(rules)}, round(abs(expected) * {rules.tolerance_percent}"
         " / 100, 2))")
-    # the day's orders without delivery evidence (a few: the verdict looks them up)
+    verdict = f"""CREATE OR REPLACE TABLE verdict AS SELECT o.rowid AS oid, o.expected,
+        o.cancelled, o.confirmed, coalesce(a.received, 0) AS received, coalesce(a.n, 0) AS counted,
+        {{delivered}} AS delivered
+        FROM orders o LEFT JOIN (SELECT oid, count(*) AS n, sum(amount) AS received FROM pm
+                                 WHERE oid IS NOT NULL GROUP BY oid) a ON a.oid = o.rowid
+        WHERE o.day = {d}"""
+    # the payments summed per order in a table indexed by the order's row id (up to 4M
+    # orders; the setting is for this grouping of every order only)
+    con.execute("SET perfect_ht_threshold=22")
     while True:
         union = " UNION ALL ".join(delivered_from.values())
         try:
-            con.execute(f"""CREATE OR REPLACE TABLE undelivered AS SELECT o.rowid AS oid
-                FROM orders o WHERE o.day = {d}""" + (f""" AND NOT EXISTS (SELECT 1
-                FROM ({union}) r WHERE r.site = o.site AND r.order_id = o.order_id)"""
-                                                         if union else ""))
+            con.execute(verdict.format(delivered=f"""EXISTS (SELECT 1 FROM ({union}) r
+                WHERE r.site = o.site AND r.order_id = o.order_id)""" if union else "false"))
             break
         except duckdb.Error:
             unreadable = _unreadable(con, delivered_from)
@@ -453,15 +455,6 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
                 raise
             refused[refused_deliveries_at:refused_deliveries_at] = unreadable
             refused_deliveries_at += len(unreadable)
-    # the payments summed per order in a table indexed by the order's row id (up to 4M
-    # orders; the setting is for this grouping of every order only)
-    con.execute("SET perfect_ht_threshold=22")
-    con.execute("""CREATE TABLE verdict AS SELECT v.*, u.oid IS NULL AS delivered FROM (
-            SELECT oid, any_value(expected) AS expected, any_value(cancelled) AS cancelled,
-                any_value(confirmed) AS confirmed, coalesce(sum(amount), 0) AS received,
-                count(tid) AS counted
-            FROM pm WHERE oid IS NOT NULL GROUP BY oid HAVING any_value(today)) v
-        LEFT JOIN undelivered u USING (oid)""")
     con.execute("RESET perfect_ht_threshold")
     phase("verdict_with_deliveries")
     # several payments for one order: which of them repeat a payment once the order was paid
@@ -476,7 +469,7 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
               first_value(m.amount) OVER (PARTITION BY m.oid
                                           ORDER BY m.booking_date, m.pref) AS first_amount
             FROM pm m JOIN (SELECT oid, expected FROM verdict WHERE counted > 1) v
-                USING (oid) WHERE m.tid IS NOT NULL
+                USING (oid)
             WINDOW w AS (PARTITION BY m.oid ORDER BY m.booking_date, m.pref
                          ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)))
         GROUP BY oid""")
@@ -628,19 +621,12 @@ def _syntax_error(file: str, exc: Exception) -> PaymentFileError:
                             "line", line=line)
 
 
-def _first_order(con: Any, table: str, day: str | None = None) -> None:
+def _first_order(con: Any, table: str) -> None:
     """Keep one order per trace of ``table`` (``tid``, ``oid``) where a reference names
-    several: the first by site and order id (as the row engine takes them). For ``pm`` (with
-    ``day``, the SQL date of the day), the rows without a trace (its orders without payment)
-    stay, and an order left without a row comes back as one of them."""
+    several: the first by site and order id (as the row engine takes them)."""
     con.execute(f"""CREATE OR REPLACE TABLE {table} AS SELECT t.* FROM {table} t
         LEFT JOIN orders o ON o.rowid = t.oid
-        QUALIFY t.tid IS NULL
-            OR row_number() OVER (PARTITION BY t.tid ORDER BY o.site, o.order_id) = 1""")
-    if day is not None:
-        con.execute(f"""INSERT INTO {table} SELECT NULL, NULL, NULL, NULL, o.rowid,
-            o.expected, o.cancelled, o.confirmed, o.day = {day} FROM orders o
-            ANTI JOIN (SELECT oid FROM {table} WHERE oid IS NOT NULL) t ON t.oid = o.rowid""")
+        QUALIFY row_number() OVER (PARTITION BY t.tid ORDER BY o.site, o.order_id) = 1""")
 
 
 def _abs_tol(rules: Rules) -> str:
