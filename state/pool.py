@@ -47,21 +47,24 @@ import hashlib
 import json
 import random
 import re
+import threading
 import time
 from array import array
 from bisect import bisect_left
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
+from itertools import pairwise
 from typing import Any
 
 from psycopg.errors import UniqueViolation
 from psycopg.rows import namedtuple_row
-from sqlalchemy import Engine, bindparam, func, insert, select, text, tuple_, update
+from sqlalchemy import Connection, Engine, bindparam, func, insert, select, text, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import TextClause
@@ -98,6 +101,10 @@ from state.types import UTCDateTime
 
 CODE_CHUNK = 5000
 """Codes per transaction when adding codes."""
+PIPELINE_DEPTH = 2
+"""Chunks of codes prepared (hashed, encrypted) and waiting for the thread that writes them,
+at most: enough that it goes from one to the next without waiting, few enough to keep
+memory flat."""
 ALLOCATION_CHUNK = 2000
 """Order lines claimed per allocation transaction."""
 IN_CHUNK = 500
@@ -217,6 +224,13 @@ def _pg(session: Session, statement: str, params: Mapping[str, Any]) -> Any:
     sent as binary arrays: psycopg escapes every element of a text-format array with a regex,
     which costs more than the database work for a 2,000-line chunk. Returns the cursor (rows
     as named tuples)."""
+    return _pg_cursor(session.connection().connection.driver_connection, statement, params)
+
+
+def _pg_cursor(conn: Any, statement: str, params: Mapping[str, Any], *,
+               prepare: bool | None = None) -> Any:
+    """``_pg`` on a driver connection; ``prepare=False``: never as a prepared statement (so
+    always planned for its parameters)."""
     names = tuple(sorted(params))
     shape = tuple(isinstance(params[n], list) for n in names)
     key = (statement, shape)
@@ -227,9 +241,8 @@ def _pg(session: Session, statement: str, params: Mapping[str, Any]) -> Any:
                        lambda m: f"%({m.group(1)})" + ("b" if m.group(1) in binary else "s"),
                        statement.replace("%", "%%"))
         _pg_texts[key] = query
-    conn = session.connection().connection.driver_connection
     cursor = conn.cursor(row_factory=namedtuple_row)
-    cursor.execute(query, params)
+    cursor.execute(query, params, prepare=prepare)
     return cursor
 
 
@@ -638,41 +651,85 @@ def add_codes(
         raise PoolError(f"batch {batch_no} is an API batch: it holds a quantity, not codes")
     batch_rank = expiry_rank(batch.expires_on) if batch.expiry_type == ExpiryType.FIXED_DATE \
         else NO_EXPIRY_RANK
+    pg = engine.dialect.name == "postgresql"
     ours = _Positions()
-    chunk: list[tuple[int, str, str | None, date | None]] = []
-    position = 0
-    # one chunk is written (in order, by one thread) while the next is read, hashed and
-    # encrypted: the database's work and ours overlap. Everything that decides what is
-    # refused runs in the writer, one chunk after the other, so the outcome is the same as
-    # writing them one by one; the report is only changed there.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="add-codes") as writer:
-        writing: Future[None] | None = None
+    direct = _Direct(engine) if pg else None
+    stop = threading.Event()
+    """Set when a chunk failed (or the reading did): no chunk after it is written."""
 
-        def write(chunk: list[tuple[int, str, str | None, date | None]]) -> None:
-            nonlocal writing
-            prepared = _prepare_chunk(chunk, keyring)
-            if writing is not None:
-                writing.result()  # the previous chunk is in (or its error is raised here)
-            writing = writer.submit(_write_chunk, engine, batch, batch_rank, prepared, report,
-                                    ours, actor, system, limit)
+    def write(prepared: _Prepared) -> None:
+        if stop.is_set():
+            return
+        try:
+            _write_chunk(engine, batch, batch_rank, prepared, report, ours, actor, system,
+                         limit, direct=direct)
+        except BaseException:
+            stop.set()
+            raise
 
-        for item in codes:
-            position += 1
-            code, pin, expires = item
-            code = normalize_code(code or "")
-            if not code:
-                chunk.append((position, "", None, None))
-            else:
-                chunk.append((position, code, None if pin is None else pin.strip(), expires))
-            if len(chunk) >= chunk_size:
-                write(chunk)
-                chunk = []
-        if chunk:
-            write(chunk)
-        if writing is not None:
-            writing.result()
+    # Chunks are written in order by one thread while the next ones are read, hashed and
+    # encrypted here: the database's work and ours overlap. Up to PIPELINE_DEPTH prepared
+    # chunks wait for the writer, so it goes from one chunk to the next without waiting for
+    # this thread. Everything that decides what is refused runs in the writer, one chunk after
+    # the other, so the outcome is the same as writing them one by one; the report is only
+    # changed there. An error in the writer stops the chunks behind it and is raised here.
+    with ExitStack() as finally_, ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="add-codes") as writer:
+        if direct is not None:
+            finally_.callback(direct.close)  # after the writer has stopped (exits unwind)
+        pending: deque[Future[None]] = deque()
+
+        def submit(chunk: list[tuple[int, str, str | None, date | None]]) -> None:
+            prepared = _prepare_chunk(chunk, keyring, pg=pg, batch_rank=batch_rank)
+            while len(pending) >= PIPELINE_DEPTH:
+                pending.popleft().result()  # raises the writer's error, if it had one
+            pending.append(writer.submit(write, prepared))
+
+        try:
+            chunk: list[tuple[int, str, str | None, date | None]] = []
+            position = 0
+            for item in codes:
+                position += 1
+                code, pin, expires = item
+                code = normalize_code(code or "")
+                if not code:
+                    chunk.append((position, "", None, None))
+                else:
+                    chunk.append((position, code, None if pin is None else pin.strip(),
+                                  expires))
+                if len(chunk) >= chunk_size:
+                    submit(chunk)
+                    chunk = []
+            if chunk:
+                submit(chunk)
+            while pending:
+                pending.popleft().result()
+        except BaseException:
+            stop.set()  # what is queued is not written; the chunk being written finishes
+            raise
     report.refusals.sort(key=lambda r: r.position)
     return report
+
+
+class _Direct:
+    """The writer's own PostgreSQL connection outside any transaction (each statement commits
+    on its own), opened for its first chunk and kept for the next ones: a checkout from the
+    pool would ask the server whether the connection is alive every time. Used by one thread
+    at a time."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.conn: Connection | None = None
+
+    def driver(self) -> Any:
+        if self.conn is None:
+            self.conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        return self.conn.connection.driver_connection
+
+    def close(self) -> None:
+        if self.conn is not None:
+            conn, self.conn = self.conn, None
+            conn.close()
 
 
 class _Positions:
@@ -688,6 +745,11 @@ class _Positions:
             self.ids.append(code_id)
             self.positions.append(position)
 
+    def extend_arrays(self, ids: Sequence[int], positions: Sequence[int]) -> None:
+        """Ids (ascending, above every id already held) and their positions, side by side."""
+        self.ids.extend(ids)
+        self.positions.extend(positions)
+
     def get(self, code_id: int) -> int | None:
         i = bisect_left(self.ids, code_id)
         if i < len(self.ids) and self.ids[i] == code_id:
@@ -702,55 +764,85 @@ class _Prepared:
     chunk: list[tuple[int, str, str | None, date | None]]
     hashes: list[str]
     fresh: dict[str, int]
-    """hash -> index in chunk of the first occurrence of each (non-empty) code."""
-    repeats: list[tuple[int, int]]
-    """(index, index of the first occurrence) of codes repeated within the chunk."""
-    encrypted: dict[int, tuple[str, str | None]]
-    """index -> (code, PIN) ciphertexts, for the codes in ``fresh``."""
+    """hash -> index in chunk of the first occurrence of each (non-empty) code, in index
+    order; the writer takes out the codes it refuses."""
+    skipped: list[tuple[int, int | None]]
+    """(index, index of the first occurrence; None: the code is empty) of the codes refused
+    without asking the pool, in index order."""
+    order: list[int]
+    """Indexes of the codes first in ``fresh`` (ascending), as prepared."""
+    codes_enc: list[str]
+    pins_enc: list[str | None]
+    """Ciphertexts of the codes and PINs of ``order``, position by position."""
+    pg_columns: dict[str, Any] | None = None
+    """PostgreSQL: ``order``'s codes as the insert statements take them (``_joined``), made
+    by the thread that reads the codes while the writer waits for the database."""
+    _slots: dict[int, int] | None = field(default=None, repr=False)
+
+    def encrypted(self, index: int) -> tuple[str, str | None]:
+        """The ciphertexts of the code at ``index`` (one of ``order``)."""
+        if self._slots is None:
+            self._slots = {i: k for k, i in enumerate(self.order)}
+        k = self._slots[index]
+        return self.codes_enc[k], self.pins_enc[k]
 
 
-def _prepare_chunk(chunk: list[tuple[int, str, str | None, date | None]], keyring: Keyring
-                   ) -> _Prepared:
+def _prepare_chunk(chunk: list[tuple[int, str, str | None, date | None]], keyring: Keyring,
+                   *, pg: bool = False, batch_rank: int = NO_EXPIRY_RANK) -> _Prepared:
     hashes = keyring.hash_codes(c for _, c, _, _ in chunk)
     fresh: dict[str, int] = {}
-    repeats: list[tuple[int, int]] = []
+    skipped: list[tuple[int, int | None]] = []
     for index, digest in enumerate(hashes):
         if not chunk[index][1]:
+            skipped.append((index, None))
             continue
-        first = fresh.get(digest)
-        if first is None:
-            fresh[digest] = index
-        else:
-            repeats.append((index, first))
-    indexes = sorted(fresh.values())
-    codes_enc = keyring.encrypt_many(chunk[i][1] for i in indexes)
-    pins_enc = keyring.encrypt_many(chunk[i][2] for i in indexes)
-    encrypted = {i: (c, p) for i, c, p in zip(indexes, codes_enc, pins_enc, strict=True)}
-    return _Prepared(chunk, hashes, fresh, repeats, encrypted)  # type: ignore[arg-type]
+        first = fresh.setdefault(digest, index)
+        if first != index:
+            skipped.append((index, first))
+    order = list(fresh.values())  # ascending: filled in index order
+    codes_enc = keyring.encrypt_many(chunk[i][1] for i in order)
+    pins_enc = keyring.encrypt_many(chunk[i][2] for i in order)
+    prepared = _Prepared(chunk, hashes, fresh, skipped, order,
+                         codes_enc, pins_enc)  # type: ignore[arg-type]
+    if pg and order:
+        prepared.pg_columns = _joined(_pg_columns(prepared, order, batch_rank))
+    return prepared
 
 
 def _write_chunk(
     engine: Engine, batch: Any, batch_rank: int, prepared: _Prepared,
     report: AddCodesReport, ours: _Positions, actor: str, system: str, limit: int | None,
+    *, direct: _Direct | None,
 ) -> None:
+    """Check one prepared chunk against the pool and store what it adds (``add_codes``'s
+    writer; ``direct``: its own connection on PostgreSQL, None on SQLite)."""
     chunk, hashes, fresh = prepared.chunk, prepared.hashes, prepared.fresh
     report.received += len(chunk)
-    repeats = dict(prepared.repeats)
-    for index, (position, code, _, _) in enumerate(chunk):
-        if not code:
+    for index, first in prepared.skipped:
+        position, code = chunk[index][0], chunk[index][1]
+        if first is None:
             report.refuse(position, "", "empty code", RefusalRule.EMPTY)
-        elif index in repeats:
-            first = chunk[repeats[index]][0]
-            report.refuse(position, code, f"repeats position {first} of this upload",
-                          RefusalRule.REPEATED, first_position=first)
+        else:
+            earlier = chunk[first][0]
+            report.refuse(position, code, f"repeats position {earlier} of this upload",
+                          RefusalRule.REPEATED, first_position=earlier)
+    if not fresh:
+        return
     now = now_utc()
+    fits = limit is None or len(fresh) <= max(0, limit - report.added)
+    pg = direct is not None
+    if direct is not None and fits:
+        # the usual case, every new code fits and none is in the pool yet: one statement,
+        # committed on its own (codes, receipt and batch quantities together)
+        ids = _insert_new_codes_pg(direct, batch, prepared, now, actor, system)
+        if ids is not None:
+            ours.extend_arrays(ids, [chunk[i][0] for i in prepared.order])
+            report.added += len(ids)
+            return
     with session_scope(engine, immediate=True) as session:
-        pg = _is_pg(session)
         _custom_plans(session)
-        room = None if limit is None else max(0, limit - report.added)
-        if pg and (room is None or len(fresh) <= room):
-            # every new code fits: insert them all, then look up only the ones that were
-            # already there (one probe of the hash index per code instead of two)
+        if pg and fits:
+            # a code of the chunk is in the pool: the same codes, skipping those
             _insert_fresh_pg(session, batch, batch_rank, prepared, report, ours, now, actor,
                              system)
             return
@@ -764,18 +856,19 @@ def _write_chunk(
         if not fresh:
             return
         indexes = sorted(fresh.values())
-        encrypted = prepared.encrypted
         if pg:
             added = _insert_codes_pg(session, batch, now, actor, system,
-                                     _pg_columns(prepared, indexes, batch_rank))
+                                     _joined(_pg_columns(prepared, indexes, batch_rank)))
         else:
-            rows = [
-                {"code_hash": hashes[i], "code_enc": encrypted[i][0],
-                 "pin_enc": encrypted[i][1], "last4": last4(chunk[i][1]), "sku": batch.sku,
-                 "batch_no": batch.batch_no, "status": CodeStatus.IN_STOCK.value,
-                 "expiry_rank": expiry_rank(chunk[i][3]) if chunk[i][3] else batch_rank,
-                 "batch_seq": batch.seq, "updated_at": now}
-                for i in indexes]
+            rows = []
+            for i in indexes:
+                code_enc, pin_enc = prepared.encrypted(i)
+                rows.append({
+                    "code_hash": hashes[i], "code_enc": code_enc, "pin_enc": pin_enc,
+                    "last4": last4(chunk[i][1]), "sku": batch.sku, "batch_no": batch.batch_no,
+                    "status": CodeStatus.IN_STOCK.value,
+                    "expiry_rank": expiry_rank(chunk[i][3]) if chunk[i][3] else batch_rank,
+                    "batch_seq": batch.seq, "updated_at": now})
             added = _insert_codes_sqlite(session, rows, now, actor, system)
         by_hash = dict(fresh)
         ours.extend(sorted((code_id, chunk[by_hash.pop(digest)][0])
@@ -822,22 +915,12 @@ def _insert_fresh_pg(
     session: Session, batch: Any, batch_rank: int, prepared: _Prepared,
     report: AddCodesReport, ours: _Positions, now: datetime, actor: str, system: str,
 ) -> None:
-    """PostgreSQL, when no limit can refuse a code: insert every new code of the chunk (a hash
-    already in the pool is skipped by the insert), then refuse the skipped ones as found."""
+    """PostgreSQL, when no limit can refuse a code but one of the chunk is in the pool:
+    insert every new code of the chunk (a hash already in the pool is skipped by the
+    insert), then refuse the skipped ones as found."""
     chunk, fresh = prepared.chunk, prepared.fresh
-    if not fresh:
-        return
-    columns = _pg_columns(prepared, sorted(fresh.values()), batch_rank)
-    try:
-        # the usual case, no code of the chunk in the pool yet: a plain insert probes the hash
-        # index once a code; ON CONFLICT would look each one up first and then insert it
-        with session.begin_nested():
-            added = _insert_codes_pg(session, batch, now, actor, system, columns,
-                                     skip_existing=False)
-    except UniqueViolation as exc:  # raised by the driver: _pg runs on its cursor
-        if exc.diag.constraint_name != HASH_UNIQUE:
-            raise
-        added = _insert_codes_pg(session, batch, now, actor, system, columns)
+    added = _insert_codes_pg(session, batch, now, actor, system, prepared.pg_columns
+                             or _joined(_pg_columns(prepared, prepared.order, batch_rank)))
     skipped = dict(fresh)
     new_ids = []
     for code_id, digest in added:
@@ -853,12 +936,25 @@ def _insert_fresh_pg(
 def _pg_columns(prepared: _Prepared, indexes: list[int], batch_rank: int
                 ) -> dict[str, list[Any]]:
     """The columns ``_insert_codes_pg`` takes, for these codes of the chunk."""
-    chunk, encrypted = prepared.chunk, prepared.encrypted
-    return {"h": [prepared.hashes[i] for i in indexes],
-            "c": [encrypted[i][0] for i in indexes],
-            "p": [encrypted[i][1] for i in indexes],
+    chunk = prepared.chunk
+    if indexes == prepared.order:
+        codes_enc, pins_enc = prepared.codes_enc, prepared.pins_enc
+    else:
+        encrypted = [prepared.encrypted(i) for i in indexes]
+        codes_enc, pins_enc = [c for c, _ in encrypted], [p for _, p in encrypted]
+    return {"h": [prepared.hashes[i] for i in indexes], "c": codes_enc, "p": pins_enc,
             "l": [last4(chunk[i][1]) for i in indexes],
             "r": [expiry_rank(chunk[i][3]) if chunk[i][3] else batch_rank for i in indexes]}
+
+
+def _joined(columns: dict[str, list[Any]]) -> dict[str, Any]:
+    """The columns as the insert statements take them. Hashes, ciphertexts (urlsafe base64)
+    and ranks never hold a comma, so they travel as one comma-joined text each (a binary
+    array costs the driver a Python call per element); the last four characters of a code
+    may be anything and go as an array."""
+    return {"h": ",".join(columns["h"]), "c": ",".join(columns["c"]),
+            "p": ",".join([p or "" for p in columns["p"]]),
+            "r": ",".join(map(str, columns["r"])), "l": columns["l"]}
 
 
 def _received(session: Session, batch: Any, report: AddCodesReport, n: int, now: datetime
@@ -889,18 +985,40 @@ WITH receipt AS (
          WITH ORDINALITY AS v(h, c, p, l, r, o)
     ORDER BY v.o
     {on_conflict}
-    RETURNING id, code_hash
+    RETURNING {returning}
 ), rec AS (
     INSERT INTO code_receipt (id, batch_no, at, actor, system, detail)
     SELECT id, :batch_no, :now, :actor, :system, :detail FROM receipt
     WHERE EXISTS (SELECT 1 FROM ins)
-)
-SELECT id, code_hash FROM ins
+){rest}
 """
 """The chunk's new codes and, if there are any, their receipt (the first entry of each one's
 chronology), in one statement."""
-_PG_INSERT_CODES = _PG_INSERT_CODES_SQL.format(on_conflict="ON CONFLICT (code_hash) DO NOTHING")
-_PG_INSERT_NEW_CODES = _PG_INSERT_CODES_SQL.format(on_conflict="")
+_PG_INSERT_CODES = _PG_INSERT_CODES_SQL.format(
+    on_conflict="ON CONFLICT (code_hash) DO NOTHING", returning="id, code_hash",
+    rest="\nSELECT id, code_hash FROM ins")
+_PG_INSERT_NEW_CODES = _PG_INSERT_CODES_SQL.format(on_conflict="", returning="id", rest="""
+, added AS (
+    SELECT count(*) AS n FROM ins
+), batch AS (
+    UPDATE pool_batch b SET quantity = b.quantity + a.n, remaining = b.remaining + a.n,
+           available = b.available + a.n, updated_at = :now,
+           status = COALESCE(NULLIF(b.status, 'sold_out'), 'active')
+    FROM added a WHERE b.batch_no = :batch_no AND a.n > 0
+)
+SELECT string_agg(id::text, ',') AS ids,
+       set_config('synchronous_commit', 'off', true) AS flushed_by_a_later_commit
+FROM ins""")
+"""Codes none of which is in the pool (a plain insert probes the hash index once a code; ON
+CONFLICT would look each one up first and then insert it; one already there fails the
+statement on ``uq_pool_code_hash``), their receipt and the batch's quantities, committed as
+one statement. The ids come back in input order (the order of the insert and of RETURNING).
+
+The commit does not wait for the disk (``synchronous_commit`` off for this transaction
+only): a database that crashed right after it could lose this chunk, exactly as if the
+upload had stopped before it. Nothing can sell these codes before the upload's end (their
+batch stays frozen) and that end is an ordinary commit, which writes everything committed
+before it to disk first."""
 HASH_UNIQUE = "uq_pool_code_hash"
 
 
@@ -910,23 +1028,46 @@ def _receipt_detail(batch_no: str) -> str:
 
 def _insert_codes_pg(
     session: Session, batch: Any, now: datetime, actor: str, system: str,
-    columns: dict[str, list[Any]], *, skip_existing: bool = True,
+    columns: dict[str, Any],
 ) -> list[tuple[int, str]]:
     """``columns``: the codes' hashes (h), ciphertexts (c), PIN ciphertexts (p), last four
-    characters (l) and expiry ranks (r), in input order. Hashes, ciphertexts (urlsafe base64)
-    and ranks never hold a comma, so they travel as one comma-joined text each (a binary
-    array costs the driver a Python call per element); the last four characters of a code
-    may be anything and go as an array.
-
-    ``skip_existing``: a code already in the pool is left out (``ON CONFLICT DO NOTHING``);
-    without it, one fails the statement on ``uq_pool_code_hash`` (cheaper when none is)."""
-    joined = {"h": ",".join(columns["h"]), "c": ",".join(columns["c"]),
-              "p": ",".join(p or "" for p in columns["p"]),
-              "r": ",".join(map(str, columns["r"])), "l": columns["l"]}
-    result = _pg(session, _PG_INSERT_CODES if skip_existing else _PG_INSERT_NEW_CODES, {
-        **joined, "sku": batch.sku, "batch_no": batch.batch_no, "seq": batch.seq,
-        "now": now, "actor": actor, "system": system, "detail": _receipt_detail(batch.batch_no)})
+    characters (l) and expiry ranks (r), in input order, as ``_joined`` makes them. A code
+    already in the pool is left out (``ON CONFLICT DO NOTHING``)."""
+    result = _pg(session, _PG_INSERT_CODES, {**columns, **_insert_params(batch, now, actor,
+                                                                          system)})
     return [(int(i), h) for i, h in result]
+
+
+def _insert_params(batch: Any, now: datetime, actor: str, system: str) -> dict[str, Any]:
+    return {"sku": batch.sku, "batch_no": batch.batch_no, "seq": batch.seq, "now": now,
+            "actor": actor, "system": system, "detail": _receipt_detail(batch.batch_no)}
+
+
+def _insert_new_codes_pg(direct: _Direct, batch: Any, prepared: _Prepared, now: datetime,
+                         actor: str, system: str) -> array[int] | None:
+    """Every code of ``prepared.order`` in one statement of its own (``_PG_INSERT_NEW_CODES``:
+    one round trip to the database a chunk, with no transaction around it). Returns their
+    ids in that order, or None when one is already in the pool (nothing is written)."""
+    assert prepared.pg_columns is not None
+    driver = direct.driver()
+    try:
+        row = _pg_cursor(driver, _PG_INSERT_NEW_CODES, {
+            **prepared.pg_columns, **_insert_params(batch, now, actor, system)},
+            prepare=False).fetchone()
+    except UniqueViolation as exc:
+        if exc.diag.constraint_name != HASH_UNIQUE:
+            raise
+        return None
+    ids = array("q", map(int, row.ids.split(",")))
+    if len(ids) != len(prepared.order):
+        raise PoolError(f"batch {batch.batch_no}: {len(ids)} codes stored of "
+                        f"{len(prepared.order)} sent")
+    if all(a < b for a, b in pairwise(ids)):
+        return ids
+    # not in input order (never seen): place each id by its code's hash
+    found = dict(_pg_cursor(driver, "SELECT code_hash, id FROM pool_code WHERE id = ANY(:ids)",
+                            {"ids": list(ids)}).fetchall())
+    return array("q", [found[prepared.hashes[i]] for i in prepared.order])
 
 
 def _insert_codes_sqlite(

@@ -7,6 +7,7 @@ Every test runs on both databases (the ``engine`` fixture); the multi-process te
 from __future__ import annotations
 
 import json
+import threading
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -173,6 +174,84 @@ def test_receiving_codes_raises_the_batch_and_logs_each_code(engine, ring):
     with pytest.raises(PoolError, match="API batch"):
         codes(engine, ring, "A1", ["X-1"])
 
+
+
+def _writer_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("add-codes")]
+
+
+def test_an_error_in_the_writer_stops_the_chunks_behind_it(engine, ring, monkeypatch):
+    """Chunks are written by one thread while the next ones are prepared; when one fails, the
+    chunks queued behind it are not written, the error reaches the caller, no thread is left."""
+    batch(engine, "B1", "SKU1")
+    real, written = pool._write_chunk, []
+    third_queued = threading.Event()
+
+    def flaky(*args: Any, **kwargs: Any) -> None:
+        written.append(args[3].chunk[0][0])  # the chunk's first position
+        if len(written) == 2:
+            assert third_queued.wait(10)
+            raise ConnectionError("database went away")
+        real(*args, **kwargs)
+
+    def items() -> Any:
+        for i in range(1, 11):
+            if i == 7:  # chunks of two: the third was handed to the writer before this
+                third_queued.set()
+            yield (f"PIPE-{i:04d}", None, None)
+
+    monkeypatch.setattr(pool, "_write_chunk", flaky)
+    with pytest.raises(ConnectionError, match="database went away"):
+        add_codes(engine, "B1", items(), ring, actor="t", system="t", chunk_size=2)
+    assert written == [1, 3]  # the third chunk (positions 5-6) was queued, never written
+    assert not _writer_threads()
+    assert rows(engine, "SELECT count(*) FROM pool_code")[0][0] == 2
+    assert batch_row(engine, "B1").quantity == 2
+
+
+def test_an_error_reading_the_codes_keeps_whole_chunks(engine, ring):
+    """The input breaking off midway: the chunks handed over are whole in the pool (codes,
+    receipts and quantities agree), the error reaches the caller, no thread is left."""
+    batch(engine, "B1", "SKU1")
+
+    def items() -> Any:
+        for i in range(1, 10):
+            yield (f"READ-{i:04d}", None, None)
+        raise OSError("the file went away")
+
+    with pytest.raises(OSError, match="went away"):
+        add_codes(engine, "B1", items(), ring, actor="t", system="t", chunk_size=2)
+    assert not _writer_threads()
+    stored = rows(engine, "SELECT count(*) FROM pool_code")[0][0]
+    receipts = rows(engine, "SELECT count(*) FROM code_receipt")[0][0]
+    assert stored % 2 == 0 and stored == 2 * receipts and stored <= 8
+    assert batch_row(engine, "B1").quantity == stored
+
+
+def test_codes_sent_in_one_statement_leave_the_connections_as_they_were(pg_engine, ring):
+    """PostgreSQL writes a chunk as one statement outside a transaction, committed without
+    waiting for the disk: neither setting outlives it on the pooled connection."""
+    batch(pg_engine, "B1", "SKU1")
+    report = codes(pg_engine, ring, "B1", [f"CONN-{i:04d}" for i in range(5)], chunk_size=2)
+    assert report.added == 5
+    with pg_engine.connect() as conn:
+        assert conn.connection.driver_connection.autocommit is False
+        assert conn.execute(text("SHOW synchronous_commit")).scalar() == "on"
+
+
+def test_ids_come_back_to_their_codes_in_any_order(pg_engine, ring, monkeypatch):
+    """Should the database hand a chunk's ids back out of input order, each is placed by its
+    code's hash: a later repeat still names the right first position."""
+    batch(pg_engine, "B1", "SKU1")
+    monkeypatch.setattr(pool, "_PG_INSERT_NEW_CODES", pool._PG_INSERT_NEW_CODES.replace(
+        "string_agg(id::text, ',')", "string_agg(id::text, ',' ORDER BY id DESC)"))
+    report = codes(pg_engine, ring, "B1", ["ORD-0001", "ORD-0002", "ORD-0003", "ORD-0004",
+                                           "ORD-0003", "ORD-0001"], chunk_size=4)
+    assert report.added == 4
+    assert [(r.position, r.reason) for r in report.refusals] == [
+        (5, "repeats position 3 of this upload"), (6, "repeats position 1 of this upload")]
+    stored = rows(pg_engine, "SELECT code_hash FROM pool_code ORDER BY id")
+    assert [r.code_hash for r in stored] == [ring.hash_code(f"ORD-000{i}") for i in range(1, 5)]
 
 
 def test_a_code_always_names_a_batch_that_exists(engine, ring):
