@@ -32,6 +32,7 @@ from canonical import TraceKind
 from connectors.payments.acquirer import REQUIRED as ACQUIRER_REQUIRED
 from connectors.payments.common import _ABBREVIATIONS, PaymentFileError
 from connectors.payments.wallet_balance import REQUIRED as WALLET_REQUIRED
+from connectors.payments.wallet_balance import TYPES as WALLET_TYPES
 from mappings.payments import ACQUIRER_KINDS as ROW_ACQUIRER_KINDS
 from mappings.reconcile import Rules
 
@@ -153,6 +154,11 @@ def _check(con: Any, table: str, file: str, pairs: Sequence[tuple[str, str]]) ->
     raise PaymentFileError(file, "invalid_amount", "an amount cannot be read", line=line)
 
 
+RowCheck = tuple[str, str, str, str]
+"""A rule a row of a file's text must keep, for the explaining pass: the column named, SQL
+that is true for a row breaking it, the rule's name, and its sentence (``{value}`` is the
+column's text)."""
+
 ACQUIRER_KINDS = {name: kind.value for name, kind in ROW_ACQUIRER_KINDS.items()
                   if kind in {TraceKind.PAYMENT, TraceKind.REFUND, TraceKind.CHARGEBACK,
                               TraceKind.PAYOUT}}
@@ -177,10 +183,11 @@ def _invalid(amount: str, value: str | None = None) -> str:
     seventh decimal that is not a trailing zero, is flagged (the regular expression only for
     the rare text with seven decimals or more). Its currency and its exactness to the
     currency's minor unit are checked once the file is in (one CASE over the few currencies
-    it holds, instead of a lookup per row). ``value`` names the decimal when the query has
-    it already."""
+    it holds, instead of a lookup per row). A digit separator (``1_000``), which the cast
+    takes, is flagged too. ``value`` names the decimal when the query has it already."""
     a, v = f'r."{amount}"', value or _amount(amount)
     return (f"({a} IS NOT NULL AND ({v} < 0 OR contains({a}, 'e') OR contains({a}, 'E')"
+            f" OR contains({a}, '_')"
             f" OR ({a} LIKE '%._______%' AND NOT regexp_full_match({a},"
             f" '\\s*[+]?[0-9]*[.]{'[0-9]' * 6}0*\\s*'))))")
 
@@ -293,7 +300,8 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
              pairs: Sequence[tuple[str, str]], typed: dict[str, str] | None = None,
              stored: Sequence[tuple[str, str]] = (),
              cast: dict[str, str] | None = None,
-             timestamp_format: str | None = TIMESTAMP_FORMAT) -> None:
+             timestamp_format: str | None = TIMESTAMP_FORMAT,
+             rows: Sequence[RowCheck] = ()) -> None:
         """Read one file into ``table``; ``cast`` names text columns the insert casts (so a
         failed insert is explained by them too)."""
         nonlocal number
@@ -321,7 +329,7 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
                 refused.append(str(_syntax_error(path.name, exc)))
             else:
                 if not _guard(con, "explain", path.name, pairs, refused,
-                              {**(typed or {}), **(cast or {})}, timestamp_format):
+                              {**(typed or {}), **(cast or {})}, timestamp_format, rows):
                     refused.append(f"{path.name}: an amount cannot be read [invalid_amount]")
             finally:
                 con.execute("SET preserve_insertion_order=false")
@@ -363,10 +371,24 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
         f"WHEN '{name}' THEN INTERVAL '{minutes} minutes'" for name, minutes in _zones()) \
         + " ELSE CASE upper(trim(\"TimeZone\")) " + " ".join(
             f"WHEN '{name}' THEN INTERVAL '{minutes} minutes'" for name, minutes in _zones()) \
-        + " END END"
+        + f" ELSE to_minutes({_offset_minutes('TimeZone')}) END END"
     card_files = []  # the acquirer's (their payouts are checked against their batches)
     amounts = ", ".join(f"{_amount(a)} AS \"{a}:\"" for a, _ in ACQ_AMOUNTS)
     checks = " OR ".join(_invalid(a, f'r."{a}:"') for a, _ in ACQ_AMOUNTS)
+    # a row the row reader refuses whole: debit and credit both filled, no amount at all,
+    # an exchange rate that is not a number
+    acquirer_rows: list[RowCheck] = [
+        ("Gross Debit (GC)", '"Gross Debit (GC)" IS NOT NULL AND "Gross Credit (GC)" IS NOT '
+         "NULL", "debit_and_credit", "both Gross Debit and Gross Credit are filled"),
+        ("Net Debit (NC)", '"Net Debit (NC)" IS NOT NULL AND "Net Credit (NC)" IS NOT NULL',
+         "debit_and_credit", "both Net Debit and Net Credit are filled"),
+        ("Gross Credit (GC)", " AND ".join(f'"{a}" IS NULL' for a, _ in ACQ_AMOUNTS[:4]),
+         "amount_missing", "no gross or net amount"),
+        ("Exchange Rate", '"Exchange Rate" IS NOT NULL AND TRY_CAST("Exchange Rate" AS DOUBLE)'
+         " IS NULL", "amount_format", "{value!r} is not a number"),
+    ]
+    whole = " OR ".join(re.sub(r'"([^"]+)"', r'r."\1"', f"({bad})")
+                        for _, bad, _, _ in acquirer_rows)
     for path in acquirer:
         card_files.append(number + 1)
         take("traces", path, ACQUIRER_REQUIRED, f"""INSERT INTO traces SELECT {{n}},
@@ -383,23 +405,33 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
             coalesce(r."Commission (NC):", 0),
             coalesce(r."Net Credit (NC):", -r."Net Debit (NC):"),
             CAST(r."Creation Date" - r.zone AS DATE),
-            r."Batch Number", {_flag('r.zone IS NULL OR ' + checks)}
+            r."Batch Number", {_flag('r.zone IS NULL OR ' + checks + ' OR ' + whole)}
             FROM (SELECT *, {kinds} AS kind, {zone} AS zone, {amounts}
                   FROM {{src}} r) r""",
              ACQ_AMOUNTS, {"Creation Date": "TIMESTAMP", "Gross Currency": "currency",
                            "Net Currency": "currency"},
-             [("amount", "currency"), ("fee", "net_currency"), ("net", "net_currency")])
+             [("amount", "currency"), ("fee", "net_currency"), ("net", "net_currency")],
+             rows=acquirer_rows)
     phase("read_card")
+    # a wallet type is one of the reader's, in any case (as ``choice`` takes it)
+    types = ", ".join(f"'{t}'" for t in WALLET_TYPES)
+    wallet_rows: list[RowCheck] = [
+        ("type", "type IS NULL", "required", "empty; a value is required"),
+        ("type", f"type IS NOT NULL AND lower(trim(type)) NOT IN ({types})", "enum",
+         "{value!r} is not one of " + ", ".join(WALLET_TYPES)),
+    ]
     for path in wallet:
         take("traces", path, WALLET_REQUIRED, f"""INSERT INTO traces SELECT {{n}},
-            CASE r.type WHEN 'payment' THEN 'payment'::kind WHEN 'refund' THEN 'refund'::kind
-                        WHEN 'payout' THEN 'payout'::kind ELSE 'other'::kind END,
+            CASE r.t WHEN 'payment' THEN 'payment'::kind WHEN 'refund' THEN 'refund'::kind
+                     WHEN 'payout' THEN 'payout'::kind ELSE 'other'::kind END,
             'wallet:' || r.site, r.transaction_id, r.order_id, NULL, r.currency, r.currency,
-            {_amount('amount')}, r.type IN ('payment', 'adjustment_credit'), 0, NULL,
-            CAST(r.created_at AS DATE), r.settlement_id, {_flag(_invalid('amount'))}
-            FROM {{src}} r""",
+            {_amount('amount')}, r.t IN ('payment', 'adjustment_credit'), 0, NULL,
+            CAST(r.created_at AS DATE), r.settlement_id,
+            {_flag(f"r.t IS NULL OR r.t NOT IN ({types}) OR " + _invalid('amount'))}
+            FROM (SELECT *, CASE WHEN type IN ({types}) THEN type
+                                 ELSE lower(trim(type)) END AS t FROM {{src}} r) r""",
              [("amount", "currency")], {"created_at": "TIMESTAMPTZ", "currency": "currency"},
-             [("amount", "currency")])
+             [("amount", "currency")], rows=wallet_rows)
 
     phase("read_wallet")
     d = f"DATE '{day.isoformat()}'"
@@ -636,11 +668,13 @@ def _abs_tol(rules: Rules) -> str:
 
 def _guard(con: Any, table: str, file: str, pairs: Sequence[tuple[str, str]],
            refused: list[str], typed: dict[str, str] | None = None,
-           timestamp_format: str | None = TIMESTAMP_FORMAT) -> bool:
-    """True when the file was refused: its amounts, then its dates, times and time zones."""
+           timestamp_format: str | None = TIMESTAMP_FORMAT,
+           rows: Sequence[RowCheck] = ()) -> bool:
+    """True when the file was refused: its amounts, then its dates, times, time zones and
+    the rules of ``rows``."""
     try:
         _check(con, table, file, pairs)
-        _check_times(con, table, file, typed or {}, timestamp_format)
+        _check_times(con, table, file, typed or {}, timestamp_format, rows)
     except PaymentFileError as exc:
         refused.append(str(exc))
         return True
@@ -648,12 +682,14 @@ def _guard(con: Any, table: str, file: str, pairs: Sequence[tuple[str, str]],
 
 
 def _check_times(con: Any, table: str, file: str, typed: dict[str, str],
-                 timestamp_format: str | None = TIMESTAMP_FORMAT) -> None:
+                 timestamp_format: str | None = TIMESTAMP_FORMAT,
+                 rows: Sequence[RowCheck] = ()) -> None:
     """Refuse the file at its first date, time or time zone the typed read could not take
-    (the row readers' rules: ``date_format``, ``datetime_format``, ``timezone_unknown``)."""
+    (the row readers' rules: ``date_format``, ``datetime_format``, ``timezone_unknown``),
+    or its first row that breaks one of ``rows`` (the first line of them all)."""
     zones = ", ".join(f"'{name}'" for name, _ in _zones())
     names = {d[0] for d in con.execute(f"SELECT * FROM {table} LIMIT 0").description}
-    tests = []
+    tests: list[tuple[str, str, str, str]] = []
     for column, kind in typed.items():
         c = '"' + column.replace('"', '""') + '"'
         if kind == "DATE":
@@ -665,19 +701,40 @@ def _check_times(con: Any, table: str, file: str, typed: dict[str, str],
         elif kind == "TIMESTAMPTZ":
             tests.append((column, f"TRY_CAST({c} AS TIMESTAMPTZ) IS NULL", "datetime_format",
                           "a date and time"))
+        elif kind == "DOUBLE":
+            tests.append((column, f"TRY_CAST({c} AS DOUBLE) IS NULL", "amount_format",
+                          "a number"))
+    tests = [(c, f'"{c}" IS NOT NULL AND {bad}', rule, f"{{value!r}} is not {what}")
+             for c, bad, rule, what in tests]
     if "TimeZone" in names:
-        tests.append(("TimeZone", f'upper(trim("TimeZone")) NOT IN ({zones})', "timezone_unknown",
-                      "a time zone"))
+        tests.append(("TimeZone", f'"TimeZone" IS NOT NULL AND upper(trim("TimeZone")) NOT IN '
+                      f"({zones}) AND {_offset_minutes('TimeZone')} IS NULL",
+                      "timezone_unknown", "{value!r} is not a time zone"))
+    tests.extend(rows)
     first = None
-    for column, bad, rule, what in tests:
+    for column, bad, rule, message in tests:
         c = '"' + column.replace('"', '""') + '"'
         row = con.execute(f"""SELECT line, {c} FROM (SELECT row_number() OVER () + 1 AS line,
-            * FROM {table}) WHERE {c} IS NOT NULL AND {bad} ORDER BY line LIMIT 1""").fetchone()
+            * FROM {table}) WHERE {bad} ORDER BY line LIMIT 1""").fetchone()
         if row and (first is None or row[0] < first[0]):
-            first = (row[0], column, row[1], rule, what)
+            first = (row[0], column, row[1], rule, message)
     if first is not None:
-        line, column, value, rule, what = first
-        raise PaymentFileError(file, rule, f"{value!r} is not {what}", line=line, field=column)
+        line, column, value, rule, message = first
+        raise PaymentFileError(file, rule, message.format(value=value), line=line,
+                               field=column)
+
+
+def _offset_minutes(column: str) -> str:
+    """SQL: a time zone written as an offset (``+08:00``, ``-0530``, ``GMT+8``, as
+    ``parse_timezone`` takes it) in minutes east of UTC; NULL when it is not one."""
+    c = f'trim("{column}")'
+    # no braces: the expression goes into templates that are formatted
+    pattern = "'^(?:UTC|GMT)?([+-])([0-9][0-9]?):?([0-9][0-9])?$'"
+    hours = f"CAST(regexp_extract({c}, {pattern}, 2) AS INTEGER)"
+    minutes = f"coalesce(TRY_CAST(regexp_extract({c}, {pattern}, 3) AS INTEGER), 0)"
+    return (f"CASE WHEN regexp_full_match({c}, {pattern}) AND {hours} < 24 THEN"
+            f" (CASE regexp_extract({c}, {pattern}, 1) WHEN '-' THEN -1 ELSE 1 END)"
+            f" * ({hours} * 60 + {minutes}) END")
 
 
 __all__ = ["ColumnarResult", "reconcile_columnar"]

@@ -216,3 +216,68 @@ def test_a_file_the_csv_reader_cannot_parse_is_refused_at_its_line_and_the_other
     assert refused == [f"{kind}_bad.csv: " + expected.format(
         width=width, more=width + 1, fewer=width - 1)]
     assert accuracy == 1.0
+
+
+def refused_with_cells_changed(tmp_path, kind: str, cells: dict[int, str]) -> list[str]:
+    """As ``refused_with_one_cell_changed``, for cells that may be empty before or after."""
+    files = generate(tmp_path, 200)["files"]
+    lines = files[kind][0].read_text().splitlines()
+    row = lines[2].split(",")
+    for column, value in cells.items():
+        row[column] = value
+    bad = tmp_path / f"{kind}_bad.csv"
+    bad.write_text("\n".join([lines[0], lines[1], ",".join(row), lines[3]]) + "\n")
+    inputs = {k: files[k] for k in ("orders", "deliveries", "acquirer", "wallet")}
+    inputs[kind] = [*inputs[kind], bad]
+    result = reconcile_columnar(load_rules(), DAY, **inputs)
+    assert result.orders == 200
+    return result.refused
+
+
+@pytest.mark.parametrize(("kind", "cells", "expected"), [
+    # the rules of the row readers that a typed read alone would let through
+    ("wallet", {6: "1_000"}, "line 3: amount: '1_000' is not a decimal amount [amount_format]"),
+    ("orders", {5: "1_0.00"}, "line 3: total: '1_0.00' is not a decimal amount "
+                              "[amount_format]"),
+    ("wallet", {2: "transfer"}, "line 3: type: 'transfer' is not one of payment, refund, "
+                                "payout, adjustment_credit, adjustment_debit [enum]"),
+    ("wallet", {2: ""}, "line 3: type: empty; a value is required [required]"),
+    ("acquirer", {10: "9.55"}, "line 3: Gross Debit (GC): both Gross Debit and Gross Credit "
+                               "are filled [debit_and_credit]"),
+    ("acquirer", {14: "9.36"}, "line 3: Net Debit (NC): both Net Debit and Net Credit are "
+                               "filled [debit_and_credit]"),
+    ("acquirer", {11: "", 15: ""}, "line 3: Gross Credit (GC): no gross or net amount "
+                                   "[amount_missing]"),
+    ("acquirer", {12: "one"}, "line 3: Exchange Rate: 'one' is not a number [amount_format]"),
+    ("acquirer", {6: "+25:00"}, "line 3: TimeZone: '+25:00' is not a time zone "
+                                "[timezone_unknown]"),
+])
+def test_a_row_the_row_reader_refuses_whole_is_refused_with_its_rule(tmp_path, kind, cells,
+                                                                     expected):
+    assert refused_with_cells_changed(tmp_path, kind, cells) == [f"{kind}_bad.csv: {expected}"]
+
+
+def test_zones_as_offsets_and_wallet_types_in_any_case_read_as_the_row_engine_reads_them(
+        tmp_path):
+    """``+08:00`` and ``GMT+8`` are time zones, ``PAYMENT`` a wallet payment, for the row
+    readers: the columnar path takes them too, and every entity gets the row engine's
+    classes."""
+    from bench.reconcile import accuracy, python_labels
+
+    data = generate(tmp_path, 400, jsonl=True)
+    files = data["files"]
+    for kind, column, values in (("acquirer", 6, ("+08:00", "GMT+8", "+0800")),
+                                 ("wallet", 2, ("PAYMENT", " Payment"))):
+        lines = files[kind][0].read_text().splitlines()
+        for n in range(1, len(lines)):
+            cells = lines[n].split(",")
+            if kind == "acquirer" or cells[column] == "payment":
+                cells[column] = values[n % len(values)]
+            lines[n] = ",".join(cells)
+        files[kind][0].write_text("\n".join(lines) + "\n")
+    result = reconcile_columnar(load_rules(), DAY, orders=files["orders"],
+                                deliveries=files["deliveries"], acquirer=files["acquirer"],
+                                wallet=files["wallet"], labels=True)
+    assert result.refused == []
+    assert accuracy(data["truth"], result.labels) == 1.0
+    assert result.labels == python_labels(tmp_path, files)
