@@ -1051,9 +1051,10 @@ def _insert_new_codes_pg(direct: _Direct, batch: Any, prepared: _Prepared, now: 
     assert prepared.pg_columns is not None
     driver = direct.driver()
     try:
+        # prepared by the driver from its sixth chunk on: planning the statement again for
+        # every chunk (it reads no table a plan could get wrong) cost more than its trigger
         row = _pg_cursor(driver, _PG_INSERT_NEW_CODES, {
-            **prepared.pg_columns, **_insert_params(batch, now, actor, system)},
-            prepare=False).fetchone()
+            **prepared.pg_columns, **_insert_params(batch, now, actor, system)}).fetchone()
     except UniqueViolation as exc:
         if exc.diag.constraint_name != HASH_UNIQUE:
             raise
