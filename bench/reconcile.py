@@ -244,6 +244,7 @@ def main(argv: list[str]) -> int:
         from flows.reconcile_columnar import reconcile_columnar
 
         rules = load_rules()
+        load_before = os.getloadavg()[0]
         # CPU seconds too (every thread of the process): on a shared machine the wall clock
         # of either side also measures the neighbours
         cpu = time.process_time()
@@ -254,6 +255,7 @@ def main(argv: list[str]) -> int:
         vouchflow_s = time.perf_counter() - started
         vouchflow_cpu_s = time.process_time() - cpu
         baseline_s, baseline_matched, baseline_cpu_s = baseline(files)
+        load_after = os.getloadavg()[0]
         out: dict[str, Any] = {
             "bench": "reconcile",
             "scale": {"orders": args.orders, "traces": result.traces,
@@ -267,6 +269,9 @@ def main(argv: list[str]) -> int:
             "refused": result.refused, "baseline_matched": baseline_matched,
             "generated_s": generated_s, "baseline": BASELINE,
             "vouchflow_phases_s": result.phases,
+            # the machine's 1-minute load before and after the timed runs: on a shared box
+            # it moves these figures more than anything
+            "load_avg_1m": [round(load_before, 2), round(load_after, 2)],
         }
         if args.check:
             python = python_labels(folder, files)
