@@ -4,13 +4,16 @@ A file of ``--codes`` codes (``code,pin,expires_at``; a PIN on every code with `
 written to disk (not timed). vouchflow: the portal runs in its own process (uvicorn, the real
 app) and the file is streamed to ``POST /vendor/purchase-orders/{po}/lines/1/codes`` in 64 KB
 pieces; the time is from the first byte sent to the answer, which comes after every row is
-checked, every accepted code is hashed, encrypted and stored with its event, and the receipt
-is recorded. ``peak_rss_mb`` is the portal process's peak resident memory (``VmHWM``), which
-stays flat however large the file. With ``--via function`` the same streaming function runs in
-this process instead. The baseline reads the same file with ``csv``, hashes (HMAC-SHA256) and
-encrypts (``Fernet.encrypt``) each code and loads them into a bare table with a primary key
-on the hash (PostgreSQL ``COPY``; SQLite ``executemany``): the same essential work without
-checks, events, batches or receipts.
+checked, every accepted code is hashed, encrypted and stored (with its chunk's receipt), and
+the purchase order's receipt is recorded. ``peak_rss_mb`` is the portal process's peak
+resident memory (``VmHWM``), which stays flat however large the file; ``portal_cpu_s`` and
+``postgres_backend_cpu_s`` are the CPU seconds the portal process and the PostgreSQL backends
+serving it used meanwhile (on a shared machine the wall clock also measures the neighbours).
+With ``--via function`` the same streaming function runs in this process instead. The
+baseline reads the same file with ``csv``, hashes (HMAC-SHA256) and encrypts
+(``Fernet.encrypt``) each code and loads them into a bare table with a primary key on the hash
+(PostgreSQL ``COPY``; SQLite ``executemany``): the same essential work without checks, events,
+batches or receipts.
 """
 
 from __future__ import annotations
@@ -126,12 +129,38 @@ def cpu_s(pid: int) -> float | None:
         return None
 
 
+PORTAL_APP = "vf-bench-portal"
+"""The portal process's PostgreSQL sessions go by this application name, so that the CPU of
+the database backends serving the upload can be told from the rest of the server's."""
+
+
+def backend_cpu(url: str) -> dict[int, float]:
+    """CPU seconds used so far by each PostgreSQL backend serving the portal (Linux, local
+    server)."""
+    from sqlalchemy import text
+
+    from state.db import make_engine
+
+    engine = make_engine(url, pool_size=1, max_overflow=0)
+    try:
+        with engine.connect() as conn:
+            pids = list(conn.execute(text("SELECT pid FROM pg_stat_activity "
+                                          "WHERE application_name = :app"),
+                                     {"app": PORTAL_APP}).scalars())
+    finally:
+        engine.dispose()
+    return {pid: used for pid in pids if (used := cpu_s(pid)) is not None}
+
+
 def via_http(url: str, path: Path, found: dict[str, Any]) -> tuple[float, dict[str, Any], float]:
     import httpx
 
     port = free_port()
+    pg = not url.startswith("sqlite")
+    portal_url = url + ("&" if "?" in url else "?") + f"application_name={PORTAL_APP}" \
+        if pg else url
     server = subprocess.Popen([sys.executable, "-m", "bench.code_upload", "--serve",
-                               str(port)], env={**os.environ, "VOUCHFLOW_DATABASE_URL": url})
+                               str(port)], env={**os.environ, "VOUCHFLOW_DATABASE_URL": portal_url})
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -144,6 +173,7 @@ def via_http(url: str, path: Path, found: dict[str, Any]) -> tuple[float, dict[s
             if time.monotonic() > deadline or server.poll() is not None:
                 raise RuntimeError("the portal did not start")
             time.sleep(0.1)
+        backends_before = backend_cpu(url) if pg else {}
         cpu_before = cpu_s(server.pid) or 0.0
         started = time.perf_counter()
         with httpx.Client(timeout=None) as client:
@@ -158,6 +188,10 @@ def via_http(url: str, path: Path, found: dict[str, Any]) -> tuple[float, dict[s
         peak = vm_hwm_mb(server.pid) or 0.0
         used = cpu_s(server.pid)
         CPU["portal"] = round(used - cpu_before, 2) if used is not None else None
+        if pg:
+            after = backend_cpu(url)
+            CPU["postgres_backends"] = round(sum(
+                cpu - backends_before.get(pid, 0.0) for pid, cpu in after.items()), 2)
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -297,6 +331,7 @@ def main(argv: list[str]) -> int:
         "codes_per_s": round(args.codes / vouchflow_s),
         "peak_rss_mb": peak,
         "portal_cpu_s": CPU.get("portal"),
+        "postgres_backend_cpu_s": CPU.get("postgres_backends"),
         "codes_per_portal_cpu_s": round(args.codes / CPU["portal"]) if CPU.get("portal")
         else None,
         "status": result["status"],

@@ -31,7 +31,8 @@ def test_code_upload_bench_prints_its_json_line_on_sqlite():
     assert result["bench"] == "code_upload" and result["ok"] is True
     assert result["rows_accepted"] == result["codes_in_pool"] == 2000
     assert {"vouchflow_s", "baseline_s", "ratio", "codes_per_s", "peak_rss_mb", "baseline",
-            "scale"} <= set(result)
+            "scale", "portal_cpu_s", "postgres_backend_cpu_s"} <= set(result)
+    assert result["postgres_backend_cpu_s"] is None  # no PostgreSQL here
     assert 0 < result["peak_rss_mb"] < 300
 
 

@@ -228,14 +228,27 @@ def test_an_error_reading_the_codes_keeps_whole_chunks(engine, ring):
     assert batch_row(engine, "B1").quantity == stored
 
 
-def test_codes_sent_in_one_statement_leave_the_connections_as_they_were(pg_engine, ring):
+def test_codes_sent_in_one_statement_leave_the_connections_as_they_were(pg_engine, ring,
+                                                                        monkeypatch):
     """PostgreSQL writes a chunk as one statement outside a transaction, committed without
     waiting for the disk: neither setting outlives it on the pooled connection."""
     batch(pg_engine, "B1", "SKU1")
+    used: list[Any] = []
+    real_close = pool._Direct.close
+
+    def close(direct: pool._Direct) -> None:
+        if direct.conn is not None:
+            used.append(direct.conn.connection.driver_connection)
+        real_close(direct)
+
+    monkeypatch.setattr(pool._Direct, "close", close)
     report = codes(pg_engine, ring, "B1", [f"CONN-{i:04d}" for i in range(5)], chunk_size=2)
-    assert report.added == 5
+    assert report.added == 5 and len(used) == 1
+    writer = used[0]  # the writer's connection, back in the pool
+    assert writer.autocommit is False
+    assert writer.execute("SHOW synchronous_commit").fetchone()[0] == "on"
+    writer.rollback()
     with pg_engine.connect() as conn:
-        assert conn.connection.driver_connection.autocommit is False
         assert conn.execute(text("SHOW synchronous_commit")).scalar() == "on"
 
 
