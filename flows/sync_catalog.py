@@ -37,6 +37,7 @@ from connectors.wallet import WalletClient, WalletSiteSettings, load_sites
 from flows.credentials import erp_settings
 from flows.deadletters import replay_handler
 from flows.delivery import DeliveryReport, deliver
+from flows.heap import held_heap, hold
 from flows.runtime import (
     Bulk,
     Progress,
@@ -646,43 +647,46 @@ async def sync_catalog(
     since = None if full or watermark is None else watermark - timedelta(minutes=lookback_minutes)
     run = await CatalogRun.open(site_codes=sites, since=since, key=key, force=full)
     totals = CatalogCounts()
-    try:
-        back = await flow_back(quote(run), lookback_minutes, poll_sites)
-        ids: list[Any] = list((await list_changed_items(quote(run))).value)
-        if run.extra_ids:
-            present = {str(i["id"]) if isinstance(i, dict) else str(i) for i in ids}
-            extra = [i for i in dict.fromkeys(run.extra_ids) if i not in present]
-            if extra:  # read these by id; they may be older than the watermark
-                run.since_override.update(extra)
-                chunks_extra = [extra[i:i + chunk_size] for i in range(0, len(extra),
-                                                                      chunk_size)]
+    with held_heap():  # see flows.heap: the records read stay to the end of the run
+        try:
+            back = await flow_back(quote(run), lookback_minutes, poll_sites)
+            ids: list[Any] = list((await list_changed_items(quote(run))).value)
+            hold()
+            if run.extra_ids:
+                present = {str(i["id"]) if isinstance(i, dict) else str(i) for i in ids}
+                extra = [i for i in dict.fromkeys(run.extra_ids) if i not in present]
+                if extra:  # read these by id; they may be older than the watermark
+                    run.since_override.update(extra)
+                    chunks_extra = [extra[i:i + chunk_size] for i in range(0, len(extra),
+                                                                          chunk_size)]
+                else:
+                    chunks_extra = []
             else:
                 chunks_extra = []
-        else:
-            chunks_extra = []
-        chunks = [ids[i:i + chunk_size] for i in range(0, len(ids), chunk_size)] + chunks_extra
-        logger.info("sync-catalog: %d item(s) changed since %s in %d chunk(s)", len(ids),
-                    since.isoformat() if since else "the beginning", len(chunks))
-        gate = asyncio.Semaphore(max(chunk_concurrency, 1))
-        progress = await Progress("sync-catalog-progress", "Catalogue sync: chunks done",
-                                  len(chunks)).start()
+            chunks = ([ids[i:i + chunk_size] for i in range(0, len(ids), chunk_size)]
+                      + chunks_extra)
+            logger.info("sync-catalog: %d item(s) changed since %s in %d chunk(s)", len(ids),
+                        since.isoformat() if since else "the beginning", len(chunks))
+            gate = asyncio.Semaphore(max(chunk_concurrency, 1))
+            progress = await Progress("sync-catalog-progress", "Catalogue sync: chunks done",
+                                      len(chunks)).start()
 
-        async def one(index: int, chunk: list[Any]) -> dict[str, Any]:
-            async with gate:
-                result = await sync_catalog_chunk(quote(run), quote(chunk), index)
-            await progress.advance()
-            return result
+            async def one(index: int, chunk: list[Any]) -> dict[str, Any]:
+                async with gate:
+                    result = await sync_catalog_chunk(quote(run), quote(chunk), index)
+                await progress.advance()
+                return result
 
-        results = await asyncio.gather(*(one(i, c) for i, c in enumerate(chunks)))
-        for result in results:
-            totals.add(CatalogCounts.from_dict(result))
-    except BaseException as exc:
-        with session_scope(engine) as session:
-            ledger_finish(session, FLOW, key, "run", status=LedgerStatus.FAILED,
-                          counts=totals.as_dict(), detail=str(exc)[:4000])
-        raise
-    finally:
-        await run.aclose()
+            results = await asyncio.gather(*(one(i, c) for i, c in enumerate(chunks)))
+            for result in results:
+                totals.add(CatalogCounts.from_dict(result))
+        except BaseException as exc:
+            with session_scope(engine) as session:
+                ledger_finish(session, FLOW, key, "run", status=LedgerStatus.FAILED,
+                              counts=totals.as_dict(), detail=str(exc)[:4000])
+            raise
+        finally:
+            await run.aclose()
 
     with session_scope(engine) as session:
         for scope in [site_scope(site) for site in subset] or [RECORD_TYPE]:

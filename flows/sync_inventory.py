@@ -27,6 +27,7 @@ from connectors.erp import ErpClient, suiteql_time
 from connectors.wallet import WalletClient, WalletSiteSettings, load_sites
 from flows.credentials import erp_settings
 from flows.delivery import deliver
+from flows.heap import held_heap
 from flows.runtime import (
     Bulk,
     limit_name,
@@ -408,28 +409,29 @@ async def sync_inventory(
     erp = ErpClient(await erp_settings())
     wallets = {c: WalletClient(s) for c, s in chosen.items()}
     totals = InventoryCounts()
-    try:
-        imported = await import_batches_task(engine, quote(erp), since)
-        totals.erp_batches = imported.erp_batches
-        totals.dead_lettered = imported.dead_lettered
-        only = (None if whole else await asyncio.to_thread(
-            unplanned, engine, rebalanced - timedelta(seconds=settle_seconds)))
-        done, inputs = await quotas_task(engine, quote(chosen), quote(wallets), high,
-                                         weights_days, quote(only), settle_seconds)
-        totals.skus, totals.quotas_changed, totals.batches_changed = (
-            done.skus, done.quotas_changed, done.batches_changed)
-        totals.pushed, totals.rejected, totals.by_site = (done.pushed, done.rejected,
-                                                          done.by_site)
-        with session_scope(engine) as session:
-            set_watermark(session, FLOW, "erp", high, BATCH_TYPE)
-            # when quotas were last computed: the next run rebalances what changed since
-            # (and everything, once the date has moved on)
-            set_watermark(session, FLOW, "pool", high, "quota")
-            save_input_stamps(session, inputs.value)
-    finally:
-        await erp.aclose()
-        for w in wallets.values():
-            await w.aclose()
+    with held_heap():  # see flows.heap
+        try:
+            imported = await import_batches_task(engine, quote(erp), since)
+            totals.erp_batches = imported.erp_batches
+            totals.dead_lettered = imported.dead_lettered
+            only = (None if whole else await asyncio.to_thread(
+                unplanned, engine, rebalanced - timedelta(seconds=settle_seconds)))
+            done, inputs = await quotas_task(engine, quote(chosen), quote(wallets), high,
+                                             weights_days, quote(only), settle_seconds)
+            totals.skus, totals.quotas_changed, totals.batches_changed = (
+                done.skus, done.quotas_changed, done.batches_changed)
+            totals.pushed, totals.rejected, totals.by_site = (done.pushed, done.rejected,
+                                                              done.by_site)
+            with session_scope(engine) as session:
+                set_watermark(session, FLOW, "erp", high, BATCH_TYPE)
+                # when quotas were last computed: the next run rebalances what changed since
+                # (and everything, once the date has moved on)
+                set_watermark(session, FLOW, "pool", high, "quota")
+                save_input_stamps(session, inputs.value)
+        finally:
+            await erp.aclose()
+            for w in wallets.values():
+                await w.aclose()
     summary = {k: v for k, v in totals.__dict__.items() if k != "by_site"}
     summary["pushed_by_site"] = dict(totals.by_site)
     await table_artifact("sync-inventory-counts",

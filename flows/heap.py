@@ -1,0 +1,52 @@
+"""Keeping the cyclic garbage collector off what a bulk sync holds for its whole run.
+
+A sync of a hundred thousand records allocates millions of short-lived objects, so the
+collector makes several full passes during a run; each pass walks every tracked object of
+the process: Prefect's, the caller's, and the records the run read and keeps until its end.
+At 20,000 SKUs that was 0.4 s a pass and a third of the catalogue sync's CPU. ``gc.freeze``
+moves what exists to a generation the collector never walks; what the run allocates later is
+collected as usual, and the frozen objects go back to the oldest generation when the last
+sync holding the heap ends.
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+_lock = threading.Lock()
+_holders = 0
+_ours = False
+"""Whether the freeze was made here: one made by someone else (a server freezing its startup
+heap before forking) is never undone by a sync."""
+
+
+@contextmanager
+def held_heap() -> Iterator[None]:
+    """Freeze what the process holds now for the duration of the block (see ``hold``); nested
+    and concurrent blocks share one freeze, undone when the last of them ends."""
+    global _holders, _ours
+    with _lock:
+        if _holders == 0:
+            _ours = gc.get_freeze_count() == 0
+        _holders += 1
+        if _ours:
+            gc.freeze()
+    try:
+        yield
+    finally:
+        with _lock:
+            _holders -= 1
+            if _holders == 0 and _ours:
+                gc.unfreeze()
+                _ours = False
+
+
+def hold() -> None:
+    """Inside ``held_heap``: freeze what was allocated since (records just read that the run
+    keeps to its end); elsewhere nothing."""
+    with _lock:
+        if _holders and _ours:
+            gc.freeze()

@@ -1,0 +1,42 @@
+"""flows.heap: a sync's freeze of the heap is undone when the last holder ends, and never
+undoes a freeze someone else made."""
+
+from __future__ import annotations
+
+import gc
+
+from flows.heap import held_heap, hold
+
+
+def _walked(obj: object) -> bool:
+    """Whether the collector's generations (not the frozen one) hold ``obj``."""
+    return any(o is obj for o in gc.get_objects())
+
+
+def test_what_exists_is_frozen_for_the_block_and_released_after():
+    gc.unfreeze()
+    before = [0]
+    with held_heap():
+        assert gc.get_freeze_count() > 0 and not _walked(before)
+        kept = [[i] for i in range(10)]  # allocated after: walked until hold()
+        assert _walked(kept)
+        hold()
+        assert not _walked(kept)
+        with held_heap():  # nested: one freeze, still there when the inner block ends
+            pass
+        assert gc.get_freeze_count() > 0 and not _walked(kept)
+    assert gc.get_freeze_count() == 0 and _walked(kept) and _walked(before)
+    hold()  # outside a block: nothing
+    assert gc.get_freeze_count() == 0
+
+
+def test_a_freeze_made_elsewhere_is_left_as_it_is():
+    gc.freeze()
+    try:
+        with held_heap():
+            kept = [[i] for i in range(10)]
+            hold()
+            assert _walked(kept)  # not ours to extend
+        assert gc.get_freeze_count() > 0  # and not ours to undo
+    finally:
+        gc.unfreeze()
