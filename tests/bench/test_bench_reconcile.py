@@ -281,3 +281,45 @@ def test_zones_as_offsets_and_wallet_types_in_any_case_read_as_the_row_engine_re
     assert result.refused == []
     assert accuracy(data["truth"], result.labels) == 1.0
     assert result.labels == python_labels(tmp_path, files)
+
+
+def test_bad_files_of_every_kind_at_once_are_each_refused_in_the_order_given(tmp_path):
+    """The orders and the payment files are read side by side: bad files of both, explained
+    at the same time, are each refused at their own line, listed in the order the files
+    were given (orders, deliveries, card, wallet), and the good files all count."""
+    from bench.reconcile import accuracy
+
+    data = generate(tmp_path, 300)
+    files = data["files"]
+    bad: dict[str, list[Path]] = {}
+    for kind, changes in (("orders", [(5, "1E2"), (3, "never")]),
+                          ("acquirer", [(11, "9.555"), (6, "XYZT")]),
+                          ("wallet", [(6, "-1.00"), (2, "gift")])):
+        lines = files[kind][0].read_text().splitlines()
+        for n, (column, value) in enumerate(changes):
+            cells = lines[2 + n].split(",")
+            cells[column] = value
+            path = tmp_path / f"{kind}_bad{n}.csv"
+            path.write_text("\n".join([*lines[:2 + n], ",".join(cells)]) + "\n")
+            bad.setdefault(kind, []).append(path)
+    broken = tmp_path / "deliveries_bad.csv"
+    broken.write_text("site,order_id,status,quantity\nsg1,O1,delivered,1,1\n")
+    result = reconcile_columnar(
+        load_rules(), DAY, orders=[*bad["orders"], *files["orders"]],
+        deliveries=[*files["deliveries"], broken],
+        acquirer=[*bad["acquirer"], *files["acquirer"]],
+        wallet=[*files["wallet"], *bad["wallet"]], labels=True)
+    assert result.refused == [
+        "orders_bad0.csv: line 3: total: '1E2' is not a decimal amount [amount_format]",
+        "orders_bad1.csv: line 4: created_at: 'never' is not a date and time "
+        "[datetime_format]",
+        "deliveries_bad.csv: line 2: 5 fields where the header has 4 [field_count]",
+        "acquirer_bad0.csv: line 3: Gross Credit (GC): 9.555 has more decimals than SGD "
+        "allows (2) [amount_decimals]",
+        "acquirer_bad1.csv: line 4: TimeZone: 'XYZT' is not a time zone [timezone_unknown]",
+        "wallet_bad0.csv: line 3: amount: '-1.00' is negative; this column takes magnitudes "
+        "[amount_sign]",
+        "wallet_bad1.csv: line 4: type: 'gift' is not one of payment, refund, payout, "
+        "adjustment_credit, adjustment_debit [enum]",
+    ]
+    assert result.orders == 300 and accuracy(data["truth"], result.labels) == 1.0
