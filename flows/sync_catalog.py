@@ -53,7 +53,7 @@ from mappings.catalog import inventory_item_to_sku, sku_to_wallet_product
 from mappings.errors import MappingError
 from state.catalog import load_skus, remember_skus
 from state.db import session_scope
-from state.events import emit_events, sku_events
+from state.events import emit_events, prepare_events, sku_events
 from state.inbox import mark_processed, pending_events
 from state.models import DeadLetter, DeadLetterStatus, LedgerStatus
 from state.store import (
@@ -330,16 +330,19 @@ def process_records(
 
     # the CPU work before the write transaction: SQLite has one writer at a time, and the
     # other chunks' confirmations wait for it
-    events = sku_events(skus)  # same id for a version seen again
+    events = sku_events(skus)  # same id for a version seen again; in the order of skus
     with session_scope(run.engine) as session:  # reads what the sites confirmed before
         planned = plan_products(session, skus, list(run.wallets))
+        ready = prepare_events(session, events)
     erp_ids = {code: raw_id for raw_id, code in xrefs.items()}
     with session_scope(run.engine, immediate=True) as session:
         record_dead_letters(session, dead)
         resolve_dead_letters(session, FLOW, SOURCE, RECORD_TYPE, xrefs.keys())
         upsert_xrefs(session, SOURCE, RECORD_TYPE, xrefs)
-        remember_skus(session, [(s, erp_ids.get(s.sku)) for s in skus])
-        emit_events(session, events)
+        # each event's data is the SKU as remembered: dumped once for both
+        remember_skus(session, [(s, erp_ids.get(s.sku)) for s in skus],
+                      dumped=[e.data for e in events])
+        emit_events(session, ready)
     counts.changed += sum(len(w) for w in planned.writes.values())
     counts.skipped += planned.unchanged
     return planned

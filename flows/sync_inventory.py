@@ -27,7 +27,7 @@ from connectors.erp import ErpClient, suiteql_time
 from connectors.wallet import WalletClient, WalletSiteSettings, load_sites
 from flows.credentials import erp_settings
 from flows.delivery import deliver
-from flows.heap import held_heap
+from flows.heap import held_heap, hold
 from flows.runtime import (
     Bulk,
     limit_name,
@@ -374,6 +374,7 @@ async def quotas_task(engine: Engine, sites: dict[str, WalletSiteSettings],
     inputs = InputStamps()
     writes = await asyncio.to_thread(plan, engine, sites, as_of, weights_days, counts, only,
                                      inputs, settle_seconds)
+    hold()  # the writes stay until every site has them: not walked by each collection
     await asyncio.gather(*(push_site(engine, wallets[s], s, w, counts)
                            for s, w in writes.items()))
     return counts, Bulk(inputs)

@@ -3,7 +3,7 @@ about a SKU without asking the ERP again (its sales areas, issuance mode, status
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -30,14 +30,19 @@ class CatalogSku(SQLModel, table=True):
     updated_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
 
 
-def remember_skus(session: Session, skus: Sequence[tuple[Sku, str | None]]) -> None:
-    """Keep the canonical SKUs just mapped (with their ERP internal ids)."""
+def remember_skus(session: Session, skus: Sequence[tuple[Sku, str | None]],
+                  dumped: Sequence[Mapping[str, Any]] | None = None) -> None:
+    """Keep the canonical SKUs just mapped (with their ERP internal ids). ``dumped``: each
+    SKU's ``model_dump(mode="json")`` when the caller already made it (its ``sku.changed``
+    event carries the same), in the same order."""
     now = now_utc()
+    data = dumped if dumped is not None else [s.model_dump(mode="json") for s, _ in skus]
+    if len(data) != len(skus):
+        raise ValueError(f"{len(data)} dumped SKU(s) for {len(skus)} SKU(s)")
     rows = [{"sku": s.sku, "erp_id": erp_id, "issuance_mode": s.issuance_mode.value,
              "status": s.status.value, "sales_areas": ",".join(s.sales_areas),
-             "data": s.model_dump(mode="json"), "erp_modified_at": s.updated_at,
-             "updated_at": now}
-            for s, erp_id in skus]
+             "data": d, "erp_modified_at": s.updated_at, "updated_at": now}
+            for (s, erp_id), d in zip(skus, data, strict=True)]
     _upsert_many(session, CatalogSku, rows, ["sku"],
                  update=["erp_id", "issuance_mode", "status", "sales_areas", "data",
                          "erp_modified_at", "updated_at"])
