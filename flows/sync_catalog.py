@@ -16,8 +16,10 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
+import orjson
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import quote
@@ -355,7 +357,23 @@ VOLATILE_FIELDS = frozenset({"links", "lastModifiedDate"})
 
 
 def source_digest(raw: dict[str, Any]) -> str:
-    return fingerprint({k: v for k, v in raw.items() if k not in VOLATILE_FIELDS})
+    """The content of an ERP item as read (less its volatile fields): canonical JSON (sorted
+    keys, Decimals as their text) made by orjson, SHA-256. Only ever compared with digests
+    made here, so not ``state.store.fingerprint``, whose encoder cost four times as much per
+    item; what orjson cannot write (an integer beyond 64 bits) goes through that one."""
+    content = {k: v for k, v in raw.items() if k not in VOLATILE_FIELDS}
+    try:
+        text = orjson.dumps(content, default=_decimal_text,
+                            option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+    except TypeError:
+        return fingerprint(content)
+    return hashlib.sha256(text).hexdigest()
+
+
+def _decimal_text(value: Any) -> str:
+    if isinstance(value, Decimal):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} in an ERP item")
 
 
 async def sync_chunk(

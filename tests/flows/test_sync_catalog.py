@@ -347,3 +347,20 @@ def test_a_freeze_arriving_as_a_webhook_flows_back_without_polling(sandboxes):
     assert sandboxes.erp.get_record("inventoryItem", item["id"])["custitem_vf_status"] == "frozen"
     for site in others:
         assert sandboxes.wallet.get_product(site, item["itemId"])["status"] == "frozen"
+
+
+def test_an_items_source_digest_follows_its_content_and_not_its_volatile_fields():
+    from decimal import Decimal
+
+    item = {"id": "7", "itemId": "SKU-7", "custitem_vf_face_value": Decimal("10.00"),
+            "lastModifiedDate": "2026-11-23T10:00:00Z", "links": [{"rel": "self"}]}
+    digest = sc.source_digest(item)
+    assert digest == sc.source_digest({**item, "lastModifiedDate": "2026-11-24T10:00:00Z",
+                                       "links": []})
+    assert digest == sc.source_digest(dict(reversed(list(item.items()))))
+    # the ERP's digits count: 10.00 is not 10.0
+    assert digest != sc.source_digest({**item, "custitem_vf_face_value": Decimal("10.0")})
+    assert digest != sc.source_digest({**item, "itemId": "SKU-8"})
+    # what orjson cannot write still gets a digest of its own
+    huge = sc.source_digest({**item, "custitem_vf_kind": 2**70})
+    assert huge == sc.source_digest({**item, "custitem_vf_kind": 2**70}) != digest
