@@ -90,17 +90,20 @@ def main(argv: list[str]) -> int:
                         for c, k in catalog.items()])
             reset_wallet(env)
 
-            started = time.perf_counter()
+            load_before = os.getloadavg()[0]
+            started, cpu = time.perf_counter(), time.process_time()
             catalog_summary = asyncio.run(sync_catalog(sites=sites, chunk_size=2000))
             inventory_summary = asyncio.run(sync_inventory(sites=sites))
             vouchflow_s = time.perf_counter() - started
+            vouchflow_cpu_s = time.process_time() - cpu
 
             # what vouchflow sent, read back from the sites: the baseline sends the same
             sent = read_sent(env, sites)
             reset_wallet(env)
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             calls = asyncio.run(baseline(env, sent))
             baseline_s = time.perf_counter() - started
+            baseline_cpu_s = time.process_time() - cpu
 
             # 1% of the SKUs change in the ERP, then vouchflow again (incremental)
             rng = random.Random(1)
@@ -110,10 +113,12 @@ def main(argv: list[str]) -> int:
                     c.post(f"{env['VOUCHFLOW_ERP_BASE_URL']}/_sandbox/erp/touch/"
                            f"inventoryItem/{i}",
                            json={"displayName": f"Changed {i}"}).raise_for_status()
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             again = asyncio.run(sync_catalog(sites=sites, chunk_size=2000))
             asyncio.run(sync_inventory(sites=sites))
             incremental_s = time.perf_counter() - started
+            incremental_cpu_s = time.process_time() - cpu
+            load_after = os.getloadavg()[0]
     emit({
         "bench": "sync_full",
         "scale": {"skus": args.skus, "sites": len(sites),
@@ -126,6 +131,12 @@ def main(argv: list[str]) -> int:
         "incremental_s": round(incremental_s, 3),
         "incremental_fraction": round(incremental_s / vouchflow_s, 4),
         "incremental_pushed": again["pushed"],
+        # this process's CPU in each timed part (the sandboxes' own process is not counted,
+        # on either side): on a shared machine the wall clock also measures the neighbours
+        "vouchflow_cpu_s": round(vouchflow_cpu_s, 3),
+        "baseline_cpu_s": round(baseline_cpu_s, 3),
+        "incremental_cpu_s": round(incremental_cpu_s, 3),
+        "load_1m": [round(load_before, 2), round(load_after, 2)],
         "peak_rss_mb": peak_rss_mb(),
         "baseline": BASELINE,
     })

@@ -31,7 +31,9 @@ def test_sync_full_bench_prints_its_json_line():
                           timeout=600)
     assert result["bench"] == "sync_full"
     assert {"vouchflow_s", "baseline_s", "ratio", "incremental_s", "incremental_fraction",
+            "vouchflow_cpu_s", "baseline_cpu_s", "incremental_cpu_s", "load_1m",
             "baseline"} <= set(result)
+    assert 0 < result["vouchflow_cpu_s"] and 0 < result["incremental_cpu_s"]
     scale = result["scale"]
     assert scale["skus"] == 200 and scale["sites"] == 3 and scale["changed"] == 10
     # the baseline made as many product PUTs as there were listings to send, 500 a request
