@@ -592,8 +592,16 @@ class AddCodesReport:
     """The first ``MAX_REFUSALS_LISTED`` refusals; ``refused`` counts them all."""
     on_refused: Callable[[RefusedCode], None] | None = field(default=None, repr=False)
     """Called with every refusal, in the order they are found (not only the listed ones)."""
+    latest_rank: int | None = None
+    """The latest expiry rank of the codes added (None: none was), so that a caller closing
+    the batch need not look for it among all the pool's codes."""
 
     MAX_REFUSALS_LISTED = 1000
+
+    def note_ranks(self, ranks: Iterable[int]) -> None:
+        top = max(ranks, default=None)
+        if top is not None and (self.latest_rank is None or top > self.latest_rank):
+            self.latest_rank = top
 
     def refuse(self, position: int, code: str, reason: str,
                rule: RefusalRule = RefusalRule.IN_POOL, *, first_position: int | None = None,
@@ -777,7 +785,15 @@ class _Prepared:
     pg_columns: dict[str, Any] | None = None
     """PostgreSQL: ``order``'s codes as the insert statements take them (``_joined``), made
     by the thread that reads the codes while the writer waits for the database."""
+    batch_rank: int = NO_EXPIRY_RANK
+    """The expiry rank of a code without its own date."""
+    top_rank: int | None = None
+    """With ``pg_columns``: the latest expiry rank among them."""
     _slots: dict[int, int] | None = field(default=None, repr=False)
+
+    def rank(self, index: int) -> int:
+        expires = self.chunk[index][3]
+        return expiry_rank(expires) if expires else self.batch_rank
 
     def encrypted(self, index: int) -> tuple[str, str | None]:
         """The ciphertexts of the code at ``index`` (one of ``order``)."""
@@ -802,10 +818,12 @@ def _prepare_chunk(chunk: list[tuple[int, str, str | None, date | None]], keyrin
     order = list(fresh.values())  # ascending: filled in index order
     codes_enc = keyring.encrypt_many(chunk[i][1] for i in order)
     pins_enc = keyring.encrypt_many(chunk[i][2] for i in order)
-    prepared = _Prepared(chunk, hashes, fresh, skipped, order,
-                         codes_enc, pins_enc)  # type: ignore[arg-type]
+    prepared = _Prepared(chunk, hashes, fresh, skipped, order, codes_enc,  # type: ignore[arg-type]
+                         pins_enc, batch_rank=batch_rank)
     if pg and order:
-        prepared.pg_columns = _joined(_pg_columns(prepared, order, batch_rank))
+        columns = _pg_columns(prepared, order, batch_rank)
+        prepared.pg_columns = _joined(columns)
+        prepared.top_rank = max(columns["r"])
     return prepared
 
 
@@ -838,6 +856,7 @@ def _write_chunk(
         if ids is not None:
             ours.extend_arrays(ids, [chunk[i][0] for i in prepared.order])
             report.added += len(ids)
+            report.note_ranks([prepared.top_rank] if prepared.top_rank is not None else [])
             return
     with session_scope(engine, immediate=True) as session:
         _custom_plans(session)
@@ -870,6 +889,7 @@ def _write_chunk(
                     "expiry_rank": expiry_rank(chunk[i][3]) if chunk[i][3] else batch_rank,
                     "batch_seq": batch.seq, "updated_at": now})
             added = _insert_codes_sqlite(session, rows, now, actor, system)
+        report.note_ranks(prepared.rank(fresh[digest]) for _, digest in added)
         by_hash = dict(fresh)
         ours.extend(sorted((code_id, chunk[by_hash.pop(digest)][0])
                            for code_id, digest in added))
@@ -921,6 +941,7 @@ def _insert_fresh_pg(
     chunk, fresh = prepared.chunk, prepared.fresh
     added = _insert_codes_pg(session, batch, now, actor, system, prepared.pg_columns
                              or _joined(_pg_columns(prepared, prepared.order, batch_rank)))
+    report.note_ranks(prepared.rank(fresh[digest]) for _, digest in added)
     skipped = dict(fresh)
     new_ids = []
     for code_id, digest in added:

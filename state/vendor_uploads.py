@@ -572,7 +572,8 @@ def receive_code_file(
     except Exception as exc:
         return _finish_after(engine, run, meter, exc)
     run.flush()
-    return _finish(engine, run, meter, added=report.added if report else 0)
+    return _finish(engine, run, meter, added=report.added if report else 0,
+                   latest_rank=report.latest_rank if report else None)
 
 
 def _finish_after(engine: Engine, run: _Run, meter: _Meter, exc: Exception) -> UploadResult:
@@ -593,16 +594,20 @@ def _drain(rows: Iterator[Parsed]) -> None:
 
 
 def _finish(engine: Engine, run: _Run, meter: _Meter | None, *, added: int | None = None,
-            file_refused: _FileRefused | None = None) -> UploadResult:
+            latest_rank: int | None = None, file_refused: _FileRefused | None = None
+            ) -> UploadResult:
     """Close the upload: the receipt (code files), its status and counts, a dead letter when
-    rows or the file were refused. One transaction."""
+    rows or the file were refused. One transaction. ``added`` and ``latest_rank``: what the
+    pool reported storing (the latest expiry rank of the codes added); not given, they are
+    read from the database."""
     with session_scope(engine, immediate=True) as session:
         upload = session.get(VendorUpload, run.upload_id)
         assert upload is not None
         receipt_no = None
         if isinstance(run, _CodeRun):
             accepted = added if added is not None else _codes_in(session, run.batch_no)
-            receipt_no = _receive(session, run, upload, accepted)
+            receipt_no = _receive(session, run, upload, accepted,
+                                  latest_rank if added is not None else None)
         else:
             accepted = added if added is not None else _write_offs_in(session, run.upload_id)
         if file_refused is not None:
@@ -660,10 +665,12 @@ def _codes_in(session: Session, batch_no: str) -> int:
                               .where(PoolCode.batch_no == batch_no)) or 0)
 
 
-def _receive(session: Session, run: _CodeRun, upload: VendorUpload, accepted: int
-             ) -> str | None:
+def _receive(session: Session, run: _CodeRun, upload: VendorUpload, accepted: int,
+             latest: int | None = None) -> str | None:
     """The accepted codes become the receipt; the batch opens for sale with the expiry its
-    codes carry (a fixed date when every code has one: the latest)."""
+    codes carry (a fixed date when every code has one: the latest). ``latest``: the latest
+    expiry rank of the batch's codes when known (else it is looked for among the pool's codes,
+    which no index orders by batch)."""
     batch = session.get(PoolBatch, run.batch_no)
     if batch is None:
         return None
@@ -672,8 +679,9 @@ def _receive(session: Session, run: _CodeRun, upload: VendorUpload, accepted: in
         batch.status = BatchStatus.CLOSED.value
         batch.updated_at = now_utc()
         return None
-    latest = session.scalar(select(func.max(PoolCode.expiry_rank))
-                            .where(PoolCode.batch_no == run.batch_no))
+    if latest is None:
+        latest = session.scalar(select(func.max(PoolCode.expiry_rank))
+                                .where(PoolCode.batch_no == run.batch_no))
     fixed = latest is not None and latest < NO_EXPIRY_RANK
     pool.upsert_batch(session, batch_no=run.batch_no, sku=batch.sku,
                       issuance_mode=IssuanceMode.CODE_POOL.value, unit_cost=batch.unit_cost,

@@ -267,6 +267,35 @@ def test_ids_come_back_to_their_codes_in_any_order(pg_engine, ring, monkeypatch)
     assert [r.code_hash for r in stored] == [ring.hash_code(f"ORD-000{i}") for i in range(1, 5)]
 
 
+def test_the_report_knows_the_latest_expiry_it_added(engine, ring):
+    """However a chunk is stored (one statement, around a code already in the pool, under a
+    limit), the report's latest expiry rank is the latest of the codes added: what closing
+    an upload's batch would otherwise look for among all the pool's codes."""
+    for name in ("B0", "B1", "B2", "B3"):
+        batch(engine, name, "SKU1")
+    codes(engine, ring, "B0", [("OLD-0001", None, date(2031, 1, 1))])
+
+    def latest_stored(batch_no: str) -> int:
+        return rows(engine, "SELECT max(expiry_rank) FROM pool_code WHERE batch_no = :b",
+                    b=batch_no)[0][0]
+
+    report = codes(engine, ring, "B1", [
+        ("NEW-0001", None, date(2027, 1, 1)), ("NEW-0002", None, date(2028, 2, 2)),
+        ("OLD-0001", None, date(2031, 1, 1)), ("NEW-0003", None, date(2027, 3, 3))],
+        chunk_size=2)
+    assert report.added == 3
+    assert report.latest_rank == pool.expiry_rank(date(2028, 2, 2)) == latest_stored("B1")
+    limited = codes(engine, ring, "B2", [
+        ("LIM-0001", None, date(2027, 1, 1)), ("LIM-0002", None, date(2029, 9, 9)),
+        ("LIM-0003", None, date(2030, 1, 1))], limit=2)
+    assert limited.added == 2
+    assert limited.latest_rank == pool.expiry_rank(date(2029, 9, 9)) == latest_stored("B2")
+    undated = codes(engine, ring, "B3", [("UND-0001", None, date(2027, 1, 1)),
+                                         ("UND-0002", None, None)])
+    assert undated.latest_rank == pool.NO_EXPIRY_RANK == latest_stored("B3")
+    assert codes(engine, ring, "B3", ["UND-0001"]).latest_rank is None  # nothing added
+
+
 def test_a_code_always_names_a_batch_that_exists(engine, ring):
     """The database keeps codes and batches together (triggers, checked per statement)."""
     batch(engine, "B1", "SKU1")
