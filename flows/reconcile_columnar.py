@@ -19,10 +19,8 @@ from __future__ import annotations
 import csv
 import gc
 import re
-import threading
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -56,8 +54,7 @@ class ColumnarResult:
     orders: int = 0
     phases: dict[str, float] = field(default_factory=dict)
     """Seconds each phase of the run took (wall clock), in the order they ran: where a large
-    day's time goes, for whoever makes it faster (``read_files:orders`` and
-    ``read_files:payments`` ran side by side within ``read_files``)."""
+    day's time goes, for whoever makes it faster."""
 
 
 def _header(path: Path, required: Sequence[str]) -> list[str]:
@@ -224,9 +221,8 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
                        wallet: Sequence[Path] = (), labels: bool = False,
                        threads: int | None = None) -> ColumnarResult:
     """Read, check, normalise, match and classify a day's files in DuckDB. Each file is read
-    once, its amounts checked in the same pass (the orders and the payment files side by
-    side, on two connections); a file with a bad row is taken out again and explained (file,
-    line, field, rule) by a second look at that file only.
+    once, its amounts checked in the same pass; a file with a bad row is taken out again and
+    explained (file, line, field, rule) by a second look at that file only.
 
     Orders and traces are named by their row ids once read: after the two joins on text keys
     (payment reference to order, delivery to order) every join and grouping is on integers,
@@ -244,10 +240,9 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
     con = duckdb.connect()
     if threads:
         con.execute(f"SET threads={int(threads)}")
-    settings = ("SET TimeZone='UTC'", "SET enable_progress_bar=false",
-                "SET preserve_insertion_order=false")  # results never depend on row order
-    for setting in settings:
-        con.execute(setting)
+    con.execute("SET TimeZone='UTC'")
+    con.execute("SET enable_progress_bar=false")
+    con.execute("SET preserve_insertion_order=false")  # results never depend on row order
     # what is stored of a day's million rows is stored small: currencies and kinds as
     # enums (one byte; a currency that is not ISO 4217 fails the read, and the file is
     # explained), statuses as flags; a stored text costs more than parsing it
@@ -271,8 +266,7 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
 
     scales = {c: 10 ** e for c, e in _currencies()}
 
-    def post_check(cur: Any, table: str, pairs: Sequence[tuple[str, str]], number: int
-                   ) -> bool:
+    def post_check(table: str, pairs: Sequence[tuple[str, str]]) -> bool:
         """True when no row of file ``number`` is flagged bad and every amount has a
         currency and is exact to its minor unit: one scan grouped by the currencies the file
         holds (a handful) counts the flags and the amounts with more than two decimals; a
@@ -281,7 +275,7 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
         keys = ", ".join(f"CASE WHEN {a} IS NOT NULL THEN {c} END" for a, c in pairs)
         cents = " OR ".join(f"{a} * 100 % 1 <> 0" for a, _ in pairs)
         missing = " OR ".join(f"({a} IS NOT NULL AND {c} IS NULL)" for a, c in pairs)
-        groups = cur.execute(f"SELECT count(*) FILTER (bad OR {missing}), "
+        groups = con.execute(f"SELECT count(*) FILTER (bad OR {missing}), "
                              f"count(*) FILTER ({cents}), {keys} FROM {table} WHERE file = ? "
                              "GROUP BY ALL", [number]).fetchall()
         if any(g[0] for g in groups):
@@ -298,16 +292,9 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
                 inexact.append(f"{amount} * {case} % 1 <> 0")
         if not inexact:
             return True
-        row = cur.execute(f"SELECT count(*) FROM {table} WHERE file = ? AND "
+        row = con.execute(f"SELECT count(*) FROM {table} WHERE file = ? AND "
                           f"({' OR '.join(inexact)})", [number]).fetchone()
         return not (row and row[0])
-
-    # the day's files are read on two connections at once, the orders on one and the
-    # payment files on the other: each read keeps the two cores busy only most of the time
-    # (its start and end, and the checks after it, run on one), so together they fill
-    # the gaps. Each file keeps its number and its refusals their order.
-    reads: dict[str, list[Callable[[Any, list[str]], None]]] = {"orders": [], "traces": []}
-    explaining = threading.Lock()  # a file is explained with rows in order: one at a time
 
     def take(table: str, path: Path, required: Sequence[str], insert: str,
              pairs: Sequence[tuple[str, str]], typed: dict[str, str] | None = None,
@@ -315,58 +302,37 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
              cast: dict[str, str] | None = None,
              timestamp_format: str | None = TIMESTAMP_FORMAT,
              rows: Sequence[RowCheck] = ()) -> None:
-        """Queue the read of one file into ``table``; ``cast`` names text columns the insert
-        casts (so a failed insert is explained by them too)."""
+        """Read one file into ``table``; ``cast`` names text columns the insert casts (so a
+        failed insert is explained by them too)."""
         nonlocal number
         number += 1
-        n = number
-
-        def read(cur: Any, refused: list[str]) -> None:
-            failed = False
-            try:
-                names = _header(path, required)
-                src = _source(path, names, typed or {}, timestamp_format)
-                cur.execute(insert.format(n=n, src=src))
-            except PaymentFileError as exc:
-                refused.append(str(exc))
-                return
-            except duckdb.Error:
-                failed = True
-            if failed or not post_check(cur, table, stored, n):
-                cur.execute(f"DELETE FROM {table} WHERE file = ?", [n])
-                with explaining:
-                    cur.execute("SET preserve_insertion_order=true")  # lines in order
-                    try:
-                        # every column as text, in the same dialect as the typed read (a
-                        # sniffer could read a broken file another way); a file the CSV
-                        # reader cannot parse at all is refused at the line it names
-                        cur.execute(f"""CREATE OR REPLACE TEMP TABLE explain AS SELECT *
-                                        FROM {_source(path, names, {}, None)}""")
-                    except duckdb.Error as exc:
-                        refused.append(str(_syntax_error(path.name, exc)))
-                    else:
-                        if not _guard(cur, "explain", path.name, pairs, refused,
-                                      {**(typed or {}), **(cast or {})}, timestamp_format,
-                                      rows):
-                            refused.append(f"{path.name}: an amount cannot be read "
-                                           "[invalid_amount]")
-                    finally:
-                        cur.execute("SET preserve_insertion_order=false")
-
-        reads[table].append(read)
-
-    def read_all(table: str, refused: list[str]) -> float:
-        """Read the queued files of ``table`` on a connection of their own; its seconds."""
-        started = time.perf_counter()
-        cur = con.cursor()
+        failed = False
         try:
-            for setting in settings:
-                cur.execute(setting)
-            for read in reads[table]:
-                read(cur, refused)
-        finally:
-            cur.close()
-        return time.perf_counter() - started
+            names = _header(path, required)
+            src = _source(path, names, typed or {}, timestamp_format)
+            con.execute(insert.format(n=number, src=src))
+        except PaymentFileError as exc:
+            refused.append(str(exc))
+            return
+        except duckdb.Error:
+            failed = True
+        if failed or not post_check(table, stored):
+            con.execute(f"DELETE FROM {table} WHERE file = ?", [number])
+            con.execute("SET preserve_insertion_order=true")  # lines are counted in order
+            try:
+                # every column as text, in the same dialect as the typed read (a sniffer
+                # could read a broken file another way); a file the CSV reader cannot
+                # parse at all is refused at the line it names
+                con.execute(f"""CREATE OR REPLACE TEMP TABLE explain AS SELECT *
+                                FROM {_source(path, names, {}, None)}""")
+            except duckdb.Error as exc:
+                refused.append(str(_syntax_error(path.name, exc)))
+            else:
+                if not _guard(con, "explain", path.name, pairs, refused,
+                              {**(typed or {}), **(cast or {})}, timestamp_format, rows):
+                    refused.append(f"{path.name}: an amount cannot be read [invalid_amount]")
+            finally:
+                con.execute("SET preserve_insertion_order=false")
 
     phase("connect")
     for path in orders:
@@ -384,7 +350,9 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
              timestamp_format=None)
     # delivery evidence is read where it is used, in the verdict (one pass, no table of its
     # own); a file the CSV reader cannot parse is found then and refused
+    phase("read_orders")
     delivered_from: dict[Path, str] = {}
+    refused_deliveries_at = len(refused)
     for path in deliveries:
         try:
             delivered_from[path] = (
@@ -444,6 +412,7 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
                            "Net Currency": "currency"},
              [("amount", "currency"), ("fee", "net_currency"), ("net", "net_currency")],
              rows=acquirer_rows)
+    phase("read_card")
     # a wallet type is one of the reader's, in any case (as ``choice`` takes it)
     types = ", ".join(f"'{t}'" for t in WALLET_TYPES)
     wallet_rows: list[RowCheck] = [
@@ -466,18 +435,7 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
              [("amount", "currency")], {"created_at": "TIMESTAMPTZ", "currency": "currency"},
              [("amount", "currency")], rows=wallet_rows)
 
-    refused_orders: list[str] = []
-    refused_traces: list[str] = []
-    with ThreadPoolExecutor(2) as pool:
-        done = [pool.submit(read_all, "orders", refused_orders),
-                pool.submit(read_all, "traces", refused_traces)]
-        seconds = [future.result() for future in done]
-    refused_deliveries_at = len(refused_orders)
-    refused[:] = refused_orders + refused + refused_traces
-    phase("read_files")
-    # each side's own seconds (they overlap: read_files is the wall clock of both)
-    phases["read_files:orders"] = round(seconds[0], 4)
-    phases["read_files:payments"] = round(seconds[1], 4)
+    phase("read_wallet")
     d = f"DATE '{day.isoformat()}'"
     window = (f"p.booking_date BETWEEN {{o}}.day - {rules.days_before} AND {{o}}.day + {{o}}.lag"
               " AND p.currency = {o}.currency")
