@@ -26,6 +26,8 @@ def split(units: int, sites: Sequence[str], weights: Mapping[str, float]) -> dic
     """Split ``units`` among ``sites`` by weight, largest remainder first, whole units only."""
     if units <= 0 or not sites:
         return {site: 0 for site in sites}
+    if len(sites) == 1:  # most SKUs sell on one site: all of it, as the division gives
+        return {sites[0]: units}
     w = {site: max(float(weights.get(site, 0.0)), 0.0) + 1.0 for site in sites}
     total = sum(w.values())
     exact = {site: units * w[site] / total for site in sites}
