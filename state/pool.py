@@ -712,6 +712,8 @@ def add_codes(
                 submit(chunk)
             while pending:
                 pending.popleft().result()
+            if direct is not None:
+                direct.durable(batch_no)
         except BaseException:
             stop.set()  # what is queued is not written; the chunk being written finishes
             raise
@@ -733,6 +735,17 @@ class _Direct:
         if self.conn is None:
             self.conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         return self.conn.connection.driver_connection
+
+    def durable(self, batch_no: str) -> None:
+        """Return once every chunk committed here is on disk (they commit without waiting for
+        it), so ``add_codes`` returns only what is durable whatever its caller does next: an
+        ordinary commit of a transaction that wrote something waits until everything written
+        before it is flushed. The write is the batch row rewritten as it is (a transaction
+        that only takes an id writes nothing and would not wait)."""
+        if self.conn is not None:
+            self.conn.connection.driver_connection.execute(
+                "UPDATE pool_batch SET updated_at = updated_at WHERE batch_no = %s",
+                (batch_no,))
 
     def close(self) -> None:
         if self.conn is not None:
@@ -1037,9 +1050,9 @@ one statement. The ids come back in input order (the order of the insert and of 
 
 The commit does not wait for the disk (``synchronous_commit`` off for this transaction
 only): a database that crashed right after it could lose this chunk, exactly as if the
-upload had stopped before it. Nothing can sell these codes before the upload's end (their
-batch stays frozen) and that end is an ordinary commit, which writes everything committed
-before it to disk first."""
+upload had stopped before it. ``add_codes`` returns only after an ordinary commit on the
+same connection (``_Direct.durable``), which writes everything committed before it to disk
+first; a vendor upload's batch stays frozen until then, so nothing sells these codes early."""
 HASH_UNIQUE = "uq_pool_code_hash"
 
 

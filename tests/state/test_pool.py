@@ -252,6 +252,30 @@ def test_codes_sent_in_one_statement_leave_the_connections_as_they_were(pg_engin
         assert conn.execute(text("SHOW synchronous_commit")).scalar() == "on"
 
 
+def test_codes_committed_without_waiting_for_the_disk_are_on_it_when_add_codes_returns(
+        pg_engine, ring, monkeypatch):
+    """The chunks commit without waiting for the disk; before add_codes returns, one ordinary
+    commit on the same connection flushes the log past every one of them."""
+    batch(pg_engine, "B1", "SKU1")
+    flushes: list[tuple[bool, int]] = []
+    real_durable = pool._Direct.durable
+
+    def durable(direct: pool._Direct, batch_no: str) -> None:
+        assert direct.conn is not None
+        driver = direct.conn.connection.driver_connection
+        written = driver.execute("SELECT pg_current_wal_insert_lsn()").fetchone()[0]
+        real_durable(direct, batch_no)
+        flushed = driver.execute("SELECT pg_wal_lsn_diff(pg_current_wal_flush_lsn(), %s) >= 0",
+                                 (written,)).fetchone()[0]
+        stored = driver.execute("SELECT count(*) FROM pool_code").fetchone()[0]
+        flushes.append((flushed, stored))
+
+    monkeypatch.setattr(pool._Direct, "durable", durable)
+    report = codes(pg_engine, ring, "B1", [f"DISK-{i:04d}" for i in range(7)], chunk_size=2)
+    assert report.added == 7
+    assert flushes == [(True, 7)]  # once, after the last chunk, and the log was on disk
+
+
 def test_ids_come_back_to_their_codes_in_any_order(pg_engine, ring, monkeypatch):
     """Should the database hand a chunk's ids back out of input order, each is placed by its
     code's hash: a later repeat still names the right first position."""
