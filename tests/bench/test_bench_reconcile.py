@@ -107,18 +107,7 @@ def test_a_delivery_file_the_reader_cannot_parse_is_refused_and_the_others_count
 def refused_with_one_cell_changed(tmp_path, kind: str, column: int, value: str) -> list[str]:
     """A day's files plus a copy of one of them with a cell of its second data row replaced:
     what the columnar path refuses (the day's 200 orders are still read)."""
-    files = generate(tmp_path, 200)["files"]
-    lines = files[kind][0].read_text().splitlines()
-    cells = lines[2].split(",")
-    assert cells[column], (kind, cells)  # a value is there to replace
-    cells[column] = value
-    bad = tmp_path / f"{kind}_bad.csv"
-    bad.write_text("\n".join([lines[0], lines[1], ",".join(cells), lines[3]]) + "\n")
-    inputs = {k: files[k] for k in ("orders", "deliveries", "acquirer", "wallet")}
-    inputs[kind] = [*inputs[kind], bad]
-    result = reconcile_columnar(load_rules(), DAY, **inputs)
-    assert result.orders == 200
-    return result.refused
+    return refused_with_cells_changed(tmp_path, kind, {column: value}, replacing=True)
 
 @pytest.mark.parametrize(("kind", "column", "value", "expected"), [
     ("orders", 3, "2026-11-2x", "line 3: created_at: '2026-11-2x' is not a date and time "
@@ -218,12 +207,15 @@ def test_a_file_the_csv_reader_cannot_parse_is_refused_at_its_line_and_the_other
     assert accuracy == 1.0
 
 
-def refused_with_cells_changed(tmp_path, kind: str, cells: dict[int, str]) -> list[str]:
-    """As ``refused_with_one_cell_changed``, for cells that may be empty before or after."""
+def refused_with_cells_changed(tmp_path, kind: str, cells: dict[int, str], *,
+                               replacing: bool = False) -> list[str]:
+    """As ``refused_with_one_cell_changed``, for cells that may be empty before or after
+    (``replacing``: each must hold a value to replace)."""
     files = generate(tmp_path, 200)["files"]
     lines = files[kind][0].read_text().splitlines()
     row = lines[2].split(",")
     for column, value in cells.items():
+        assert row[column] or not replacing, (kind, row)  # a value is there to replace
         row[column] = value
     bad = tmp_path / f"{kind}_bad.csv"
     bad.write_text("\n".join([lines[0], lines[1], ",".join(row), lines[3]]) + "\n")
