@@ -7,12 +7,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Column, Index, String, select
+from sqlalchemy import Column, Index, String, case, or_, select
 from sqlalchemy.orm import Session
 from sqlmodel import Field, SQLModel
 
 from canonical import Sku, now_utc
-from state.store import _chunks, _upsert_many
+from state.store import _chunks, _insert, _upsert_many
 from state.types import JSONText, UTCDateTime
 
 
@@ -28,6 +28,9 @@ class CatalogSku(SQLModel, table=True):
     data: Any = Field(sa_column=Column(JSONText(), nullable=False))
     erp_modified_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
     updated_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    """When the entry was added or last changed in what can move its stock's quotas (status,
+    sales areas, issuance mode): the inventory sync plans again the SKUs stamped since its
+    last run, and a renamed SKU's quotas stay as they were."""
 
 
 def remember_skus(session: Session, skus: Sequence[tuple[Sku, str | None]],
@@ -43,9 +46,15 @@ def remember_skus(session: Session, skus: Sequence[tuple[Sku, str | None]],
              "status": s.status.value, "sales_areas": ",".join(s.sales_areas),
              "data": d, "erp_modified_at": s.updated_at, "updated_at": now}
             for (s, erp_id), d in zip(skus, data, strict=True)]
+    table = CatalogSku.__table__
+    excluded = _insert(session, table).excluded
+    listing = ("status", "sales_areas", "issuance_mode")
+    moved = or_(*(table.c[name].is_distinct_from(excluded[name]) for name in listing))
     _upsert_many(session, CatalogSku, rows, ["sku"],
                  update=["erp_id", "issuance_mode", "status", "sales_areas", "data",
-                         "erp_modified_at", "updated_at"])
+                         "erp_modified_at"],
+                 extra_set={"updated_at": case((moved, excluded.updated_at),
+                                               else_=table.c.updated_at)})
 
 
 def load_skus(session: Session, skus: Iterable[str] | None = None) -> dict[str, Sku]:

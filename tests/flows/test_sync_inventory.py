@@ -127,6 +127,17 @@ def test_later_runs_rebalance_only_the_skus_that_changed(sandboxes):
     assert whole["skus"] == len(catalog) and whole["pushed"] == 0
 
 
+@pytest.mark.seed(20, 0)
+def test_a_renamed_sku_is_not_planned_again(sandboxes):
+    asyncio.run(sc.sync_catalog())
+    stock_the_pool(codes_per_sku=5, api_units=5)
+    run()
+    erp_id = next(iter(sandboxes.erp.store.table("inventoryItem").records))
+    sandboxes.erp.touch("inventoryItem", erp_id, displayName="Renamed")
+    assert asyncio.run(sc.sync_catalog())["pushed"] >= 1  # the sites get the new name
+    assert run()["skus"] == 0  # and the quotas stay as they were
+
+
 def _api_sku_shown_whole(sandboxes, units: int):
     with session_scope(get_engine()) as s:
         catalog = load_skus(s)

@@ -28,3 +28,40 @@ def test_dumped_skus_that_do_not_match_the_skus_are_refused(engine):
     mapped = [sku("SKU-A"), sku("SKU-B")]
     with session_scope(engine) as s, pytest.raises(ValueError, match="1 dumped SKU"):
         remember_skus(s, [(k, None) for k in mapped], dumped=[mapped[0].model_dump(mode="json")])
+
+
+def _with(base, **change):
+    from canonical import Sku
+
+    return Sku.model_validate({**base.model_dump(mode="json"), **change})
+
+
+def _stamp(engine, code: str):
+    from state.catalog import CatalogSku
+
+    with session_scope(engine) as s:
+        return s.get(CatalogSku, code).updated_at
+
+
+def test_the_stamp_moves_only_when_what_can_move_quotas_changes(engine):
+    import time
+
+    first = sku("SKU-A")
+    with session_scope(engine) as s:
+        remember_skus(s, [(first, "101")])
+    stamped = _stamp(engine, "SKU-A")
+    time.sleep(0.01)
+    renamed = _with(first, name="Voucher A, renamed")
+    with session_scope(engine) as s:
+        remember_skus(s, [(renamed, "101")])
+    with session_scope(engine) as s:
+        assert load_skus(s)["SKU-A"].name == "Voucher A, renamed"  # kept, not stamped
+    assert _stamp(engine, "SKU-A") == stamped
+    for change in ({"status": "frozen"}, {"sales_areas": ["my1", "sg1"]},
+                   {"issuance_mode": "api", "code_format": None}):
+        time.sleep(0.01)
+        renamed = _with(renamed, **change)
+        with session_scope(engine) as s:
+            remember_skus(s, [(renamed, "101")])
+        assert _stamp(engine, "SKU-A") > stamped, change
+        stamped = _stamp(engine, "SKU-A")
