@@ -113,10 +113,7 @@ def test_later_runs_rebalance_only_the_skus_that_changed(sandboxes):
                      and sum(shown(sandboxes).get(c, {}).values()) == 8)
     # the ERP books part of the batch away: only this SKU's quotas move
     with session_scope(get_engine()) as s:
-        pool.upsert_batch(s, batch_no=f"B-{code}-1", sku=code, issuance_mode="api",
-                          unit_cost=Decimal("1.2500"), currency=sku.face_value.currency,
-                          expiry_type="fixed_date", expires_on=date(2027, 6, 30),
-                          quantity=8, remaining=3)
+        _api_batch(s, code, sku, "1", quantity=8, remaining=3)
     second = run(settle_seconds=0)
     assert second["skus"] == 1 and second["quotas_changed"] >= 1
     assert sum(shown(sandboxes)[code].values()) == 3
@@ -146,20 +143,29 @@ def _api_sku_shown_whole(sandboxes, units: int):
                 and sum(shown(sandboxes).get(c, {}).values()) == units)
 
 
+def _planned_once(sandboxes):
+    """Catalogue synced, pool stocked, quotas planned once: an API SKU shown whole (8 units)."""
+    asyncio.run(sc.sync_catalog())
+    stock_the_pool(codes_per_sku=5, api_units=8)
+    run()
+    return _api_sku_shown_whole(sandboxes, 8)
+
+
+def _api_batch(s, code: str, sku, suffix: str, **quantities: int) -> None:
+    """The SKU's API batch ``B-{code}-{suffix}`` as the ERP books it."""
+    pool.upsert_batch(s, batch_no=f"B-{code}-{suffix}", sku=code, issuance_mode="api",
+                      unit_cost=Decimal("1.2500"), currency=sku.face_value.currency,
+                      expiry_type="fixed_date", expires_on=date(2027, 6, 30), **quantities)
+
+
 @pytest.mark.seed(30, 0)
 @pytest.mark.parametrize("engine", BOTH_DATABASES, indirect=True)
 def test_right_after_a_run_only_what_changed_since_is_planned_again(sandboxes):
     # everything was stamped moments ago (within the settling time): what the last run
     # planned from is not planned again, only the batch that changed after it
-    asyncio.run(sc.sync_catalog())
-    stock_the_pool(codes_per_sku=5, api_units=8)
-    run()
-    code, sku = _api_sku_shown_whole(sandboxes, 8)
+    code, sku = _planned_once(sandboxes)
     with session_scope(get_engine()) as s:
-        pool.upsert_batch(s, batch_no=f"B-{code}-1", sku=code, issuance_mode="api",
-                          unit_cost=Decimal("1.2500"), currency=sku.face_value.currency,
-                          expiry_type="fixed_date", expires_on=date(2027, 6, 30),
-                          quantity=8, remaining=5)
+        _api_batch(s, code, sku, "1", quantity=8, remaining=5)
     second = run()
     assert second["skus"] == 1 and sum(shown(sandboxes)[code].values()) == 5
     assert run()["skus"] == 0
@@ -169,16 +175,10 @@ def test_right_after_a_run_only_what_changed_since_is_planned_again(sandboxes):
 @pytest.mark.parametrize("engine", BOTH_DATABASES, indirect=True)
 def test_a_change_committed_after_the_last_plan_read_is_planned_though_stamped_before(
         sandboxes):
-    asyncio.run(sc.sync_catalog())
-    stock_the_pool(codes_per_sku=5, api_units=8)
-    run()
-    code, sku = _api_sku_shown_whole(sandboxes, 8)
+    code, sku = _planned_once(sandboxes)
     with session_scope(get_engine()) as s:
         rebalanced = si.get_watermark(s, si.FLOW, "pool", "quota")
-        pool.upsert_batch(s, batch_no=f"B-{code}-1", sku=code, issuance_mode="api",
-                          unit_cost=Decimal("1.2500"), currency=sku.face_value.currency,
-                          expiry_type="fixed_date", expires_on=date(2027, 6, 30),
-                          quantity=8, remaining=2)
+        _api_batch(s, code, sku, "1", quantity=8, remaining=2)
         # as if this transaction had stamped the batch before the last run began and
         # committed only after that run had read the pool
         s.execute(PoolBatch.__table__.update().where(PoolBatch.batch_no == f"B-{code}-1")
@@ -193,16 +193,10 @@ def test_a_new_batch_committed_after_the_last_plan_read_is_planned_though_stampe
         sandboxes):
     # a batch the last plan never saw (no stamp of it was read), stamped within the settling
     # time before that plan began
-    asyncio.run(sc.sync_catalog())
-    stock_the_pool(codes_per_sku=5, api_units=8)
-    run()
-    code, sku = _api_sku_shown_whole(sandboxes, 8)
+    code, sku = _planned_once(sandboxes)
     with session_scope(get_engine()) as s:
         rebalanced = si.get_watermark(s, si.FLOW, "pool", "quota")
-        pool.upsert_batch(s, batch_no=f"B-{code}-LATE", sku=code, issuance_mode="api",
-                          unit_cost=Decimal("1.2500"), currency=sku.face_value.currency,
-                          expiry_type="fixed_date", expires_on=date(2027, 6, 30),
-                          quantity=4)
+        _api_batch(s, code, sku, "LATE", quantity=4)
         s.execute(PoolBatch.__table__.update().where(PoolBatch.batch_no == f"B-{code}-LATE")
                   .values(updated_at=rebalanced - timedelta(seconds=20)))
     summary = run()
@@ -216,10 +210,7 @@ def test_a_catalogue_change_committed_after_the_last_plan_read_is_planned_though
         sandboxes):
     from state.catalog import CatalogSku
 
-    asyncio.run(sc.sync_catalog())
-    stock_the_pool(codes_per_sku=5, api_units=8)
-    run()
-    code, _ = _api_sku_shown_whole(sandboxes, 8)
+    code, _ = _planned_once(sandboxes)
     with session_scope(get_engine()) as s:
         rebalanced = si.get_watermark(s, si.FLOW, "pool", "quota")
         s.execute(CatalogSku.__table__.update().where(CatalogSku.sku == code)
