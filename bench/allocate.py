@@ -31,7 +31,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from bench.common import emit
+from bench.common import cpu_s, emit
 
 PG_URL = os.environ.get("VOUCHFLOW_BENCH_POSTGRES_URL",
                         "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -219,14 +219,7 @@ _WORKER: dict[str, Any] = {"backends": set(), "cpu_start": (0.0, 0.0)}
 def _cpu() -> tuple[float, float]:
     """CPU seconds so far of this process and of its database backends (PostgreSQL on this
     machine: read from /proc; 0 where that is not possible): where a worker's time goes."""
-    tick = os.sysconf("SC_CLK_TCK")
-    backend = 0.0
-    for pid in _WORKER["backends"]:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        backend += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    backend = sum(cpu_s(pid) or 0.0 for pid in _WORKER["backends"])
     return time.process_time(), backend
 
 

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.allocate import fresh_database
-from bench.common import emit, free_port, peak_rss_mb
+from bench.common import cpu_s, emit, free_port, peak_rss_mb
 
 READ = 64 * 1024
 CPU: dict[str, float | None] = {}
@@ -118,15 +118,6 @@ def vm_hwm_mb(pid: int) -> float | None:
     except OSError:
         return None
     return None
-
-
-def cpu_s(pid: int) -> float | None:
-    """User + system CPU seconds a process has used (Linux)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 2)
-    except (OSError, IndexError, ValueError):
-        return None
 
 
 PORTAL_APP = "vf-bench-portal"

@@ -192,6 +192,10 @@ class InputStamps:
     catalog: dict[str, str] = field(default_factory=dict)
     batches: dict[str, str] = field(default_factory=dict)
 
+    def update(self, other: InputStamps) -> None:
+        self.catalog.update(other.catalog)
+        self.batches.update(other.batches)
+
 
 def input_stamps(session: Any, since: datetime, skus: set[str] | None = None) -> InputStamps:
     """The stamps of every catalogue entry and batch stamped at ``since`` or later (every
@@ -281,8 +285,7 @@ def plan(engine: Engine, sites: dict[str, WalletSiteSettings], as_of: datetime,
                                     [batch_item(code, share) for share in quotas[site]])
     counts.skus = len(catalog)
     if inputs is not None:
-        inputs.catalog.update(seen.catalog)
-        inputs.batches.update(seen.batches)
+        inputs.update(seen)
     writes: dict[str, SiteWrites] = {}
     targets = {site: f"wallet:{site}" for site in sites}
     with session_scope(engine) as session:

@@ -227,10 +227,8 @@ def _pg(session: Session, statement: str, params: Mapping[str, Any]) -> Any:
     return _pg_cursor(session.connection().connection.driver_connection, statement, params)
 
 
-def _pg_cursor(conn: Any, statement: str, params: Mapping[str, Any], *,
-               prepare: bool | None = None) -> Any:
-    """``_pg`` on a driver connection; ``prepare=False``: never as a prepared statement (so
-    always planned for its parameters)."""
+def _pg_cursor(conn: Any, statement: str, params: Mapping[str, Any]) -> Any:
+    """``_pg`` on a driver connection."""
     names = tuple(sorted(params))
     shape = tuple(isinstance(params[n], list) for n in names)
     key = (statement, shape)
@@ -242,7 +240,7 @@ def _pg_cursor(conn: Any, statement: str, params: Mapping[str, Any], *,
                        statement.replace("%", "%%"))
         _pg_texts[key] = query
     cursor = conn.cursor(row_factory=namedtuple_row)
-    cursor.execute(query, params, prepare=prepare)
+    cursor.execute(query, params)
     return cursor
 
 
@@ -669,8 +667,8 @@ def add_codes(
         if stop.is_set():
             return
         try:
-            _write_chunk(engine, batch, batch_rank, prepared, report, ours, actor, system,
-                         limit, direct=direct)
+            _write_chunk(engine, batch, prepared, report, ours, actor, system, limit,
+                         direct=direct)
         except BaseException:
             stop.set()
             raise
@@ -834,14 +832,14 @@ def _prepare_chunk(chunk: list[tuple[int, str, str | None, date | None]], keyrin
     prepared = _Prepared(chunk, hashes, fresh, skipped, order, codes_enc,  # type: ignore[arg-type]
                          pins_enc, batch_rank=batch_rank)
     if pg and order:
-        columns = _pg_columns(prepared, order, batch_rank)
+        columns = _pg_columns(prepared, order)
         prepared.pg_columns = _joined(columns)
         prepared.top_rank = max(columns["r"])
     return prepared
 
 
 def _write_chunk(
-    engine: Engine, batch: Any, batch_rank: int, prepared: _Prepared,
+    engine: Engine, batch: Any, prepared: _Prepared,
     report: AddCodesReport, ours: _Positions, actor: str, system: str, limit: int | None,
     *, direct: _Direct | None,
 ) -> None:
@@ -875,8 +873,7 @@ def _write_chunk(
         _custom_plans(session)
         if pg and fits:
             # a code of the chunk is in the pool: the same codes, skipping those
-            _insert_fresh_pg(session, batch, batch_rank, prepared, report, ours, now, actor,
-                             system)
+            _insert_fresh_pg(session, batch, prepared, report, ours, now, actor, system)
             return
         _refuse_existing(session, pg, prepared, report, ours, _existing(session, pg, fresh))
         if limit is not None:
@@ -890,7 +887,7 @@ def _write_chunk(
         indexes = sorted(fresh.values())
         if pg:
             added = _insert_codes_pg(session, batch, now, actor, system,
-                                     _joined(_pg_columns(prepared, indexes, batch_rank)))
+                                     _joined(_pg_columns(prepared, indexes)))
         else:
             rows = []
             for i in indexes:
@@ -899,8 +896,7 @@ def _write_chunk(
                     "code_hash": hashes[i], "code_enc": code_enc, "pin_enc": pin_enc,
                     "last4": last4(chunk[i][1]), "sku": batch.sku, "batch_no": batch.batch_no,
                     "status": CodeStatus.IN_STOCK.value,
-                    "expiry_rank": expiry_rank(chunk[i][3]) if chunk[i][3] else batch_rank,
-                    "batch_seq": batch.seq, "updated_at": now})
+                    "expiry_rank": prepared.rank(i), "batch_seq": batch.seq, "updated_at": now})
             added = _insert_codes_sqlite(session, rows, now, actor, system)
         report.note_ranks(prepared.rank(fresh[digest]) for _, digest in added)
         by_hash = dict(fresh)
@@ -945,7 +941,7 @@ def _refuse_existing(session: Session, pg: bool, prepared: _Prepared, report: Ad
 
 
 def _insert_fresh_pg(
-    session: Session, batch: Any, batch_rank: int, prepared: _Prepared,
+    session: Session, batch: Any, prepared: _Prepared,
     report: AddCodesReport, ours: _Positions, now: datetime, actor: str, system: str,
 ) -> None:
     """PostgreSQL, when no limit can refuse a code but one of the chunk is in the pool:
@@ -953,7 +949,7 @@ def _insert_fresh_pg(
     insert), then refuse the skipped ones as found."""
     chunk, fresh = prepared.chunk, prepared.fresh
     added = _insert_codes_pg(session, batch, now, actor, system, prepared.pg_columns
-                             or _joined(_pg_columns(prepared, prepared.order, batch_rank)))
+                             or _joined(_pg_columns(prepared, prepared.order)))
     report.note_ranks(prepared.rank(fresh[digest]) for _, digest in added)
     skipped = dict(fresh)
     new_ids = []
@@ -967,8 +963,7 @@ def _insert_fresh_pg(
     _received(session, batch, report, len(added), now)
 
 
-def _pg_columns(prepared: _Prepared, indexes: list[int], batch_rank: int
-                ) -> dict[str, list[Any]]:
+def _pg_columns(prepared: _Prepared, indexes: list[int]) -> dict[str, list[Any]]:
     """The columns ``_insert_codes_pg`` takes, for these codes of the chunk."""
     chunk = prepared.chunk
     if indexes == prepared.order:
@@ -978,7 +973,7 @@ def _pg_columns(prepared: _Prepared, indexes: list[int], batch_rank: int
         codes_enc, pins_enc = [c for c, _ in encrypted], [p for _, p in encrypted]
     return {"h": [prepared.hashes[i] for i in indexes], "c": codes_enc, "p": pins_enc,
             "l": [last4(chunk[i][1]) for i in indexes],
-            "r": [expiry_rank(chunk[i][3]) if chunk[i][3] else batch_rank for i in indexes]}
+            "r": [prepared.rank(i) for i in indexes]}
 
 
 def _joined(columns: dict[str, list[Any]]) -> dict[str, Any]:
@@ -996,14 +991,18 @@ def _received(session: Session, batch: Any, report: AddCodesReport, n: int, now:
     """The batch's quantities rise by the ``n`` codes this chunk added."""
     report.added += n
     if n:
-        bt = PoolBatch.__table__
-        session.execute(
-            update(bt).where(bt.c.batch_no == batch.batch_no).values(
-                quantity=bt.c.quantity + n, remaining=bt.c.remaining + n,
-                available=bt.c.available + n, updated_at=now,
-                status=func.coalesce(
-                    func.nullif(bt.c.status, BatchStatus.SOLD_OUT.value),
-                    BatchStatus.ACTIVE.value)))
+        session.execute(_sql(_BATCH_RECEIVED.format(n=":n")),
+                        {"n": n, "now": now, "batch_no": batch.batch_no})
+
+
+_BATCH_RECEIVED = """
+UPDATE pool_batch
+SET quantity = quantity + {n}, remaining = remaining + {n}, available = available + {n},
+    updated_at = :now, status = COALESCE(NULLIF(status, 'sold_out'), 'active')
+WHERE batch_no = :batch_no
+"""
+"""A batch receiving ``{n}`` codes (a sold-out batch sells again): after a chunk's insert,
+and inside the one statement that stores a chunk on PostgreSQL."""
 
 
 _PG_INSERT_CODES_SQL = """
@@ -1034,15 +1033,12 @@ _PG_INSERT_CODES = _PG_INSERT_CODES_SQL.format(
 _PG_INSERT_NEW_CODES = _PG_INSERT_CODES_SQL.format(on_conflict="", returning="id", rest="""
 , added AS (
     SELECT count(*) AS n FROM ins
-), batch AS (
-    UPDATE pool_batch b SET quantity = b.quantity + a.n, remaining = b.remaining + a.n,
-           available = b.available + a.n, updated_at = :now,
-           status = COALESCE(NULLIF(b.status, 'sold_out'), 'active')
-    FROM added a WHERE b.batch_no = :batch_no AND a.n > 0
+), batch AS ({batch}
+    AND (SELECT n FROM added) > 0
 )
 SELECT string_agg(id::text, ',') AS ids,
        set_config('synchronous_commit', 'off', true) AS flushed_by_a_later_commit
-FROM ins""")
+FROM ins""".replace("{batch}", _BATCH_RECEIVED.format(n="(SELECT n FROM added)").rstrip()))
 """Codes none of which is in the pool (a plain insert probes the hash index once a code; ON
 CONFLICT would look each one up first and then insert it; one already there fails the
 statement on ``uq_pool_code_hash``), their receipt and the batch's quantities, committed as

@@ -149,10 +149,22 @@ def test_an_amount_the_row_readers_refuse_is_refused_however_a_cast_would_round_
         f"{kind}_bad.csv: {expected}"]
 
 
-def test_zeros_past_the_minor_unit_are_the_same_amount(tmp_path):
-    """``18.150000000`` is 18.15: trailing zeros beyond six places are not a refusal."""
+def read_cleanly(data: dict):
+    """The generated day (``data``, its files perhaps edited) through the columnar path:
+    nothing refused, every entity's classes as generated."""
     from bench.reconcile import accuracy
 
+    files = data["files"]
+    result = reconcile_columnar(load_rules(), DAY, orders=files["orders"],
+                                deliveries=files["deliveries"], acquirer=files["acquirer"],
+                                wallet=files["wallet"], labels=True)
+    assert result.refused == []
+    assert accuracy(data["truth"], result.labels) == 1.0
+    return result
+
+
+def test_zeros_past_the_minor_unit_are_the_same_amount(tmp_path):
+    """``18.150000000`` is 18.15: trailing zeros beyond six places are not a refusal."""
     data = generate(tmp_path, 200)
     files = data["files"]
     for kind, column in (("wallet", 6), ("acquirer", 11)):
@@ -161,11 +173,7 @@ def test_zeros_past_the_minor_unit_are_the_same_amount(tmp_path):
         cells[column] = cells[column] + "0000000"
         lines[2] = ",".join(cells)
         files[kind][0].write_text("\n".join(lines) + "\n")
-    result = reconcile_columnar(load_rules(), DAY, orders=files["orders"],
-                                deliveries=files["deliveries"], acquirer=files["acquirer"],
-                                wallet=files["wallet"], labels=True)
-    assert result.refused == []
-    assert accuracy(data["truth"], result.labels) == 1.0
+    read_cleanly(data)
 
 
 def refused_with_one_line_changed(tmp_path, kind: str, change) -> tuple[list[str], float]:
@@ -254,7 +262,7 @@ def test_zones_as_offsets_and_wallet_types_in_any_case_read_as_the_row_engine_re
     """``+08:00`` and ``GMT+8`` are time zones, ``PAYMENT`` a wallet payment, for the row
     readers: the columnar path takes them too, and every entity gets the row engine's
     classes."""
-    from bench.reconcile import accuracy, python_labels
+    from bench.reconcile import python_labels
 
     data = generate(tmp_path, 400, jsonl=True)
     files = data["files"]
@@ -267,11 +275,7 @@ def test_zones_as_offsets_and_wallet_types_in_any_case_read_as_the_row_engine_re
                 cells[column] = values[n % len(values)]
             lines[n] = ",".join(cells)
         files[kind][0].write_text("\n".join(lines) + "\n")
-    result = reconcile_columnar(load_rules(), DAY, orders=files["orders"],
-                                deliveries=files["deliveries"], acquirer=files["acquirer"],
-                                wallet=files["wallet"], labels=True)
-    assert result.refused == []
-    assert accuracy(data["truth"], result.labels) == 1.0
+    result = read_cleanly(data)
     assert result.labels == python_labels(tmp_path, files)
 
 

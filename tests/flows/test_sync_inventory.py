@@ -151,6 +151,16 @@ def _planned_once(sandboxes):
     return _api_sku_shown_whole(sandboxes, 8)
 
 
+def _api_batch_stamped_before(code: str, sku, suffix: str, seconds: float,
+                              **quantities: int) -> None:
+    """``_api_batch`` stamped ``seconds`` before the last rebalance began."""
+    with session_scope(get_engine()) as s:
+        rebalanced = si.get_watermark(s, si.FLOW, "pool", "quota")
+        _api_batch(s, code, sku, suffix, **quantities)
+        s.execute(PoolBatch.__table__.update().where(PoolBatch.batch_no == f"B-{code}-{suffix}")
+                  .values(updated_at=rebalanced - timedelta(seconds=seconds)))
+
+
 def _api_batch(s, code: str, sku, suffix: str, **quantities: int) -> None:
     """The SKU's API batch ``B-{code}-{suffix}`` as the ERP books it."""
     pool.upsert_batch(s, batch_no=f"B-{code}-{suffix}", sku=code, issuance_mode="api",
@@ -176,13 +186,9 @@ def test_right_after_a_run_only_what_changed_since_is_planned_again(sandboxes):
 def test_a_change_committed_after_the_last_plan_read_is_planned_though_stamped_before(
         sandboxes):
     code, sku = _planned_once(sandboxes)
-    with session_scope(get_engine()) as s:
-        rebalanced = si.get_watermark(s, si.FLOW, "pool", "quota")
-        _api_batch(s, code, sku, "1", quantity=8, remaining=2)
-        # as if this transaction had stamped the batch before the last run began and
-        # committed only after that run had read the pool
-        s.execute(PoolBatch.__table__.update().where(PoolBatch.batch_no == f"B-{code}-1")
-                  .values(updated_at=rebalanced - timedelta(seconds=5)))
+    # as if this transaction had stamped the batch before the last run began and committed
+    # only after that run had read the pool
+    _api_batch_stamped_before(code, sku, "1", 5, quantity=8, remaining=2)
     summary = run()
     assert summary["skus"] == 1 and sum(shown(sandboxes)[code].values()) == 2
 
@@ -194,11 +200,7 @@ def test_a_new_batch_committed_after_the_last_plan_read_is_planned_though_stampe
     # a batch the last plan never saw (no stamp of it was read), stamped within the settling
     # time before that plan began
     code, sku = _planned_once(sandboxes)
-    with session_scope(get_engine()) as s:
-        rebalanced = si.get_watermark(s, si.FLOW, "pool", "quota")
-        _api_batch(s, code, sku, "LATE", quantity=4)
-        s.execute(PoolBatch.__table__.update().where(PoolBatch.batch_no == f"B-{code}-LATE")
-                  .values(updated_at=rebalanced - timedelta(seconds=20)))
+    _api_batch_stamped_before(code, sku, "LATE", 20, quantity=4)
     summary = run()
     assert summary["skus"] == 1 and sum(shown(sandboxes)[code].values()) == 12
     assert run()["skus"] == 0

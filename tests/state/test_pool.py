@@ -188,7 +188,7 @@ def test_an_error_in_the_writer_stops_the_chunks_behind_it(engine, ring, monkeyp
     third_queued = threading.Event()
 
     def flaky(*args: Any, **kwargs: Any) -> None:
-        written.append(args[3].chunk[0][0])  # the chunk's first position
+        written.append(args[2].chunk[0][0])  # the chunk's first position
         if len(written) == 2:
             assert third_queued.wait(10)
             raise ConnectionError("database went away")
