@@ -29,6 +29,9 @@ from state.db import make_engine
 from state.pool import allocate
 url, name, chunk = sys.argv[1], sys.argv[2], int(sys.argv[3])
 engine = make_engine(url, pool_size=1, max_overflow=0)
+engine.connect().close()
+print("ready", flush=True)
+sys.stdin.readline()  # start together: a slow start must not leave one worker no work
 report = allocate(engine, worker=name, chunk_lines=chunk)
 print(json.dumps({"worker": name, "codes": report.codes_allocated,
                   "orders": report.orders_allocated, "held": report.orders_held,
@@ -79,10 +82,21 @@ def seed(engine: Engine, *, codes: int, skus: int) -> int:
     return len(line_skus)
 
 
-def start_allocator(url: str, name: str, chunk: int) -> subprocess.Popen[str]:
+def start_allocators(url: str, names: list[str], chunk: int) -> list[subprocess.Popen[str]]:
+    """One allocator process per name, released together once every one has imported and
+    connected (on a busy machine one interpreter can start seconds after another)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-c", WORKER, url, name, str(chunk)], cwd=ROOT,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER, url, name, str(chunk)], cwd=ROOT,
+                              env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for name in names]
+    for proc in procs:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready", \
+            proc.stderr.read() if proc.stderr else ""
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+    return procs
 
 
 def finish(proc: subprocess.Popen[str], timeout: float = 300) -> dict[str, Any]:
@@ -150,7 +164,7 @@ def test_four_allocator_processes_share_one_pool(pg_engine):
     with pg_engine.connect() as conn:
         conn.execution_options(isolation_level="AUTOCOMMIT").execute(text("VACUUM ANALYZE"))
     started = time.monotonic()
-    procs = [start_allocator(url_of(pg_engine), f"w{n}", 2000) for n in range(1, 5)]
+    procs = start_allocators(url_of(pg_engine), [f"w{n}" for n in range(1, 5)], 2000)
     reports = [finish(p) for p in procs]
     elapsed = time.monotonic() - started
     assert sum(r["codes"] for r in reports) == 200_000
@@ -165,7 +179,7 @@ def test_two_allocator_processes_on_a_sqlite_file(tmp_path):
     engine = make_engine(f"sqlite:///{tmp_path / 'pool.db'}")
     upgrade(engine)
     lines = seed(engine, codes=20_000, skus=40)
-    procs = [start_allocator(url_of(engine), f"w{n}", 500) for n in (1, 2)]
+    procs = start_allocators(url_of(engine), ["w1", "w2"], 500)
     reports = [finish(p) for p in procs]
     assert sum(r["codes"] for r in reports) == lines
     assert all(r["codes"] > 0 for r in reports), reports
@@ -176,7 +190,7 @@ def test_two_allocator_processes_on_a_sqlite_file(tmp_path):
 @pytest.mark.slow
 def test_an_allocator_killed_mid_chunk_leaves_nothing_half_done(engine):
     lines = seed(engine, codes=30_000, skus=30)
-    proc = start_allocator(url_of(engine), "doomed", 300)
+    [proc] = start_allocators(url_of(engine), ["doomed"], 300)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         with engine.connect() as conn:
