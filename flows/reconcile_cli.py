@@ -42,12 +42,17 @@ def reconcile_run(
     day: Annotated[str, typer.Option("--day", help="Business day, YYYY-MM-DD.")],
     files: Annotated[list[Path] | None, typer.Argument(help="The day's payment files.")] = None,
     orders: Annotated[list[Path] | None, typer.Option(
-        help="Orders as canonical Order JSON lines (repeatable).")] = None,
+        help="Orders as canonical Order JSON lines, or the orders export as .csv "
+             "(repeatable).")] = None,
     deliveries: Annotated[list[Path] | None, typer.Option(
-        help="Delivery evidence as canonical Delivery JSON lines (repeatable).")] = None,
+        help="Delivery evidence as canonical Delivery JSON lines, or the delivery export "
+             "as .csv (repeatable).")] = None,
     rules: Annotated[Path | None, typer.Option(
         help="Rule file (default VOUCHFLOW_RECONCILE_CONFIG or config/reconcile.yaml).")]
     = None,
+    engine: Annotated[str, typer.Option(
+        help="auto (columnar for a large day of CSV exports, acquirer and wallet files), "
+             "rows or columns.")] = "auto",
 ) -> None:
     """Match DAY (replacing its earlier result); prints a JSON summary. Exits 1 when a
     source was refused (after matching the others)."""
@@ -56,7 +61,7 @@ def reconcile_run(
 
     summary = asyncio.run(reconcile_day(
         _day(day), [str(f) for f in files or []], [str(f) for f in orders or []],
-        [str(f) for f in deliveries or []], str(rules) if rules else None))
+        [str(f) for f in deliveries or []], str(rules) if rules else None, engine))
     typer.echo(dump(summary))
     for source in summary["sources"]:
         if source["status"] == "rejected":

@@ -250,6 +250,52 @@ class Correction:
     correction_id: int = 0
 
 
+ORDER_EXPORT_COLUMNS = ("site", "order_id", "status", "created_at", "currency", "total",
+                        "method", "provider_reference")
+"""The sites' confirmed-orders export as CSV: one row an order, its total and how it was paid
+(the flat form a large day comes in; the canonical JSON lines carry the lines too)."""
+DELIVERY_EXPORT_COLUMNS = ("site", "order_id", "status", "quantity")
+"""Delivery evidence as CSV: one row an order (optional columns ``kind``, ``delivered_at``)."""
+
+
+def order_from_export(row: Mapping[str, str | None]) -> Order:
+    """One row of the orders export as a canonical order: its total as one line, and its
+    payment when it names a method. Raises pydantic's ValidationError naming the field."""
+    def cell(name: str) -> str | None:
+        value = row.get(name)
+        return value.strip() or None if isinstance(value, str) else value
+
+    currency, total = cell("currency"), cell("total")
+    money = {"amount": total, "currency": currency}
+    method, reference = cell("method"), cell("provider_reference")
+    payment = None
+    if method is not None or reference is not None:
+        payment = {"method": method, "provider": method or "unknown",
+                   "provider_reference": reference, "amount": money}
+    return Order.model_validate({
+        "site": cell("site"), "order_id": cell("order_id"), "status": cell("status"),
+        "created_at": cell("created_at"), "updated_at": cell("created_at"),
+        "currency": currency, "payment": payment,
+        "lines": [{"line_id": "1", "sku": "ORDER-TOTAL", "quantity": 1,
+                   "unit_price": money}]})
+
+
+def delivery_from_export(row: Mapping[str, str | None], *, day: date, source: str
+                         ) -> Delivery:
+    """One row of the delivery export as canonical delivery evidence (delivered at the
+    start of ``day`` in UTC when the row does not say when)."""
+    def cell(name: str) -> str | None:
+        value = row.get(name)
+        return value.strip() or None if isinstance(value, str) else value
+
+    site, order_id = cell("site"), cell("order_id")
+    return Delivery.model_validate({
+        "delivery_id": f"{site}-{order_id}", "site": site, "order_id": order_id,
+        "kind": cell("kind") or "codes", "status": cell("status"),
+        "quantity": cell("quantity"), "source": source,
+        "delivered_at": cell("delivered_at") or f"{day.isoformat()}T00:00:00+00:00"})
+
+
 def order_target(site: str, order_id: str) -> str:
     return f"order:{site}:{order_id}"
 
@@ -726,6 +772,8 @@ def reconcile(rules: Rules, data: DayInput) -> DayResult:
 
 
 __all__ = [
+    "DELIVERY_EXPORT_COLUMNS",
+    "ORDER_EXPORT_COLUMNS",
     "Correction",
     "CorrectionKind",
     "DayInput",
@@ -737,7 +785,9 @@ __all__ = [
     "OrderOutcome",
     "Rules",
     "RulesError",
+    "delivery_from_export",
     "order_day",
+    "order_from_export",
     "order_target",
     "reconcile",
     "rules_from_mapping",

@@ -25,7 +25,18 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Column, Date, Index, Integer, String, UniqueConstraint, delete, select, text
+from sqlalchemy import (
+    Column,
+    Date,
+    Index,
+    Integer,
+    String,
+    UniqueConstraint,
+    delete,
+    insert,
+    select,
+    text,
+)
 from sqlalchemy.orm import Session
 from sqlmodel import Field, SQLModel
 
@@ -220,14 +231,45 @@ def _amount(money: Any) -> Decimal | None:
 _DAY_LOCK = text("SELECT pg_advisory_xact_lock(hashtext(current_schema() || :name))")
 
 
+def group_row(g: Any) -> dict[str, Any]:
+    """A ``MatchGroup`` as the row ``store_day_rows`` takes."""
+    money = g.expected or g.received
+    return {"group_id": g.group_id, "kind": g.kind.value, "site": g.site, "method": g.method,
+            "order_id": g.order_id, "payout_id": g.payout_id, "trace_ids": list(g.trace_ids),
+            "currency": money.currency if money else None, "expected": _amount(g.expected),
+            "received": _amount(g.received), "fee": _amount(g.fee), "rule": g.rule}
+
+
+def outcome_row(o: Any) -> dict[str, Any]:
+    """An ``OrderOutcome`` as the row ``store_day_rows`` takes."""
+    return {"site": o.site, "order_id": o.order_id, "method": o.method, "currency": o.currency,
+            "expected": o.expected, "received": o.received, "fee": o.fee,
+            "refunded": o.refunded, "reference": o.reference, "matched": o.matched}
+
+
 def store_day_result(session: Session, result: Any, *, run_key: str,
                      sources: Sequence[Mapping[str, Any]] = ()) -> None:
-    """Replace the day's stored result with ``result`` (a ``mappings.reconcile.DayResult``).
+    """Replace the day's stored result with ``result`` (a ``mappings.reconcile.DayResult``)."""
+    store_day_rows(session, day=result.day, rules_digest=result.rules_digest,
+                   counts=result.counts(), found=result.discrepancies,
+                   groups=[[group_row(g) for g in result.groups]],
+                   outcomes=[[outcome_row(o) for o in result.outcomes]], run_key=run_key,
+                   sources=sources)
+
+
+def store_day_rows(session: Session, *, day: date, rules_digest: str, counts: Mapping[str, int],
+                   found: Sequence[Any], groups: Iterable[Sequence[Mapping[str, Any]]],
+                   outcomes: Iterable[Sequence[Mapping[str, Any]]], run_key: str,
+                   sources: Sequence[Mapping[str, Any]] = ()) -> None:
+    """Replace the day's stored result: its discrepancies (``found``, each a
+    ``mappings.reconcile.Discrepancy``)
+    and its groups and order outcomes as chunks of rows (``group_row``, ``outcome_row``), so
+    a day of a million orders is written in bulk statements, a chunk at a time, without a
+    million objects at once.
 
     Two matches of one day at once take turns (a lock on the day, PostgreSQL; SQLite's write
     lock does it there): the second compares with what the first stored, so each change of a
     discrepancy is announced once."""
-    day = result.day
     if session.get_bind().dialect.name == "postgresql":
         session.execute(_DAY_LOCK, {"name": f"/recon-day/{day.isoformat()}"})
     before = {d.key: _discrepancy_view(d) for d in discrepancies(session, day)}
@@ -235,26 +277,27 @@ def store_day_result(session: Session, result: Any, *, run_key: str,
         session.execute(delete(model).where(model.day == day))  # type: ignore[attr-defined]
     session.execute(delete(ReconDay).where(ReconDay.day == day))  # type: ignore[arg-type]
     matched_at = now_utc()
-    session.add(ReconDay(day=day, run_key=run_key, rules_digest=result.rules_digest,
-                         counts=result.counts(), sources=list(sources), matched_at=matched_at))
-    session.add_all([ReconGroup(
-        day=day, group_id=g.group_id, kind=g.kind.value, site=g.site, method=g.method,
-        order_id=g.order_id, payout_id=g.payout_id, trace_ids=list(g.trace_ids),
-        currency=(g.expected or g.received).currency if (g.expected or g.received) else None,
-        expected=_amount(g.expected), received=_amount(g.received), fee=_amount(g.fee),
-        rule=g.rule[:200]) for g in result.groups])
-    session.add_all([ReconDiscrepancy(
-        day=day, key=d.key, category=d.cls.value, status=d.status, site=d.site, method=d.method,
-        order_id=d.order_id, payout_id=d.payout_id, trace_ids=list(d.trace_ids),
-        currency=next((m.currency for m in (d.difference, d.expected, d.actual) if m), None),
-        expected=_amount(d.expected), actual=_amount(d.actual),
-        difference=_amount(d.difference), detail=d.detail[:2000])
-        for d in result.discrepancies])
-    session.add_all([ReconOutcome(
-        day=day, site=o.site, order_id=o.order_id, method=o.method, currency=o.currency,
-        expected=o.expected, received=o.received, fee=o.fee, refunded=o.refunded,
-        reference=o.reference, matched=o.matched) for o in result.outcomes])
+    session.add(ReconDay(day=day, run_key=run_key, rules_digest=rules_digest,
+                         counts=dict(counts), sources=list(sources), matched_at=matched_at))
     session.flush()
+    for chunk in groups:
+        if chunk:
+            session.execute(insert(ReconGroup.__table__),  # type: ignore[attr-defined]
+                            [{**g, "day": day, "rule": g["rule"][:200]} for g in chunk])
+    rows = [{
+        "day": day, "key": d.key, "category": d.cls.value, "status": d.status, "site": d.site,
+        "method": d.method, "order_id": d.order_id, "payout_id": d.payout_id,
+        "trace_ids": list(d.trace_ids),
+        "currency": next((m.currency for m in (d.difference, d.expected, d.actual) if m), None),
+        "expected": _amount(d.expected), "actual": _amount(d.actual),
+        "difference": _amount(d.difference), "detail": d.detail[:2000]}
+        for d in found]
+    if rows:
+        session.execute(insert(ReconDiscrepancy.__table__), rows)  # type: ignore[attr-defined]
+    for chunk in outcomes:
+        if chunk:
+            session.execute(insert(ReconOutcome.__table__),  # type: ignore[attr-defined]
+                            [{**o, "day": day} for o in chunk])
     after = {d.key: _discrepancy_view(d) for d in discrepancies(session, day)}
     announce(session, discrepancy_changes(before, after, at=matched_at))
 

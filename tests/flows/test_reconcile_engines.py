@@ -1,0 +1,128 @@
+"""The two engines of reconcile-day: the sites' CSV exports read by the row engine as their
+canonical JSON lines are; which engine a day goes to, and why."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from bench.reconcile import DAY, generate
+from flows.reconcile import load_rules, plan_engine, read_sources
+from mappings.reconcile import DayInput, reconcile
+from tests.connectors.payments.expected import BANK
+
+ZONES = {"sg1": "Asia/Singapore", "my1": "Asia/Kuala_Lumpur"}
+
+
+@pytest.fixture(scope="module")
+def day(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    folder = tmp_path_factory.mktemp("engines")
+    data = generate(folder, 3000, jsonl=True)
+    data["folder"] = folder
+    return data
+
+
+def _result(payments, orders, deliveries):
+    sources = read_sources(payments, orders, deliveries, day=DAY)
+    assert not sources.rejected, [o.error for o in sources.rejected]
+    return reconcile(load_rules(), DayInput(
+        day=DAY, orders=sources.orders, traces=sources.traces, deliveries=sources.deliveries,
+        payouts=sources.payouts, site_zones=ZONES))
+
+
+def test_the_csv_exports_give_the_row_engine_the_same_day_as_the_json_lines(day):
+    files, folder = day["files"], day["folder"]
+    payments = [*files["acquirer"], *files["wallet"]]
+    from_csv = _result(payments, files["orders"], files["deliveries"])
+    from_json = _result(payments, [folder / "orders.jsonl"], [folder / "deliveries.jsonl"])
+    assert len(from_csv.outcomes) == 3000
+    assert from_csv.discrepancies == from_json.discrepancies
+    assert from_csv.groups == from_json.groups
+    assert from_csv.outcomes == from_json.outcomes
+    assert sum(from_csv.counts()[f"discrepancy:{c}"] for c in (
+        "unpaid_order", "amount_mismatch", "duplicate_payment", "paid_not_delivered")) > 0
+
+
+def _with_cell(source: Path, target: Path, line: int, column: str, value: str) -> Path:
+    with source.open(newline="") as fh:
+        rows = list(csv.reader(fh))
+    rows[line - 1][rows[0].index(column)] = value
+    with target.open("w", newline="") as fh:
+        csv.writer(fh, lineterminator="\n").writerows(rows)
+    return target
+
+
+@pytest.mark.parametrize(("column", "value", "expected"), [
+    ("total", "12.345", "line 7: total: amount 12.345 has more decimals than MYR allows"),
+    ("currency", "XXQ", "line 7: currency:"),
+    ("status", "lost", "line 7: status:"),
+    ("created_at", "yesterday", "line 7: created_at:"),
+])
+def test_a_bad_cell_of_the_orders_export_refuses_that_file_naming_line_and_field(
+        day, tmp_path, column, value, expected):
+    files = day["files"]
+    bad = _with_cell(files["orders"][0], tmp_path / "orders_bad.csv", 7, column, value)
+    sources = read_sources([], [bad, day["folder"] / "orders.jsonl"], files["deliveries"],
+                           day=DAY)
+    [refused] = sources.rejected
+    assert refused.file == "orders_bad.csv" and expected in refused.error, refused.error
+    assert refused.error.endswith("[invalid_record]")
+    assert len(sources.orders) == 3000  # the other file of orders is read
+    assert len(sources.deliveries) > 2900
+
+
+def test_an_export_missing_a_column_or_with_a_short_row_is_refused(day, tmp_path):
+    files = day["files"]
+    lines = files["deliveries"][0].read_text().splitlines()
+    short = tmp_path / "deliveries_short.csv"
+    short.write_text("\n".join([lines[0], lines[1], "sg1,O000000002", *lines[3:]]) + "\n")
+    headless = tmp_path / "orders_no_total.csv"
+    with files["orders"][0].open(newline="") as fh:
+        rows = [[c for i, c in enumerate(r) if i != 5] for r in csv.reader(fh)]
+    with headless.open("w", newline="") as fh:
+        csv.writer(fh, lineterminator="\n").writerows(rows)
+    sources = read_sources([], [headless], [short], day=DAY)
+    errors = {o.file: o.error for o in sources.rejected}
+    assert errors == {
+        "orders_no_total.csv": "orders_no_total.csv: line 1: missing column 'total' "
+                               "[missing_column]",
+        "deliveries_short.csv": "deliveries_short.csv: line 3: 2 fields where the header has "
+                                "4 [field_count]"}
+
+
+def test_a_large_day_of_exports_goes_to_the_columnar_engine_and_a_small_one_to_rows(
+        day, monkeypatch):
+    files = day["files"]
+    payments = [*files["acquirer"], *files["wallet"]]
+    monkeypatch.setenv("VOUCHFLOW_RECONCILE_COLUMNAR_MIN_ORDERS", "3000")
+    plan = plan_engine("auto", payments, files["orders"], files["deliveries"])
+    assert (plan.engine, plan.reason) == ("columns", "3000 order(s), at least 3000")
+    assert plan.payments == {"acquirer": files["acquirer"], "wallet": files["wallet"]}
+    monkeypatch.setenv("VOUCHFLOW_RECONCILE_COLUMNAR_MIN_ORDERS", "3001")
+    plan = plan_engine("auto", payments, files["orders"], files["deliveries"])
+    assert (plan.engine, plan.reason) == ("rows", "3000 order(s), under 3001")
+    assert plan_engine("columns", payments, files["orders"], files["deliveries"]).engine \
+        == "columns"
+    assert plan_engine("rows", payments, files["orders"], files["deliveries"]).engine == "rows"
+
+
+def test_a_day_the_columnar_engine_cannot_read_goes_to_rows_with_the_reason(day, tmp_path):
+    files = day["files"]
+    camt = next(p for p in sorted((BANK / "camt").rglob("*.xml")) if "053" in p.name)
+    plan = plan_engine("columns", [*files["acquirer"], camt], files["orders"],
+                       files["deliveries"])
+    assert plan.engine == "rows" and plan.reason.startswith(f"{camt.name} is camt")
+    plan = plan_engine("columns", files["acquirer"], [day["folder"] / "orders.jsonl"],
+                       files["deliveries"])
+    assert (plan.engine, plan.reason) == ("rows", "orders.jsonl is not a CSV export")
+    unknown = tmp_path / "notes.csv"
+    unknown.write_text("a,b\n1,2\n")
+    plan = plan_engine("columns", [*files["acquirer"], unknown], files["orders"],
+                       files["deliveries"])
+    assert plan.engine == "columns"
+    [refused] = plan.refused
+    assert refused.file == "notes.csv" and "[format_unknown]" in (refused.error or "")
+    with pytest.raises(ValueError, match="engine 'fast'"):
+        plan_engine("fast", [], [], [])
