@@ -437,10 +437,12 @@ class BatchContent:
 
 def batch_contents(session: Session, day: date) -> list[BatchContent]:
     """Per site and method: one line per order that received money (net of its refunds)."""
-    rows = session.scalars(select(ReconOutcome).where(ReconOutcome.day == day)  # type: ignore[arg-type]
-                           .order_by(ReconOutcome.site, ReconOutcome.method,
-                                     ReconOutcome.order_id))
-    grouped: dict[tuple[str, str, str], list[ReconOutcome]] = defaultdict(list)
+    c = ReconOutcome.__table__.c  # type: ignore[attr-defined]
+    # plain rows, not ORM objects: a large day has a million of them
+    rows = session.execute(select(c.site, c.method, c.currency, c.order_id, c.received,
+                                  c.refunded, c.fee, c.reference).where(c.day == day)
+                           .order_by(c.site, c.method, c.order_id))
+    grouped: dict[tuple[str, str, str], list[Any]] = defaultdict(list)
     for row in rows:
         grouped[(row.site, row.method, row.currency)].append(row)
     out = []
