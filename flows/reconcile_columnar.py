@@ -11,7 +11,30 @@ scale. A file that breaks a rule is refused with the file, line, field and rule,
 readers say it; the others are read.
 
 It reads the files it is given and returns counts (and, when asked, each entity's classes);
-it writes nothing: storing a day's result stays with ``flows.reconcile``.
+it writes nothing: storing a day's result stays with ``flows.reconcile``. With ``keep=True``
+the result (``ColumnarDay``) also gives the whole result as the row engine builds it: every
+discrepancy (its key, trace ids, amounts, detail text and status), every match group and
+every order outcome as rows, with the operator's ``accept`` and ``adjust`` corrections
+applied (an ``assign`` raises ``ColumnarUnsupported``: the row engine matches that day).
+
+Where it still differs from the row engine (the caller keeps those days on the row path):
+
+- an order's business day is the date of its ``created_at`` as written, not on the site's
+  clock; named time zones in the acquirer's files are refused (abbreviations and offsets are
+  read); CSV files with another delimiter than ``,`` are not read;
+- a payment, refund or payout member in another currency than its order's (or payout's) is
+  not converted at the rules' rates: a payment matches only an order in its currency, a
+  refund or member in another currency counts 0;
+- only the reference rules ``provider_reference->provider_reference`` and
+  ``merchant_reference->order_id`` are applied (a wallet row's ``customer_ref`` and the words
+  of a description are not looked up);
+- an acquirer row's fee is its ``Commission``: ``Markup``, ``Scheme Fees`` and
+  ``Interchange`` are neither read nor checked; ``RefundedReversed`` and
+  ``ChargebackReversed`` rows are not refunds here;
+- a wallet payment or refund without order id is not refused; a row read twice (the same
+  trace id) counts twice (the row engine counts it once);
+- a percent tolerance is rounded to two decimals (half even or half up); methods whose
+  amounts are net raise ``ColumnarUnsupported``.
 """
 
 from __future__ import annotations
@@ -20,21 +43,32 @@ import csv
 import gc
 import re
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import date
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from iso4217 import Currency
 
-from canonical import TraceKind
+from canonical import Money, TraceKind
+from canonical.money import RoundingMode, minor_unit
 from connectors.payments.acquirer import REQUIRED as ACQUIRER_REQUIRED
 from connectors.payments.common import _ABBREVIATIONS, PaymentFileError
 from connectors.payments.wallet_balance import REQUIRED as WALLET_REQUIRED
 from connectors.payments.wallet_balance import TYPES as WALLET_TYPES
 from mappings.payments import ACQUIRER_KINDS as ROW_ACQUIRER_KINDS
-from mappings.reconcile import Rules
+from mappings.reconcile import (
+    Correction,
+    CorrectionKind,
+    Discrepancy,
+    DiscrepancyClass,
+    GroupKind,
+    Rules,
+    _key,
+    order_target,
+)
 
 ORDER_COLUMNS = ("site", "order_id", "status", "created_at", "currency", "total", "method",
                  "provider_reference")
@@ -55,6 +89,9 @@ class ColumnarResult:
     phases: dict[str, float] = field(default_factory=dict)
     """Seconds each phase of the run took (wall clock), in the order they ran: where a large
     day's time goes, for whoever makes it faster."""
+
+    def close(self) -> None:
+        """Nothing to close: only a ``ColumnarDay`` (``keep=True``) holds its database."""
 
 
 def _header(path: Path, required: Sequence[str]) -> list[str]:
@@ -219,15 +256,25 @@ ACQ_AMOUNTS = (("Gross Credit (GC)", "Gross Currency"), ("Gross Debit (GC)", "Gr
 def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
                        deliveries: Sequence[Path], acquirer: Sequence[Path] = (),
                        wallet: Sequence[Path] = (), labels: bool = False,
-                       threads: int | None = None) -> ColumnarResult:
+                       threads: int | None = None, keep: bool = False,
+                       corrections: Sequence[Correction] = ()) -> ColumnarResult:
     """Read, check, normalise, match and classify a day's files in DuckDB. Each file is read
     once, its amounts checked in the same pass; a file with a bad row is taken out again and
     explained (file, line, field, rule) by a second look at that file only.
 
     Orders and traces are named by their row ids once read: after the two joins on text keys
     (payment reference to order, delivery to order) every join and grouping is on integers,
-    and an order's site and id are looked up again only for the entities that are reported."""
+    and an order's site and id are looked up again only for the entities that are reported.
+
+    With ``keep`` the database stays open in the result (a ``ColumnarDay``), which gives the
+    whole result as the row engine builds it (groups, discrepancies, order outcomes), each
+    worked out when asked for. ``corrections`` are the operator's, as the row engine takes
+    them (``accept`` and ``adjust``; ``assign`` raises ``ColumnarUnsupported``)."""
     import duckdb
+
+    unsupported = _unsupported(rules, corrections)
+    if unsupported:
+        raise ColumnarUnsupported(unsupported)
 
     phases: dict[str, float] = {}
     clock = [time.perf_counter()]
@@ -255,14 +302,15 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
         + f" ELSE {rules.default_lag_days} END"
     con.execute("""CREATE TABLE orders (file INTEGER, site VARCHAR, order_id VARCHAR,
         cancelled BOOLEAN, confirmed BOOLEAN, currency currency, day DATE, pref VARCHAR,
-        expected DECIMAL(18,6), lag INTEGER, bad BOOLEAN)""")
+        expected DECIMAL(18,6), lag INTEGER, bad BOOLEAN, method VARCHAR)""")
     con.execute("""CREATE TABLE traces (file INTEGER, kind kind,
         account VARCHAR, pref VARCHAR, mref VARCHAR, oref VARCHAR, currency currency,
         net_currency currency, amount DECIMAL(18,6), credit BOOLEAN, fee DECIMAL(18,6),
         net DECIMAL(18,6), booking_date DATE,
-        batch VARCHAR, bad BOOLEAN)""")
+        batch VARCHAR, bad BOOLEAN, ttype VARCHAR, modref VARCHAR)""")
     refused: list[str] = []
     number = 0
+    files: dict[int, Path] = {}
 
     scales = {c: 10 ** e for c, e in _currencies()}
 
@@ -306,6 +354,7 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
         failed insert is explained by them too)."""
         nonlocal number
         number += 1
+        files[number] = path
         failed = False
         try:
             names = _header(path, required)
@@ -341,7 +390,8 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
             r.currency, CAST(r.created_at AS DATE),
             r.provider_reference,
             CASE WHEN r.status = 'cancelled' THEN 0 ELSE r."total:" END,
-            {lag_case}, {_flag(_invalid('total', 'r."total:"'))}
+            {lag_case}, {_flag(_invalid('total', 'r."total:"'))},
+            {"coalesce(trim(r.method), 'unknown')" if keep else 'NULL'}
             FROM (SELECT *, {_amount('total')} AS "total:" FROM {{src}} r) r""",
              [("total", "currency")], {"currency": "currency", "created_at": "TIMESTAMP"},
              [("expected", "currency")],
@@ -405,7 +455,8 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
             coalesce(r."Commission (NC):", 0),
             coalesce(r."Net Credit (NC):", -r."Net Debit (NC):"),
             CAST(r."Creation Date" - r.zone AS DATE),
-            r."Batch Number", {_flag('r.zone IS NULL OR ' + checks + ' OR ' + whole)}
+            r."Batch Number", {_flag('r.zone IS NULL OR ' + checks + ' OR ' + whole)},
+            r."Type", r."Modification Reference"
             FROM (SELECT *, {kinds} AS kind, {zone} AS zone, {amounts}
                   FROM {{src}} r) r""",
              ACQ_AMOUNTS, {"Creation Date": "TIMESTAMP", "Gross Currency": "currency",
@@ -429,7 +480,8 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
             'wallet:' || r.site, r.transaction_id, r.order_id, NULL, r.currency, r.currency,
             {_amount('amount')}, r.t IN ('payment', 'adjustment_credit'), 0, NULL,
             CAST(make_timestamp(epoch_us(r.created_at)) AS DATE), r.settlement_id,
-            {_flag(f"r.t IS NULL OR r.t NOT IN ({types}) OR " + _invalid('amount'))}
+            {_flag(f"r.t IS NULL OR r.t NOT IN ({types}) OR " + _invalid('amount'))},
+            NULL, NULL
             FROM (SELECT *, CASE WHEN type IN ({types}) THEN type
                                  ELSE lower(trim(type)) END AS t FROM {{src}} r) r""",
              [("amount", "currency")], {"created_at": "TIMESTAMPTZ", "currency": "currency"},
@@ -445,9 +497,9 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
                ("merchant_reference", "order_id"): ("mref", "order_id")}.get(
                    (rule.trace, rule.order))
         if key is not None:  # references these files do not carry are skipped
-            rules_known.append(key)
+            rules_known.append((rule.name, *key))
     # the first rule in one join; each later rule only for the payments still without order
-    tcol, ocol = rules_known[0] if rules_known else ("pref", "pref")
+    _, tcol, ocol = rules_known[0] if rules_known else ("", "pref", "pref")
     con.execute(f"""CREATE TABLE pm AS SELECT p.rowid AS tid, p.pref, p.amount,
         p.booking_date, o.rowid AS oid
         FROM traces p LEFT JOIN orders o ON o.{ocol} = p.{tcol} AND {window.format(o="o")}
@@ -457,7 +509,7 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
     if rows and rows[0] != rows[1]:
         # an order reference two orders share: the first site wins
         _first_order(con, "pm")
-    for tcol, ocol in rules_known[1:]:
+    for _, tcol, ocol in rules_known[1:]:
         con.execute(f"""CREATE OR REPLACE TABLE hit AS SELECT p.tid, o.rowid AS oid
             FROM (SELECT t.rowid AS tid, t.* FROM traces t
                   SEMI JOIN (SELECT tid FROM pm WHERE oid IS NULL) u ON u.tid = t.rowid) p
@@ -466,13 +518,19 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
         con.execute("UPDATE pm SET oid = hit.oid FROM hit WHERE pm.tid = hit.tid")
     phase("match_payments")
     tol = _abs_tol(rules) if not rules.tolerance_percent else (
-        f"greatest({_abs_tol(rules)}, round(abs(expected) * {rules.tolerance_percent}"
-        " / 100, 2))")
+        f"greatest({_abs_tol(rules)}, {_ROUND[rules.rounding]}(abs(expected)"
+        f" * {rules.tolerance_percent} / 100, 2))")
+    # the operator's amount adjustments, converted to the order's currency as the row engine
+    # converts them (a handful: worked out in Python, one small table)
+    adjusted = _adjustments(con, rules, corrections)
+    adj = "coalesce(j.amount, 0)" if adjusted else "CAST(0 AS DECIMAL(18,6))"
+    adj_join = "LEFT JOIN adj j ON j.oid = o.rowid" if adjusted else ""
     verdict = f"""CREATE OR REPLACE TABLE verdict AS SELECT o.rowid AS oid, o.expected,
-        o.cancelled, o.confirmed, coalesce(a.received, 0) AS received, coalesce(a.n, 0) AS counted,
-        {{delivered}} AS delivered
+        o.cancelled, o.confirmed, coalesce(a.received, 0) + {adj} AS received,
+        coalesce(a.n, 0) AS counted, {adj} AS adj, {{delivered}} AS delivered
         FROM orders o LEFT JOIN (SELECT oid, count(*) AS n, sum(amount) AS received FROM pm
                                  WHERE oid IS NOT NULL GROUP BY oid) a ON a.oid = o.rowid
+        {adj_join}
         WHERE o.day = {d}"""
     # the payments summed per order in a table indexed by the order's row id (up to 4M
     # orders; the setting is for this grouping of every order only)
@@ -491,71 +549,118 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
             refused_deliveries_at += len(unreadable)
     con.execute("RESET perfect_ht_threshold")
     phase("verdict_with_deliveries")
-    # several payments for one order: which of them repeat a payment once the order was paid
-    con.execute(f"""CREATE TABLE multi AS SELECT oid,
-        sum(CASE WHEN dup THEN 0 ELSE amount END) AS received,
-        sum(CASE WHEN dup THEN 0 ELSE 1 END) AS counted, sum(CASE WHEN dup THEN 1 ELSE 0 END)
-        AS dups FROM (
-          SELECT *, n_before > 0 AND abs(before - expected) <= tol
-                 AND abs(amount - first_amount) <= tol AS dup FROM (
-            SELECT m.oid, m.amount, v.expected, {tol} AS tol,
-              coalesce(sum(m.amount) OVER w, 0) AS before, count(*) OVER w AS n_before,
-              first_value(m.amount) OVER (PARTITION BY m.oid
-                                          ORDER BY m.booking_date, m.pref) AS first_amount
-            FROM pm m JOIN (SELECT oid, expected FROM verdict WHERE counted > 1) v
-                USING (oid)
-            WINDOW w AS (PARTITION BY m.oid ORDER BY m.booking_date, m.pref
-                         ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)))
-        GROUP BY oid""")
+    # several payments for one order, in the row engine's order (booking date, trace id):
+    # each one in turn is a repeat when the order is paid already (with the operator's
+    # adjustments) and it repeats a payment counted, or when one-to-many is off; counted
+    # otherwise. A fold, as a recursive query over the few orders with several payments
+    card = ", ".join(map(str, card_files)) or "NULL"
+    con.execute(f"""CREATE TABLE seq AS SELECT m.oid, m.tid, m.amount, v.expected, v.adj,
+        {tol} AS tol, row_number() OVER (PARTITION BY m.oid
+                                         ORDER BY m.booking_date, {_trace_id('t', card)}) AS pos
+        FROM pm m JOIN (SELECT oid, expected, adj FROM verdict WHERE counted > 1) v USING (oid)
+        JOIN traces t ON t.rowid = m.tid""")
+    repeat = (f"((abs(r.running - s.expected) <= s.tol AND len(list_filter(r.amounts, "
+              f"lambda c: abs(s.amount - c) <= s.tol)) > 0) OR {not rules.one_to_many})")
+    con.execute(f"""CREATE TABLE seqr AS WITH RECURSIVE r AS (
+          SELECT oid, pos, tid, amount, false AS dup,
+                 CAST(adj + amount AS DECIMAL(38,6)) AS running, [amount] AS amounts
+          FROM seq WHERE pos = 1
+          UNION ALL
+          SELECT s.oid, s.pos, s.tid, s.amount, {repeat},
+                 CASE WHEN {repeat} THEN r.running ELSE r.running + s.amount END,
+                 CASE WHEN {repeat} THEN r.amounts ELSE list_append(r.amounts, s.amount) END
+          FROM r JOIN seq s ON s.oid = r.oid AND s.pos = r.pos + 1)
+        SELECT oid, tid, dup FROM r""")
+    con.execute("""CREATE TABLE multi AS SELECT q.oid,
+        any_value(s.adj) + coalesce(sum(s.amount) FILTER (NOT q.dup), 0) AS received,
+        count(*) FILTER (NOT q.dup) AS counted, count(*) FILTER (q.dup) AS dups
+        FROM seqr q JOIN seq s ON s.tid = q.tid GROUP BY q.oid""")
     require = "true" if rules.require_delivery else "false"
     # the orders that may be reported: their money with the repeats taken out
     con.execute(f"""CREATE TABLE issues AS SELECT v.oid, v.expected, v.cancelled,
-        v.confirmed, v.delivered,
+        v.confirmed, v.delivered, v.adj,
         coalesce(mu.received, v.received) AS received,
         coalesce(mu.counted, v.counted) AS counted, coalesce(mu.dups, 0) AS dups
         FROM verdict v LEFT JOIN multi mu USING (oid)
-        WHERE v.counted <> 1 OR NOT v.delivered OR abs(v.received - v.expected) > {tol}""")
+        WHERE v.counted <> 1 OR NOT v.delivered OR abs(v.received - v.expected) > {tol}
+        {"OR v.adj <> 0" if adjusted else ""}""")
     # an order's classes name it by its row id (its site and id are looked up for labels
-    # only); the other entities by their own names
+    # only); the other entities by their own names. Paid: a payment counted, or an
+    # adjustment
     con.execute(f"""CREATE TABLE found AS
         SELECT oid, NULL::VARCHAR AS entity, 'duplicate_payment' AS cls FROM issues
             WHERE dups > 0
         UNION ALL SELECT oid, NULL, CASE WHEN delivered AND {require}
                 THEN 'delivered_not_paid' ELSE 'unpaid_order' END
-            FROM issues WHERE counted = 0 AND NOT cancelled AND expected <> 0
+            FROM issues WHERE counted = 0 AND adj = 0 AND NOT cancelled AND expected <> 0
         UNION ALL SELECT oid, NULL, 'amount_mismatch' FROM issues
-            WHERE counted > 0 AND abs(received - expected) > {tol}
+            WHERE (counted > 0 OR adj <> 0) AND abs(received - expected) > {tol}
         UNION ALL SELECT oid, NULL, 'paid_not_delivered' FROM issues
-            WHERE counted > 0 AND NOT delivered AND {require} AND confirmed
+            WHERE (counted > 0 OR adj <> 0) AND NOT delivered AND {require} AND confirmed
         UNION ALL SELECT NULL, pref, 'payment_without_order' FROM pm
             WHERE oid IS NULL AND booking_date = {d}""")
     phase("repeats_and_classes")
-    # refunds and chargebacks: through the original payment's reference, else the merchant's
-    # (the few refunds taken out first: the joins then hash them, not the payments)
-    con.execute("""CREATE TABLE refunded AS SELECT kind, pref, oref, mref, booking_date
+    # refunds and chargebacks, as the row engine finds their order: the original payment's
+    # reference among the payments matched (the last by trace id), else among the orders'
+    # payment references (the first order, any date), else the reference rules (in the
+    # window, in the currency); the few refunds are taken out first
+    con.execute("""CREATE TABLE refunds AS SELECT rowid AS tid, kind, pref, oref, mref,
+        currency, amount, credit, booking_date, NULL::BIGINT AS oid, NULL::VARCHAR AS rule
         FROM traces WHERE kind IN ('refund', 'chargeback')""")
-    con.execute("""CREATE TABLE refunds AS SELECT r.kind, r.pref, r.booking_date,
-        coalesce(pm.oid, om.rowid) AS oid
-        FROM refunded r
-        LEFT JOIN pm ON r.oref IS NOT NULL AND pm.pref = r.oref AND pm.oid IS NOT NULL
-        LEFT JOIN orders om ON r.oref IS NULL AND om.order_id = r.mref""")
+    con.execute("""CREATE TABLE rf AS SELECT r.tid, min(m.oid) AS oid,
+        count(DISTINCT m.oid) AS n FROM refunds r JOIN pm m ON m.pref = r.oref
+        WHERE m.oid IS NOT NULL GROUP BY r.tid""")
+    if con.execute("SELECT count(*) FROM rf WHERE n > 1").fetchone()[0]:  # type: ignore[index]
+        con.execute(f"""UPDATE rf SET oid = x.oid FROM (
+            SELECT r.tid, first(m.oid ORDER BY {_trace_id('t', card)} DESC) AS oid
+            FROM rf r JOIN refunds f ON f.tid = r.tid JOIN pm m ON m.pref = f.oref
+            JOIN traces t ON t.rowid = m.tid WHERE r.n > 1 AND m.oid IS NOT NULL
+            GROUP BY r.tid) x WHERE rf.tid = x.tid""")
+    con.execute("""UPDATE refunds SET oid = rf.oid, rule = 'original_reference' FROM rf
+        WHERE refunds.tid = rf.tid""")
+    def left(also: str = "") -> bool:
+        row = con.execute(f"SELECT count(*) FROM refunds WHERE oid IS NULL {also}").fetchone()
+        return bool(row and row[0])
+
+    if left("AND oref IS NOT NULL"):
+        con.execute("""UPDATE refunds SET oid = x.oid, rule = 'original_reference' FROM (
+            SELECT r.tid, first(o.rowid ORDER BY o.site, o.order_id) AS oid FROM refunds r
+            JOIN orders o ON o.pref = r.oref WHERE r.oid IS NULL GROUP BY r.tid) x
+            WHERE refunds.tid = x.tid""")
+    for name, tcol, ocol in rules_known:
+        if not left():
+            break
+        con.execute(f"""UPDATE refunds SET oid = x.oid, rule = '{name}' FROM (
+            SELECT p.tid, first(o.rowid ORDER BY o.site, o.order_id) AS oid FROM refunds p
+            JOIN orders o ON o.{ocol} = p.{tcol} AND {window.format(o="o")}
+            WHERE p.oid IS NULL GROUP BY p.tid) x WHERE refunds.tid = x.tid""")
     con.execute(f"""INSERT INTO found SELECT NULL, pref, 'payment_without_order' FROM refunds
         WHERE oid IS NULL AND booking_date = {d}""")
     phase("refunds")
-    # payouts against the transactions of their batch (N:1), the batches summed first
+    # payouts of the day (the acquirer's and the wallets') against the transactions of their
+    # batch (N:1), the batches summed first: each net in the payout's currency, else its
+    # signed amount
     ptol = _abs_tol(rules) if not rules.tolerance_percent else (
-        f"greatest({_abs_tol(rules)}, round(p.amount * {rules.tolerance_percent} / 100, 2))")
-    card = ", ".join(map(str, card_files)) or "NULL"
-    con.execute(f"""CREATE TABLE payouts AS SELECT p.account || '-batch-' || p.batch
-            AS payout_id, any_value(p.amount) AS amount, any_value({ptol}) AS tol,
-        coalesce(sum(t.total), 0) AS total, coalesce(sum(t.members), 0) AS members
-        FROM traces p LEFT JOIN (
-            SELECT account, batch, count(*) AS members,
-                sum(coalesce(net, CASE WHEN credit THEN amount ELSE -amount END)) AS total
-            FROM traces WHERE kind <> 'payout' GROUP BY account, batch) t
-            ON t.account = p.account AND t.batch = p.batch
-        WHERE p.kind = 'payout' AND p.booking_date = {d} AND p.file IN ({card})
-        GROUP BY p.account, p.batch""")
+        f"greatest({_abs_tol(rules)}, {_ROUND[rules.rounding]}(p.amount"
+        f" * {rules.tolerance_percent} / 100, 2))")
+    con.execute(f"""CREATE TABLE payouts AS SELECT p.prow, p.account, p.payout_id, p.bkey, p.card,
+        p.amount, p.currency, {ptol} AS tol,
+        coalesce(sum(CASE WHEN NOT t.nonet AND t.net_currency = p.currency THEN t.net
+                          WHEN t.currency = p.currency THEN t.signed ELSE 0 END), 0) AS total,
+        coalesce(sum(t.members), 0) AS members
+        FROM (SELECT *, coalesce(batch, payout_id) AS bkey FROM (
+              SELECT rowid AS prow, *, file IN ({card}) AS card, CASE WHEN file IN ({card}) THEN
+                  CASE WHEN batch IS NOT NULL THEN account || '-batch-' || batch
+                  ELSE {_trace_id('traces', card, 'payout')} END
+                  ELSE coalesce(batch, pref) END AS payout_id
+              FROM traces WHERE kind = 'payout' AND booking_date = {d})) p
+        LEFT JOIN (
+            SELECT account, batch, net_currency, currency, net IS NULL AS nonet,
+                count(*) AS members,
+                sum(net) AS net, sum(CASE WHEN credit THEN amount ELSE -amount END) AS signed
+            FROM traces WHERE kind <> 'payout' AND batch IS NOT NULL GROUP BY ALL) t
+            ON t.account = p.account AND t.batch = p.bkey
+        GROUP BY ALL""")
     con.execute("""INSERT INTO found SELECT NULL, payout_id, 'payout_mismatch' FROM payouts
         WHERE members = 0 OR abs(total - amount) > tol""")
     phase("payouts")
@@ -571,13 +676,18 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
     for kind, n in (("one_to_one", row[0] + row[2]), ("one_to_many", row[1] - row[4] + row[3])):
         if n:
             counts[f"group:{kind}"] = int(n)
-    for kind, n in con.execute(f"""SELECT r.kind, count(*) FROM refunds r
-            JOIN orders o ON o.rowid = r.oid WHERE o.day = {d} GROUP BY ALL""").fetchall():
+    # a refund's group whatever the day of its order, as the row engine reports it
+    for kind, n in con.execute("""SELECT kind, count(*) FROM refunds WHERE oid IS NOT NULL
+                                  GROUP BY ALL""").fetchall():
         counts[f"group:{kind}"] = int(n)
     row = con.execute("""SELECT count(*) FROM payouts WHERE members > 0
                          AND abs(total - amount) <= tol""").fetchone()
     counts["group:payout"] = int(row[0]) if row else 0
-    result = ColumnarResult(day=day, counts=counts, refused=refused)
+    result: ColumnarResult
+    if keep:
+        result = ColumnarDay(day=day, counts=counts, refused=refused)
+    else:
+        result = ColumnarResult(day=day, counts=counts, refused=refused)
     row = con.execute("SELECT count(*) FROM traces").fetchone()
     result.traces = int(row[0]) if row else 0
     row = con.execute("SELECT count(*) FROM verdict").fetchone()
@@ -604,11 +714,14 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
             if collecting:
                 gc.enable()
     phase("labels")
+    if isinstance(result, ColumnarDay):
+        result._open(con, rules, corrections, tol, card, rules_known, files, adjusted)
+        result.phases = phases
+        return result
     con.close()
     phase("close")
     result.phases = phases
     return result
-
 
 def _source(path: Path, names: Sequence[str], typed: dict[str, str] | None = None,
             timestamp_format: str | None = TIMESTAMP_FORMAT) -> str:
@@ -739,4 +852,480 @@ def _offset_minutes(column: str) -> str:
             f" * ({hours} * 60 + {minutes}) END")
 
 
-__all__ = ["ColumnarResult", "reconcile_columnar"]
+class ColumnarUnsupported(NotImplementedError):
+    """What the columnar path does not carry out (an ``assign`` correction, a method whose
+    amounts are net): the caller matches the day with the row engine instead."""
+
+
+def _unsupported(rules: Rules, corrections: Sequence[Correction]) -> str:
+    if any(c.kind is CorrectionKind.ASSIGN for c in corrections):
+        return "assign corrections are matched by the row engine only"
+    net = sorted(name for name, m in rules.methods.items() if m.basis != "gross")
+    if net:
+        return f"methods with net amounts ({', '.join(net)}) are matched by the row engine only"
+    return ""
+
+
+_ROUND = {RoundingMode.HALF_EVEN: "round_even", RoundingMode.HALF_UP: "round"}
+"""A rounding mode as DuckDB's function for it (the others round half up here)."""
+
+
+def _trace_id(t: str, card: str, prefix: str | None = None) -> str:
+    """SQL: the row engine's trace id of the trace row ``t`` (``record_key("card", merchant
+    account, psp reference, type, modification reference, batch)`` for the acquirer's rows,
+    ``record_key("wallet", site, transaction id)`` for the wallets'); with ``prefix`` the
+    acquirer's key parts under that prefix (a payout without batch)."""
+    psp = f"CASE WHEN {t}.kind IN ('payment', 'other') THEN {t}.pref ELSE {t}.oref END"
+    parts = [f"trim({t}.account)", psp, f"{t}.ttype", f"{t}.modref", f"{t}.batch"]
+    card_id = _record_key(prefix or "card", parts)
+    if prefix:
+        return card_id
+    wallet_id = _record_key("wallet", [f"substr({t}.account, 8)", f"{t}.pref"])
+    return f"CASE WHEN {t}.file IN ({card}) THEN {card_id} ELSE {wallet_id} END"
+
+
+def _record_key(prefix: str, parts: Sequence[str]) -> str:
+    """SQL: ``mappings.payments.record_key`` of the text columns ``parts`` (as the row
+    readers take them: trimmed, an empty one as "")."""
+    joined = " || chr(31) || ".join(f"coalesce(trim({p}), '')" for p in parts)
+    return f"'{prefix}-' || left(sha256({joined}), 32)"
+
+
+def _group_key(*parts: str) -> str:
+    """SQL: ``mappings.reconcile._key`` of the SQL text expressions ``parts``."""
+    return f"left(sha256({' || chr(31) || '.join(parts)}), 24)"
+
+
+def _adjustments(con: Any, rules: Rules, corrections: Sequence[Correction]
+                 ) -> dict[int, Decimal]:
+    """The ``adjust`` corrections of orders that are there, by the order's row id, each
+    converted to the order's currency as the row engine converts it (nothing added when no
+    rate converts it); written to the table ``adj`` when there are any."""
+    wanted: dict[tuple[str, str], list[Correction]] = {}
+    for c in corrections:
+        if c.kind is CorrectionKind.ADJUST and c.amount and c.target.startswith("order:"):
+            site, _, order_id = c.target.removeprefix("order:").partition(":")
+            wanted.setdefault((site, order_id), []).append(c)
+    if not wanted:
+        return {}
+    keys = ", ".join(f"({_literal(s)}, {_literal(o)})" for s, o in wanted)
+    out: dict[int, Decimal] = {}
+    for oid, site, order_id, currency in con.execute(
+            f"""SELECT rowid, site, order_id, currency::VARCHAR FROM orders
+                WHERE (site, order_id) IN ({keys})""").fetchall():
+        total = Decimal(0)
+        for c in wanted[(site, order_id)]:
+            assert c.amount is not None
+            total += _convert(rules, c.amount.amount, c.amount.currency, currency) \
+                or Decimal(0)
+        out[int(oid)] = total
+    if out:
+        con.execute("CREATE TABLE adj AS SELECT * FROM (VALUES " + ", ".join(
+            f"({oid}, CAST('{amount}' AS DECIMAL(18,6)))" for oid, amount in out.items())
+            + ") v(oid, amount)")
+    return out
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _quantum(currency: str) -> Decimal:
+    return Decimal(1).scaleb(-minor_unit(currency))
+
+
+def _convert(rules: Rules, amount: Decimal, source: str, target: str) -> Decimal | None:
+    """``mappings.reconcile``'s conversion: at the rules' rate, rounded to the target's
+    minor unit with their mode; None when no rate converts it."""
+    rate = rules.rate(source, target)
+    if rate is None:
+        return None
+    if source == target:
+        return amount
+    return (amount * rate).quantize(_quantum(target),
+                                    rounding=rules.fx_rounding.decimal_mode)
+
+
+def _tolerance(rules: Rules, expected: Decimal, currency: str) -> Decimal:
+    """The row engine's tolerance of an amount (payments in the order's currency)."""
+    by_percent = abs(expected) * rules.tolerance_percent / Decimal(100)
+    return max(rules.tolerance_absolute, by_percent).quantize(
+        _quantum(currency), rounding=rules.rounding.decimal_mode)
+
+
+def _exact(value: Decimal, currency: str) -> Decimal:
+    """An amount of the database (six decimals) as the row engine holds it: Money's,
+    exact to its currency's minor unit."""
+    return Decimal(value).quantize(_quantum(currency))
+
+
+def _ref(value: Any) -> str | None:
+    """A reference as the row mapping keeps it (trimmed, at most 200 characters)."""
+    if value is None:
+        return None
+    return str(value).strip()[:200] or None
+
+
+@dataclass
+class ColumnarDay(ColumnarResult):
+    """A columnar result with its database still open (``keep=True``): the whole day as
+    the row engine gives it, each part worked out when asked for. ``close()`` when done."""
+
+    _con: Any = None
+    _rules: Rules | None = None
+    _accepted: frozenset[str] = frozenset()
+    _adjusted: dict[int, Decimal] = field(default_factory=dict)
+    _tol: str = ""
+    _card: str = "NULL"
+    _rules_known: list[tuple[str, str, str]] = field(default_factory=list)
+    _files: dict[int, Path] = field(default_factory=dict)
+    _ready: bool = False
+    _exps: dict[int, list[str]] = field(default_factory=dict)
+
+    def _open(self, con: Any, rules: Rules, corrections: Sequence[Correction], tol: str,
+              card: str, rules_known: list[tuple[str, str, str]], files: dict[int, Path],
+              adjusted: dict[int, Decimal]) -> None:
+        self._con, self._rules, self._tol, self._card = con, rules, tol, card
+        self._accepted = frozenset(c.target for c in corrections
+                                   if c.kind is CorrectionKind.ACCEPT)
+        self._rules_known, self._files, self._adjusted = rules_known, files, adjusted
+
+    def close(self) -> None:
+        if self._con is not None:
+            self._con.close()
+            self._con = None
+
+    def __enter__(self) -> ColumnarDay:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # the tables the parts are read from -------------------------------------------------
+    def _prepare(self) -> Any:
+        """Every trace's id (``tids``), each matched payment with its fee, rule and whether
+        it repeats one (``paid``), each order of the day with its money (``od``) and each
+        payout's members (``members``): made once."""
+        con = self._con
+        if con is None:
+            raise ValueError("the columnar result is closed")
+        if self._ready:
+            return con
+        con.execute(f"""CREATE TABLE tids AS SELECT rowid AS tid,
+            {_trace_id('t', self._card)} AS trace_id FROM traces t""")
+        rule = "CASE " + " ".join(f"WHEN o.{ocol} = t.{tcol} THEN '{name}'"
+                                  for name, tcol, ocol in self._rules_known) + " END"
+        con.execute(f"""CREATE TABLE paid AS SELECT m.tid, m.oid, m.amount, m.booking_date,
+            CASE WHEN t.net_currency = o.currency THEN t.fee ELSE 0 END AS fee,
+            i.trace_id, coalesce(q.dup, false) AS dup, {rule} AS rule
+            FROM pm m JOIN traces t ON t.rowid = m.tid JOIN orders o ON o.rowid = m.oid
+            JOIN tids i ON i.tid = m.tid
+            LEFT JOIN seqr q ON q.tid = m.tid WHERE m.oid IS NOT NULL""")
+        con.execute(f"""CREATE TABLE od AS SELECT v.oid, o.site, o.order_id, o.method,
+            o.currency::VARCHAR AS currency, trim(o.pref) AS reference, v.expected,
+            v.cancelled, v.confirmed, v.delivered, v.adj,
+            coalesce(mu.received, v.received) AS received,
+            coalesce(mu.counted, v.counted) AS counted, coalesce(mu.dups, 0) AS dups,
+            coalesce(f.fee, 0) AS fee, coalesce(r.refunded, 0) AS refunded, {self._tol} AS tol
+            FROM verdict v JOIN orders o ON o.rowid = v.oid LEFT JOIN multi mu USING (oid)
+            LEFT JOIN (SELECT oid, sum(fee) AS fee FROM paid WHERE NOT dup GROUP BY oid) f
+                USING (oid)
+            LEFT JOIN (SELECT r.oid, sum({_REFUNDED}) AS refunded
+                       FROM refunds r JOIN orders o ON o.rowid = r.oid GROUP BY r.oid) r
+                USING (oid)""")
+        con.execute("""CREATE TABLE members AS SELECT p.prow,
+            string_agg(i.trace_id, ' ' ORDER BY i.trace_id) AS ids
+            FROM payouts p JOIN traces t ON t.account = p.account AND t.batch = p.bkey
+            JOIN tids i ON i.tid = t.rowid WHERE t.kind <> 'payout' GROUP BY p.prow""")
+        exps: dict[int, list[str]] = {}
+        for (code,) in con.execute("""SELECT DISTINCT currency::VARCHAR FROM orders
+                UNION SELECT DISTINCT currency::VARCHAR FROM traces
+                WHERE currency IS NOT NULL""").fetchall():
+            exps.setdefault(minor_unit(code), []).append(code)
+        self._exps = exps
+        self._ready = True
+        return con
+
+    def _text(self, amount: str, currency: str) -> str:
+        """SQL: an amount as text exact to its currency's minor unit (DuckDB hands decimals
+        to Python several times slower than text)."""
+        def fixed(e: int) -> str:
+            return f"CAST(CAST({amount} AS DECIMAL(38,{e})) AS VARCHAR)"
+        if len(self._exps) <= 1:
+            return fixed(next(iter(self._exps), 2))
+        return "CASE " + " ".join(
+            f"WHEN {currency}::VARCHAR IN ({', '.join(map(_literal, codes))}) THEN {fixed(e)}"
+            for e, codes in sorted(self._exps.items())) + f" ELSE {fixed(6)} END"
+
+    # the parts ----------------------------------------------------------------------------
+    def full_counts(self) -> dict[str, int]:
+        """``DayResult.counts()``: every group kind and class, zeros too."""
+        out = {f"group:{k.value}": 0 for k in GroupKind}
+        out.update({f"discrepancy:{c.value}": 0 for c in DiscrepancyClass})
+        out.update(self.counts)
+        return out
+
+    def group_rows(self, size: int = 50_000) -> Iterator[list[dict[str, Any]]]:
+        """Every match group as ``state.remittance.group_row`` makes it of the row engine's
+        ``MatchGroup``, in its order, ``size`` at a time (trace ids and amounts come out of
+        the database as text: lists and decimals cross to Python several times slower)."""
+        con = self._prepare()
+        t = self._text
+        query = f"""
+            SELECT {_group_key("'order'", "'order:' || od.site || ':' || od.order_id")}
+                AS group_id, CASE WHEN od.counted = 1 THEN 'one_to_one' ELSE 'one_to_many' END
+                AS kind, od.site, od.method, od.order_id, NULL AS payout_id, p.ids,
+                od.currency, {t('od.expected', 'od.currency')},
+                {t('od.received', 'od.currency')}, {t('od.fee', 'od.currency')}, p.rule
+            FROM od JOIN (SELECT oid,
+                                 string_agg(trace_id, ' ' ORDER BY booking_date, trace_id) AS ids,
+                                 string_agg(DISTINCT rule, ',' ORDER BY rule) AS rule
+                          FROM paid WHERE NOT dup GROUP BY oid) p USING (oid)
+            WHERE od.counted > 0
+            UNION ALL
+            SELECT {_group_key("'refund'", "i.trace_id")}, r.kind::VARCHAR, o.site, o.method,
+                o.order_id, NULL, i.trace_id, o.currency::VARCHAR, NULL,
+                {t(_REFUNDED, 'o.currency')}, NULL, r.rule
+            FROM refunds r JOIN orders o ON o.rowid = r.oid JOIN tids i ON i.tid = r.tid
+            UNION ALL
+            SELECT {_group_key("'payout'", "p.account", "p.payout_id")}, 'payout', NULL,
+                CASE WHEN p.card THEN 'card' ELSE 'wallet_balance' END, NULL, p.payout_id,
+                m.ids, p.currency::VARCHAR, {t('p.amount', 'p.currency')},
+                {t('p.total', 'p.currency')}, NULL, 'batch_id'
+            FROM payouts p JOIN members m USING (prow)
+            WHERE abs(p.total - p.amount) <= p.tol
+            ORDER BY kind, coalesce(site, ''), coalesce(order_id, ''), group_id"""
+        yield from _chunks(con.execute(query), size, lambda rows: [
+            {"group_id": g, "kind": k, "site": s, "method": m, "order_id": o,
+             "payout_id": p, "trace_ids": ids.split(" "), "currency": c,
+             "expected": None if e is None else Decimal(e), "received": Decimal(r),
+             "fee": None if f is None else Decimal(f), "rule": rule}
+            for g, k, s, m, o, p, ids, c, e, r, f, rule in rows])
+
+    def outcome_rows(self, size: int = 50_000) -> Iterator[list[dict[str, Any]]]:
+        """One row an order of the day, as ``state.remittance.outcome_row`` makes it of the
+        row engine's ``OrderOutcome``, by site and order id, ``size`` at a time."""
+        con = self._prepare()
+        t = self._text
+        cursor = con.execute(f"""SELECT site, order_id, method, currency,
+            {t('expected', 'currency')}, {t('received', 'currency')}, {t('fee', 'currency')},
+            {t('refunded', 'currency')}, reference,
+            counted > 0 AND abs(received - expected) <= tol AS matched
+            FROM od ORDER BY site, order_id""")
+        yield from _chunks(cursor, size, lambda rows: [
+            {"site": s, "order_id": o, "method": m, "currency": c, "expected": Decimal(e),
+             "received": Decimal(r), "fee": Decimal(f), "refunded": Decimal(x),
+             "reference": ref, "matched": k}
+            for s, o, m, c, e, r, f, x, ref, k in rows])
+
+    def totals(self) -> dict[tuple[str, str, str], tuple[int, Decimal, Decimal, Decimal, int]]:
+        """Per (method, site, currency): orders, expected, received, fees, orders matched."""
+        con = self._prepare()
+        t = self._text
+        rows = con.execute(f"""SELECT method, site, currency, count(*),
+            {t('sum(expected)', 'currency')}, {t('sum(received)', 'currency')},
+            {t('sum(fee)', 'currency')},
+            count(*) FILTER (counted > 0 AND abs(received - expected) <= tol)
+            FROM od GROUP BY method, site, currency""").fetchall()
+        return {(m, s, c): (int(n), Decimal(e), Decimal(r), Decimal(f), int(k))
+                for m, s, c, n, e, r, f, k in rows}
+
+    def discrepancies(self) -> list[Discrepancy]:
+        """Every discrepancy of the day as the row engine builds it, in its order."""
+        con = self._prepare()
+        rules = self._rules
+        assert rules is not None
+        found: list[Discrepancy] = []
+        # the orders': their payments in the row engine's order
+        rows = con.execute("""SELECT f.cls, od.oid, od.site, od.order_id, od.method,
+            od.currency, od.expected, od.cancelled FROM found f JOIN od USING (oid)""").fetchall()
+        payments: dict[int, list[tuple[str, Decimal, bool]]] = {}
+        if rows:
+            for oid, trace_id, amount, dup in con.execute("""SELECT oid, trace_id, amount, dup
+                    FROM paid SEMI JOIN (SELECT oid FROM found) USING (oid)
+                    ORDER BY oid, booking_date, trace_id""").fetchall():
+                payments.setdefault(int(oid), []).append((trace_id, amount, dup))
+        for cls_, oid, site, order_id, method, currency, total, cancelled in rows:
+            cls = DiscrepancyClass(cls_)
+            expected = Decimal(0) if cancelled else _exact(total, currency)
+            received = self._adjusted.get(int(oid), Decimal(0))
+            counted: list[str] = []
+            repeats: list[str] = []
+            extra = Decimal(0)
+            for trace_id, amount, dup in payments.get(int(oid), []):
+                if dup:
+                    repeats.append(trace_id)
+                    extra += _exact(amount, currency)
+                else:
+                    counted.append(trace_id)
+                    received += _exact(amount, currency)
+            args: tuple[tuple[str, ...], Decimal | None, Decimal | None, str]
+            if cls is DiscrepancyClass.DUPLICATE_PAYMENT:
+                args = (tuple(repeats), Decimal(0), extra,
+                        f"{len(repeats)} payment(s) of {extra} {currency} beyond the order's "
+                        f"{expected} repeat one already counted")
+            elif cls in (DiscrepancyClass.UNPAID_ORDER, DiscrepancyClass.DELIVERED_NOT_PAID):
+                args = ((), expected, Decimal(0),
+                        f"{method} order of {expected} {currency}: no payment found"
+                        + (" although it was delivered"
+                           if cls is DiscrepancyClass.DELIVERED_NOT_PAID else ""))
+            elif cls is DiscrepancyClass.AMOUNT_MISMATCH:
+                args = (tuple(counted), expected, received,
+                        f"received {received} {currency} for an order of {expected} "
+                        f"(tolerance {_tolerance(rules, expected, currency)})")
+            else:
+                args = (tuple(counted), None, received, "paid, but no delivery evidence")
+            found.append(_order_discrepancy(cls, site, order_id, method, currency, *args))
+        found.extend(self._orphans())
+        found.extend(self._payout_mismatches())
+        final = []
+        for d in found:
+            targets = {f"trace:{t}" for t in d.trace_ids}
+            if d.order_id and d.site:
+                targets.add(order_target(d.site, d.order_id))
+            if d.payout_id:
+                targets.add(f"payout:{d.payout_id}")
+            if targets & self._accepted:
+                d = replace(d, status="accepted")
+            final.append(d)
+        final.sort(key=lambda d: (d.cls.value, d.site or "", d.order_id or "", d.key))
+        return final
+
+    def _orphans(self) -> list[Discrepancy]:
+        """The day's payments and refunds that name no order, each with the file and line it
+        came from and its references (read again from its file: there are few)."""
+        con = self._con
+        day = f"DATE '{self.day.isoformat()}'"
+        rows = con.execute(f"""SELECT t.file, {_trace_id('t', self._card)} AS trace_id,
+                t.kind::VARCHAR, t.amount, t.currency::VARCHAR, t.credit
+            FROM traces t SEMI JOIN (
+                SELECT tid FROM pm WHERE oid IS NULL AND booking_date = {day}
+                UNION ALL SELECT tid FROM refunds WHERE oid IS NULL AND booking_date = {day}
+            ) x ON x.tid = t.rowid""").fetchall()
+        by_file: dict[int, list[tuple[Any, ...]]] = {}
+        for row in rows:
+            by_file.setdefault(int(row[0]), []).append(row)
+        out = []
+        card = {int(n) for n in self._card.split(", ") if n != "NULL"}
+        for number, items in sorted(by_file.items()):
+            path = self._files[number]
+            lines = _lines(con, path, number in card, {r[1] for r in items})
+            for _, trace_id, kind, amount, currency, credit in items:
+                line, refs = lines[trace_id]
+                money = Money(amount=_exact(amount, currency), currency=currency)
+                signed = money if credit else -money
+                text = ", ".join(f"{k}={v}" for k, v in sorted(refs.items()) if v is not None)
+                out.append(Discrepancy(
+                    key=_key(DiscrepancyClass.PAYMENT_WITHOUT_ORDER, trace_id),
+                    cls=DiscrepancyClass.PAYMENT_WITHOUT_ORDER, site=None,
+                    method="card" if number in card else "wallet_balance", order_id=None,
+                    trace_ids=(trace_id,), expected=None, actual=signed, difference=signed,
+                    detail=f"{kind} {money} from {path.name}:{line} names no order of the "
+                           f"window ({text or 'no references'})"))
+        return out
+
+    def _payout_mismatches(self) -> list[Discrepancy]:
+        out = []
+        for account, payout_id, card, amount, currency, total, members, ids in \
+                self._con.execute("""SELECT p.account, p.payout_id, p.card, p.amount,
+                    p.currency::VARCHAR, p.total, p.members, m.ids
+                    FROM payouts p LEFT JOIN members m USING (prow)
+                    WHERE p.members = 0 OR abs(p.total - p.amount) > p.tol""").fetchall():
+            paid = Money(amount=_exact(amount, currency), currency=currency)
+            netting = _exact(total, currency) if members else Decimal(0)
+            out.append(Discrepancy(
+                key=_key(DiscrepancyClass.PAYOUT_MISMATCH, account, payout_id),
+                cls=DiscrepancyClass.PAYOUT_MISMATCH, site=None,
+                method="card" if card else "wallet_balance", order_id=None,
+                trace_ids=tuple(ids.split(" ")) if ids else (), expected=paid,
+                actual=Money(amount=netting, currency=currency),
+                difference=Money(amount=netting - paid.amount, currency=currency),
+                detail=f"payout {payout_id} of {paid} pays out {members} transaction(s) "
+                       f"netting {netting} {currency}", payout_id=payout_id))
+        return out
+
+
+def _chunks(cursor: Any, size: int, make: Callable[[list[tuple[Any, ...]]], list[Any]]
+            ) -> Iterator[list[Any]]:
+    """The rows of ``cursor``, ``size`` at a time, each chunk made by ``make``, with the
+    collector held off while a chunk is made (as for the labels: its many new objects hold
+    no cycles, but would set off full collections of the caller's whole heap)."""
+    while True:
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            chunk = make(cursor.fetchmany(size))
+        finally:
+            if collecting:
+                gc.enable()
+        if not chunk:
+            return
+        yield chunk
+
+
+_REFUNDED = ("CASE WHEN r.currency <> o.currency THEN 0 WHEN r.credit THEN r.amount"
+             " ELSE -r.amount END")
+"""SQL: a refund's amount (``r``) for its order (``o``), signed: nothing when its currency is
+another (the row engine converts it at the rules' rate)."""
+
+
+def _order_discrepancy(cls: DiscrepancyClass, site: str, order_id: str, method: str,
+                       currency: str, trace_ids: tuple[str, ...], expected: Decimal | None,
+                       actual: Decimal | None, detail: str) -> Discrepancy:
+    """``mappings.reconcile``'s discrepancy of an order."""
+    diff = None
+    if expected is not None and actual is not None:
+        diff = Money(amount=actual - expected, currency=currency)
+    elif expected is not None:
+        diff = Money(amount=-expected, currency=currency)
+    return Discrepancy(
+        key=_key(cls, order_target(site, order_id), ""), cls=cls, site=site, method=method,
+        order_id=order_id, trace_ids=trace_ids,
+        expected=None if expected is None else Money(amount=expected, currency=currency),
+        actual=None if actual is None else Money(amount=actual, currency=currency),
+        difference=diff, detail=detail)
+
+
+def _lines(con: Any, path: Path, card: bool, wanted: set[str]
+           ) -> dict[str, tuple[int, dict[str, str | None]]]:
+    """The line (the first, for a row repeated) and the references of the rows of ``path``
+    whose trace ids are ``wanted``, as the row reader and mapping take them."""
+    names = _header(path, ACQUIRER_REQUIRED if card else WALLET_REQUIRED)
+    if card:
+        key = _record_key("card", ['"Merchant Account"', '"Psp Reference"', '"Type"',
+                                   '"Modification Reference"', '"Batch Number"'])
+        columns = ('"Psp Reference"', '"Modification Reference"', '"Merchant Reference"',
+                   '"Batch Number"', '"Type"', "NULL")
+    else:
+        key = _record_key("wallet", ["site", "transaction_id"])
+        columns = ("transaction_id", "NULL", "order_id", "settlement_id", "type",
+                   "customer_ref" if "customer_ref" in names else "NULL")
+    ids = ", ".join(_literal(i) for i in sorted(wanted))
+    con.execute("SET preserve_insertion_order=true")  # lines are counted in order
+    try:
+        rows = con.execute(f"""SELECT k, min(line), arg_min(({', '.join(columns)}), line)
+            FROM (SELECT {key} AS k, row_number() OVER () + 1 AS line, *
+                  FROM {_source(path, names, {}, None)}) WHERE k IN ({ids})
+            GROUP BY k""").fetchall()
+    finally:
+        con.execute("SET preserve_insertion_order=false")
+    out = {}
+    for k, line, values in rows:
+        if isinstance(values, dict):
+            values = tuple(values.values())
+        psp, modification, merchant, batch, type_, customer = (_ref(v) for v in values)
+        if card:
+            kind = ROW_ACQUIRER_KINDS.get((type_ or "").replace(" ", "").lower(),
+                                          TraceKind.OTHER)
+            plain = kind in {TraceKind.PAYMENT, TraceKind.OTHER}
+            refs = {"provider_reference": psp if plain else modification or psp,
+                    "original_reference": None if plain else psp,
+                    "merchant_reference": merchant, "batch_id": batch}
+        else:
+            refs = {"provider_reference": psp, "merchant_reference": merchant,
+                    "customer_reference": customer, "batch_id": batch}
+        out[k] = (int(line), refs)
+    return out
+
+
+__all__ = ["ColumnarDay", "ColumnarResult", "ColumnarUnsupported", "reconcile_columnar"]

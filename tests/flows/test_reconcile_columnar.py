@@ -1,0 +1,298 @@
+"""The columnar path's whole result against the row engine's on the same day: every
+discrepancy (all its fields), every match group, every order outcome and the counts, on a
+generated day and on one with the cases the generator does not write (several payments of one
+order in trace-id order, a cancelled order, refunds found through an order's reference or not
+at all, wallet payouts, a type spelt another way), with and without the operator's
+corrections."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import defaultdict
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.reconcile import DAY, generate
+from canonical import Money
+from flows.reconcile import load_rules, read_sources
+from flows.reconcile_columnar import ColumnarDay, ColumnarUnsupported, reconcile_columnar
+from mappings.reconcile import (
+    Correction,
+    CorrectionKind,
+    DayInput,
+    DayResult,
+    DiscrepancyClass,
+    reconcile,
+)
+from state.remittance import group_row, outcome_row
+
+ZONES = {"sg1": "Asia/Singapore", "my1": "Asia/Kuala_Lumpur"}
+WHEN = f"{DAY} 12:00:00"
+ISO = f"{DAY}T12:00:00+08:00"
+
+
+def both(folder: Path, files: dict[str, list[Path]], corrections: tuple[Correction, ...] = ()
+         ) -> tuple[ColumnarDay, DayResult]:
+    """The columnar path on the CSV files, the row engine on the same day as JSON lines."""
+    rules = load_rules()
+    columnar = reconcile_columnar(rules, DAY, orders=files["orders"],
+                                  deliveries=files["deliveries"], acquirer=files["acquirer"],
+                                  wallet=files["wallet"], keep=True, corrections=corrections)
+    assert isinstance(columnar, ColumnarDay) and columnar.refused == []
+    sources = read_sources([*files["acquirer"], *files["wallet"]], [folder / "orders.jsonl"],
+                           [folder / "deliveries.jsonl"])
+    assert not sources.rejected
+    row = reconcile(rules, DayInput(
+        day=DAY, orders=sources.orders, traces=sources.traces, deliveries=sources.deliveries,
+        payouts=sources.payouts, corrections=corrections, site_zones=ZONES))
+    return columnar, row
+
+
+def assert_same(columnar: ColumnarDay, row: DayResult, size: int = 700) -> None:
+    """Every part equal, in the row engine's order; the chunks no larger than asked."""
+    assert columnar.full_counts() == row.counts()
+    assert columnar.discrepancies() == list(row.discrepancies)
+    groups = list(columnar.group_rows(size))
+    assert all(0 < len(chunk) <= size for chunk in groups)
+    assert [g for chunk in groups for g in chunk] == [group_row(g) for g in row.groups]
+    outcomes = [o for chunk in columnar.outcome_rows(size) for o in chunk]
+    assert outcomes == [outcome_row(o) for o in row.outcomes]
+    totals: dict[tuple[str, str, str], list[Any]] = defaultdict(
+        lambda: [0, Decimal(0), Decimal(0), Decimal(0), 0])
+    for o in row.outcomes:  # as flows.reconcile.summary_markdown sums them
+        t = totals[(o.method, o.site, o.currency)]
+        t[0] += 1
+        t[1] += o.expected
+        t[2] += o.received
+        t[3] += o.fee
+        t[4] += 1 if o.matched else 0
+    assert columnar.totals() == {k: tuple(v) for k, v in totals.items()}
+
+
+def add_order(folder: Path, files: dict[str, list[Path]], site: str, order_id: str,
+              total: str, *, method: str = "card", ref: str | None = None,
+              status: str = "confirmed", delivered: bool = True) -> None:
+    """One order (and its delivery) in both the CSV the columnar path reads and the JSON
+    lines the row engine reads."""
+    currency = {"sg1": "SGD", "my1": "MYR"}[site]
+    ref = ref or f"PSP{order_id}"
+    with files["orders"][0].open("a", newline="") as fh:
+        csv.writer(fh, lineterminator="\n").writerow(
+            [site, order_id, status, ISO, currency, total, method, ref])
+    money = {"amount": total, "currency": currency}
+    with (folder / "orders.jsonl").open("a") as fh:
+        fh.write(json.dumps({
+            "site": site, "order_id": order_id, "status": status, "created_at": ISO,
+            "updated_at": ISO, "currency": currency,
+            "lines": [{"line_id": "1", "sku": "GIFT", "quantity": 1, "unit_price": money}],
+            "payment": {"method": method, "provider": "p", "provider_reference": ref,
+                        "amount": money}}) + "\n")
+    if delivered:
+        with files["deliveries"][0].open("a", newline="") as fh:
+            csv.writer(fh, lineterminator="\n").writerow([site, order_id, "delivered", "1"])
+        with (folder / "deliveries.jsonl").open("a") as fh:
+            fh.write(json.dumps({
+                "delivery_id": f"d-{order_id}", "site": site, "order_id": order_id,
+                "kind": "codes", "quantity": 1, "delivered_at": ISO,
+                "source": "test"}) + "\n")
+
+
+def card_row(files: dict[str, list[Path]], site: str, psp: str, merchant_ref: str,
+             amount: str, *, kind: str = "Settled", modification: str = "",
+             batch: str = "0") -> None:
+    """An acquirer row: a credit with a 1% commission for a payment, a debit otherwise."""
+    currency = {"sg1": "SGD", "my1": "MYR"}[site]
+    credit = kind.replace(" ", "").lower().startswith("settled")
+    minor = int(Decimal(amount) * 100)
+    fee = minor // 100 if credit else 0
+    net = f"{(minor - fee) // 100}.{(minor - fee) % 100:02d}"
+    with files["acquirer"][0].open("a", newline="") as fh:
+        csv.writer(fh, lineterminator="\n").writerow(
+            ["VouchCo", f"VouchCo{site.upper()}", psp, merchant_ref, "visa", WHEN, "SGT", kind,
+             modification, currency, "" if credit else amount, amount if credit else "", "1",
+             currency, "" if credit else net, net if credit else "",
+             f"{fee // 100}.{fee % 100:02d}", "", "", "", "visacredit", batch])
+
+
+def wallet_row(files: dict[str, list[Path]], site: str, transaction: str, kind: str,
+               order_id: str, amount: str, settlement: str, customer: str = "") -> None:
+    currency = {"sg1": "SGD", "my1": "MYR"}[site]
+    with files["wallet"][0].open("a", newline="") as fh:
+        csv.writer(fh, lineterminator="\n").writerow(
+            [site, transaction, kind, order_id, ISO, currency, amount, settlement, customer])
+
+
+def extra_day(folder: Path, n: int) -> dict[str, list[Path]]:
+    """A generated day of ``n`` orders plus the cases the generator does not write."""
+    files = generate(folder, n, jsonl=True)["files"]
+    # three payments of one order on one day: which one repeats another depends on their
+    # order (booking date, then trace id); one found by its merchant reference only
+    add_order(folder, files, "sg1", "OXA1", "30.00")
+    card_row(files, "sg1", "PSPOXA1", "OXA1", "10.00")
+    card_row(files, "sg1", "PSPXA2", "OXA1", "20.00")
+    card_row(files, "sg1", "PSPXA3", "OXA1", "20.00", kind="settled")  # spelt another way
+    # three payments of the whole amount: the two later by trace id repeat the first
+    add_order(folder, files, "my1", "OXA2", "12.00")
+    for i in range(3):
+        card_row(files, "my1", f"PSPXA2{i}", "OXA2", "12.00")
+    # cancelled: paid (0 was expected) and not paid
+    add_order(folder, files, "my1", "OXB1", "15.00", status="cancelled", delivered=False)
+    card_row(files, "my1", "PSPOXB1", "OXB1", "15.00")
+    add_order(folder, files, "my1", "OXB2", "16.00", status="cancelled", delivered=False)
+    # a refund of a payment never seen: found through the order's payment reference
+    add_order(folder, files, "sg1", "OXD1", "40.00")
+    card_row(files, "sg1", "PSPOXD1", "", "40.00", kind="Refunded", modification="REFXD1")
+    # a refund and a chargeback that name nothing known
+    card_row(files, "sg1", "PSPNONE1", "XNONE1", "7.00", kind="Refunded", modification="R9")
+    card_row(files, "my1", "PSPNONE2", "", "8.00", kind="Chargeback")
+    # wallet: a settlement paid out exactly, one paid out with nothing in it, a refund
+    # found through its order id, a payment without order with a customer reference
+    add_order(folder, files, "sg1", "OXE1", "12.00", method="wallet_balance", ref="WBXE1")
+    wallet_row(files, "sg1", "WBXE1", "payment", "OXE1", "12.00", "SW1")
+    wallet_row(files, "sg1", "WRXE1", "refund", "OXE1", "2.00", "SW1")
+    wallet_row(files, "sg1", "WPO1", "payout", "", "10.00", "SW1")
+    wallet_row(files, "my1", "WPO2", "payout", "", "5.00", "SW-EMPTY")
+    wallet_row(files, "my1", "WBXZ1", "payment", "XNONE3", "3.00", "SW2", customer="C77")
+    return files
+
+
+@pytest.fixture(scope="module")
+def day(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, list[Path]]]:
+    folder = tmp_path_factory.mktemp("day")
+    return folder, extra_day(folder, 3000)
+
+
+def test_a_generated_day_gives_the_row_engines_whole_result(tmp_path):
+    data = generate(tmp_path, 3000, jsonl=True)
+    columnar, row = both(tmp_path, data["files"])
+    try:
+        assert_same(columnar, row)
+        # what the comparison covers: every class and group kind there, and repeated
+        # payments whose trace ids do not sort as their references
+        counts = row.counts()
+        assert all(counts[k] for k in counts if k != "group:one_to_many"
+                   and k != "group:chargeback"), counts
+        repeats = [d for d in row.discrepancies if d.cls is DiscrepancyClass.DUPLICATE_PAYMENT]
+        assert len(repeats) == 15
+        assert any(d.trace_ids[0].startswith("card-") for d in repeats)
+    finally:
+        columnar.close()
+
+
+def test_the_cases_the_generator_does_not_write_give_the_row_engines_result(day):
+    folder, files = day
+    columnar, row = both(folder, files)
+    try:
+        assert_same(columnar, row)
+        by_order = defaultdict(list)
+        for d in row.discrepancies:
+            by_order[d.order_id or d.payout_id or d.trace_ids[0]].append(d)
+        # the cases are what they are meant to be
+        [repeat] = by_order["OXA2"]
+        group = next(g for g in row.groups if g.order_id == "OXA2")
+        assert repeat.cls is DiscrepancyClass.DUPLICATE_PAYMENT
+        assert (*group.trace_ids, *repeat.trace_ids) == tuple(sorted(
+            (*group.trace_ids, *repeat.trace_ids)))
+        assert [d.cls for d in by_order["OXA1"]] == [DiscrepancyClass.DUPLICATE_PAYMENT]
+        assert [d.detail for d in by_order["OXB1"]] == [
+            "received 15.00 MYR for an order of 0 (tolerance 0.00)"]
+        assert [d.cls for d in by_order["OXD1"]] == [DiscrepancyClass.DELIVERED_NOT_PAID]
+        assert "OXB2" not in by_order
+        assert [d.cls for d in by_order["SW-EMPTY"]] == [DiscrepancyClass.PAYOUT_MISMATCH]
+        assert "SW1" not in by_order and any(g.payout_id == "SW1" for g in row.groups)
+        orphans = [d.detail for d in row.discrepancies
+                   if d.cls is DiscrepancyClass.PAYMENT_WITHOUT_ORDER]
+        assert any("customer_reference=C77" in t for t in orphans)
+        assert any(t.startswith("refund 7.00 SGD from acquirer_") and "original_reference=PSPNONE1" in t
+                   for t in orphans)
+        kinds = {(g.kind.value, g.order_id, g.rule) for g in row.groups}
+        assert ("refund", "OXD1", "original_reference") in kinds
+        assert ("refund", "OXE1", "merchant_reference->order_id") in kinds
+        assert ("one_to_many", "OXA1", "merchant_reference->order_id,"
+                "provider_reference->provider_reference") in kinds
+    finally:
+        columnar.close()
+
+
+def test_corrections_accept_and_adjust_as_the_row_engine_takes_them(day):
+    folder, files = day
+    sgd = Money(amount=Decimal("1.00"), currency="SGD")
+    corrections = (
+        # the unpaid sg1:O000000000 paid by an adjustment; an amount short by 1.00 made up;
+        # one in another currency, at the rules' rate (0.50 USD is 0.675 SGD, rounded)
+        Correction(CorrectionKind.ADJUST, "order:sg1:O000000000",
+                   Money(amount=Decimal("5.00"), currency="SGD")),
+        Correction(CorrectionKind.ADJUST, "order:sg1:O000000016", sgd),
+        Correction(CorrectionKind.ADJUST, "order:sg1:O000000002",
+                   Money(amount=Decimal("0.50"), currency="USD")),
+        # a repeated payment's order adjusted down by one payment: both count
+        Correction(CorrectionKind.ADJUST, "order:sg1:O000000022",
+                   Money(amount=Decimal("-13.14"), currency="SGD")),
+        # an order that is not there; a currency no rate converts
+        Correction(CorrectionKind.ADJUST, "order:sg1:NOPE", sgd),
+        Correction(CorrectionKind.ADJUST, "order:my1:O000000001",
+                   Money(amount=Decimal("1.00"), currency="JPY")),
+        # accepted: an order's, a trace's and a payout's discrepancies
+        Correction(CorrectionKind.ACCEPT, "order:sg1:O000000004"),
+        Correction(CorrectionKind.ACCEPT, "order:my1:OXA2"),
+        Correction(CorrectionKind.ACCEPT, "payout:SW-EMPTY"),
+    )
+    plain, _ = both(folder, files)
+    try:
+        orphan = next(d for d in plain.discrepancies()
+                      if d.cls is DiscrepancyClass.PAYMENT_WITHOUT_ORDER)
+    finally:
+        plain.close()
+    corrections += (Correction(CorrectionKind.ACCEPT, f"trace:{orphan.trace_ids[0]}"),)
+    columnar, row = both(folder, files, corrections)
+    try:
+        assert_same(columnar, row)
+        accepted = {d.order_id or d.payout_id or d.trace_ids[0]
+                    for d in row.discrepancies if d.status == "accepted"}
+        # the payout of the batch the accepted trace is in names it too: accepted with it
+        batch = next(d.payout_id for d in row.discrepancies if d.payout_id
+                     and orphan.trace_ids[0] in d.trace_ids)
+        assert accepted == {"O000000004", "OXA2", "SW-EMPTY", orphan.trace_ids[0], batch}
+        classes = defaultdict(list)
+        for d in row.discrepancies:
+            classes[(d.site, d.order_id)].append((d.cls.value, d.detail))
+        assert ("sg1", "O000000016") not in classes and ("sg1", "O000000022") not in classes
+        assert classes[("sg1", "O000000000")] == [
+            ("paid_not_delivered", "paid, but no delivery evidence")]
+        assert classes[("sg1", "O000000002")][0] == (
+            "amount_mismatch", "received 0.68 SGD for an order of 5.74 (tolerance 0.00)")
+        assert [c for c, _ in classes[("my1", "O000000001")]] == ["unpaid_order"]
+    finally:
+        columnar.close()
+
+
+def test_an_assign_correction_is_left_to_the_row_engine(tmp_path):
+    files = generate(tmp_path, 20)["files"]
+    with pytest.raises(ColumnarUnsupported, match="assign"):
+        reconcile_columnar(load_rules(), DAY, orders=files["orders"],
+                           deliveries=files["deliveries"], acquirer=files["acquirer"],
+                           wallet=files["wallet"], keep=True, corrections=(
+                               Correction(CorrectionKind.ASSIGN, "trace:card-x",
+                                          assign_to="order:sg1:O000000000"),))
+
+
+def test_without_keep_the_database_is_closed_and_the_counts_are_the_same(day):
+    folder, files = day
+    rules = load_rules()
+    plain = reconcile_columnar(rules, DAY, orders=files["orders"],
+                               deliveries=files["deliveries"], acquirer=files["acquirer"],
+                               wallet=files["wallet"], labels=True)
+    assert not isinstance(plain, ColumnarDay)
+    columnar, row = both(folder, files)
+    try:
+        assert plain.counts == columnar.counts
+        assert {k: v for k, v in row.counts().items() if v} == \
+            {k: v for k, v in plain.counts.items() if v}
+    finally:
+        columnar.close()
+    with pytest.raises(ValueError, match="closed"):
+        columnar.discrepancies()
