@@ -14,8 +14,9 @@ It reads the files it is given and returns counts (and, when asked, each entity'
 it writes nothing: storing a day's result stays with ``flows.reconcile``. With ``keep=True``
 the result (``ColumnarDay``) also gives the whole result as the row engine builds it: every
 discrepancy (its key, trace ids, amounts, detail text and status), every match group and
-every order outcome as rows, with the operator's ``accept`` and ``adjust`` corrections
-applied (an ``assign`` raises ``ColumnarUnsupported``: the row engine matches that day).
+every order outcome as rows, with the operator's ``accept``, ``adjust`` and ``assign``
+corrections applied (what this path does not carry out raises ``ColumnarUnsupported``: the
+row engine matches that day).
 
 Where it still differs from the row engine (the caller keeps those days on the row path):
 
@@ -269,7 +270,9 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
     With ``keep`` the database stays open in the result (a ``ColumnarDay``), which gives the
     whole result as the row engine builds it (groups, discrepancies, order outcomes), each
     worked out when asked for. ``corrections`` are the operator's, as the row engine takes
-    them (``accept`` and ``adjust``; ``assign`` raises ``ColumnarUnsupported``)."""
+    them (``accept``, ``adjust``, ``assign``); ``ColumnarUnsupported`` when this path cannot
+    give the row engine's result (a trace assigned to an order in another currency, a
+    method whose amounts are net)."""
     import duckdb
 
     unsupported = _unsupported(rules, corrections)
@@ -516,6 +519,11 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
             JOIN orders o ON o.{ocol} = p.{tcol} AND {window.format(o="o")}""")
         _first_order(con, "hit")
         con.execute("UPDATE pm SET oid = hit.oid FROM hit WHERE pm.tid = hit.tid")
+    # the operator's assignments: a trace belongs to the order named, whatever its
+    # references and dates say (an order that is not there assigns nothing)
+    assigned = _assignments(con, card_files, corrections)
+    if assigned:
+        con.execute("UPDATE pm SET oid = asg.oid FROM asg WHERE pm.tid = asg.tid")
     phase("match_payments")
     tol = _abs_tol(rules) if not rules.tolerance_percent else (
         f"greatest({_abs_tol(rules)}, {_ROUND[rules.rounding]}(abs(expected)"
@@ -627,6 +635,9 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
             SELECT r.tid, first(o.rowid ORDER BY o.site, o.order_id) AS oid FROM refunds r
             JOIN orders o ON o.pref = r.oref WHERE r.oid IS NULL GROUP BY r.tid) x
             WHERE refunds.tid = x.tid""")
+    if assigned:
+        con.execute("""UPDATE refunds SET oid = asg.oid, rule = 'assigned' FROM asg
+            WHERE refunds.tid = asg.tid AND refunds.oid IS NULL""")
     for name, tcol, ocol in rules_known:
         if not left():
             break
@@ -716,6 +727,7 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
     phase("labels")
     if isinstance(result, ColumnarDay):
         result._open(con, rules, corrections, tol, card, rules_known, files, adjusted)
+        result._assigned = assigned
         result.phases = phases
         return result
     con.close()
@@ -853,13 +865,12 @@ def _offset_minutes(column: str) -> str:
 
 
 class ColumnarUnsupported(NotImplementedError):
-    """What the columnar path does not carry out (an ``assign`` correction, a method whose
-    amounts are net): the caller matches the day with the row engine instead."""
+    """What the columnar path does not carry out (a trace assigned to an order in another
+    currency, a method whose amounts are net): the caller matches the day with the row
+    engine instead."""
 
 
 def _unsupported(rules: Rules, corrections: Sequence[Correction]) -> str:
-    if any(c.kind is CorrectionKind.ASSIGN for c in corrections):
-        return "assign corrections are matched by the row engine only"
     net = sorted(name for name, m in rules.methods.items() if m.basis != "gross")
     if net:
         return f"methods with net amounts ({', '.join(net)}) are matched by the row engine only"
@@ -926,6 +937,38 @@ def _adjustments(con: Any, rules: Rules, corrections: Sequence[Correction]
     return out
 
 
+def _assignments(con: Any, card_files: Sequence[int], corrections: Sequence[Correction]
+                 ) -> bool:
+    """The ``assign`` corrections of traces and orders that are there, as the table ``asg``
+    (trace row id -> order row id; the last correction of a trace wins, as in the row
+    engine). Every trace's id is worked out for it (only on a day with assignments). An
+    assigned payment or refund in another currency than its order's is converted by the
+    row engine, not here: ``ColumnarUnsupported``."""
+    wanted: dict[str, tuple[str, str]] = {}
+    for c in corrections:
+        if c.kind is CorrectionKind.ASSIGN and c.target.startswith("trace:"):
+            site, _, order_id = (c.assign_to or "").removeprefix("order:").partition(":")
+            wanted[c.target.removeprefix("trace:")] = (site, order_id)
+    if not wanted:
+        return False
+    card = ", ".join(map(str, card_files)) or "NULL"
+    values = ", ".join(f"({_literal(t)}, {_literal(s)}, {_literal(o)})"
+                       for t, (s, o) in wanted.items())
+    con.execute(f"""CREATE TABLE asg AS SELECT i.tid, min(o.rowid) AS oid
+        FROM (VALUES {values}) v(trace_id, site, order_id)
+        JOIN orders o ON o.site = v.site AND o.order_id = v.order_id
+        JOIN (SELECT rowid AS tid, {_trace_id('t', card)} AS trace_id FROM traces t
+              WHERE kind IN ('payment', 'refund', 'chargeback')) i ON i.trace_id = v.trace_id
+        GROUP BY i.tid""")
+    row = con.execute("""SELECT count(*) FROM asg JOIN traces t ON t.rowid = asg.tid
+        JOIN orders o ON o.rowid = asg.oid WHERE t.currency <> o.currency""").fetchone()
+    if row and row[0]:
+        con.close()
+        raise ColumnarUnsupported("a trace assigned to an order in another currency is "
+                                  "converted by the row engine only")
+    return True
+
+
 def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
@@ -980,6 +1023,7 @@ class ColumnarDay(ColumnarResult):
     _rules_known: list[tuple[str, str, str]] = field(default_factory=list)
     _files: dict[int, Path] = field(default_factory=dict)
     _ready: bool = False
+    _assigned: bool = False
     _exps: dict[int, list[str]] = field(default_factory=dict)
 
     def _open(self, con: Any, rules: Rules, corrections: Sequence[Correction], tol: str,
@@ -1013,8 +1057,10 @@ class ColumnarDay(ColumnarResult):
             return con
         con.execute(f"""CREATE TABLE tids AS SELECT rowid AS tid,
             {_trace_id('t', self._card)} AS trace_id FROM traces t""")
-        rule = "CASE " + " ".join(f"WHEN o.{ocol} = t.{tcol} THEN '{name}'"
-                                  for name, tcol, ocol in self._rules_known) + " END"
+        rule = "CASE " + ("WHEN m.tid IN (SELECT tid FROM asg) THEN 'assigned' "
+                          if self._assigned else "") + " ".join(
+            f"WHEN o.{ocol} = t.{tcol} THEN '{name}'"
+            for name, tcol, ocol in self._rules_known) + " END"
         con.execute(f"""CREATE TABLE paid AS SELECT m.tid, m.oid, m.amount, m.booking_date,
             CASE WHEN t.net_currency = o.currency THEN t.fee ELSE 0 END AS fee,
             i.trace_id, coalesce(q.dup, false) AS dup, {rule} AS rule

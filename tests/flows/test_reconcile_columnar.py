@@ -3,7 +3,7 @@ discrepancy (all its fields), every match group, every order outcome and the cou
 generated day and on one with the cases the generator does not write (several payments of one
 order in trace-id order, a cancelled order, refunds found through an order's reference or not
 at all, wallet payouts, a type spelt another way), with and without the operator's
-corrections."""
+corrections (accept, adjust, assign)."""
 
 from __future__ import annotations
 
@@ -270,13 +270,43 @@ def test_corrections_accept_and_adjust_as_the_row_engine_takes_them(day):
         columnar.close()
 
 
-def test_an_assign_correction_is_left_to_the_row_engine(tmp_path):
-    files = generate(tmp_path, 20)["files"]
-    with pytest.raises(ColumnarUnsupported, match="assign"):
+def test_assign_corrections_as_the_row_engine_takes_them(day):
+    """Payments and a refund that name no order, assigned to orders (one that is not
+    there); one assigned to an order in another currency is left to the row engine."""
+    folder, files = day
+    plain, row = both(folder, files)
+    plain.close()
+    orphans = [d for d in row.discrepancies if d.cls is DiscrepancyClass.PAYMENT_WITHOUT_ORDER]
+    sgd = [d for d in orphans if d.actual and d.actual.currency == "SGD"]
+    payment = next(d for d in sgd if d.detail.startswith("payment "))
+    refund = next(d for d in sgd if d.detail.startswith("refund "))
+    wallet = next(d for d in orphans if d.trace_ids[0].startswith("wallet-"))
+    corrections = (
+        Correction(CorrectionKind.ASSIGN, f"trace:{payment.trace_ids[0]}",
+                   assign_to="order:sg1:O000000006"),
+        Correction(CorrectionKind.ASSIGN, f"trace:{refund.trace_ids[0]}",
+                   assign_to="order:sg1:O000000008"),
+        Correction(CorrectionKind.ASSIGN, f"trace:{wallet.trace_ids[0]}",
+                   assign_to="order:my1:NOPE"),
+    )
+    columnar, row = both(folder, files, corrections)
+    try:
+        assert_same(columnar, row)
+        rules = {(g.order_id, g.kind.value): g.rule for g in row.groups}
+        assert rules[("O000000006", "one_to_one")] == "assigned"
+        assert rules[("O000000008", "refund")] == "assigned"
+        left = {d.trace_ids[0] for d in row.discrepancies
+                if d.cls is DiscrepancyClass.PAYMENT_WITHOUT_ORDER}
+        assert wallet.trace_ids[0] in left and payment.trace_ids[0] not in left
+    finally:
+        columnar.close()
+    myr = next(d for d in orphans if d.actual and d.actual.currency == "MYR"
+               and d.trace_ids[0].startswith("card-"))
+    with pytest.raises(ColumnarUnsupported, match="another currency"):
         reconcile_columnar(load_rules(), DAY, orders=files["orders"],
                            deliveries=files["deliveries"], acquirer=files["acquirer"],
                            wallet=files["wallet"], keep=True, corrections=(
-                               Correction(CorrectionKind.ASSIGN, "trace:card-x",
+                               Correction(CorrectionKind.ASSIGN, f"trace:{myr.trace_ids[0]}",
                                           assign_to="order:sg1:O000000000"),))
 
 
