@@ -11,6 +11,7 @@ are sent.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -41,13 +42,13 @@ from mappings.inventory import batch_item, inventory_item, site_quotas
 from state import pool
 from state.catalog import load_listings, load_skus
 from state.db import session_scope
+from state.events import canonical_json
 from state.models import Fingerprint, OrderLine
 from state.procurement import po_numbers_by_erp_id
 from state.store import (
     DeadLetterItem,
     OutboxItem,
     canonical_ids,
-    fingerprint,
     get_watermark,
     load_fingerprints_for_targets,
     record_dead_letters,
@@ -300,7 +301,7 @@ def plan(engine: Engine, sites: dict[str, WalletSiteSettings], as_of: datetime,
     for site, target in targets.items():
         site_writes = SiteWrites()
         for code, (item, batch_items) in per_site[site].items():
-            digest = fingerprint({"available": item["available"], "batches": batch_items})
+            digest = quota_digest(item["available"], batch_items)
             if known[target].get(code) == digest:
                 continue
             site_writes.inventory.append(OutboxItem(
@@ -317,6 +318,13 @@ def plan(engine: Engine, sites: dict[str, WalletSiteSettings], as_of: datetime,
         if site_writes.inventory:
             writes[site] = site_writes
     return writes
+
+
+def quota_digest(available: int, batch_items: list[dict[str, Any]]) -> str:
+    """``state.store.fingerprint`` of a quota and its batch shares (whole numbers and strings
+    only), from the same text made by orjson (``state.events.canonical_json``)."""
+    return hashlib.sha256(canonical_json({"available": available, "batches": batch_items})
+                          .encode()).hexdigest()
 
 
 def _shown(session: Any, targets: list[str], only: set[str] | None) -> dict[str, set[str]]:

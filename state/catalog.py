@@ -7,12 +7,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Column, Index, String, case, or_, select
+from sqlalchemy import Column, Index, String, Text, bindparam, case, or_, select
 from sqlalchemy.orm import Session
 from sqlmodel import Field, SQLModel
 
 from canonical import Sku, now_utc
-from state.store import _chunks, _insert, _upsert_many
+from state.store import _chunks, _executemany, _insert
 from state.types import JSONText, UTCDateTime
 
 
@@ -34,27 +34,34 @@ class CatalogSku(SQLModel, table=True):
 
 
 def remember_skus(session: Session, skus: Sequence[tuple[Sku, str | None]],
-                  dumped: Sequence[Mapping[str, Any]] | None = None) -> None:
+                  dumped: Sequence[Mapping[str, Any] | str] | None = None) -> None:
     """Keep the canonical SKUs just mapped (with their ERP internal ids). ``dumped``: each
     SKU's ``model_dump(mode="json")`` when the caller already made it (its ``sku.changed``
-    event carries the same), in the same order."""
+    event carries the same), or that dump's stored text (``state.events.canonical_json``),
+    in the same order."""
+    from state.events import canonical_json
+
     now = now_utc()
     data = dumped if dumped is not None else [s.model_dump(mode="json") for s, _ in skus]
     if len(data) != len(skus):
         raise ValueError(f"{len(data)} dumped SKU(s) for {len(skus)} SKU(s)")
+    if not skus:
+        return
+    # the data column's text made here (once, and as its JSON type would write it), bound as
+    # plain text
     rows = [{"sku": s.sku, "erp_id": erp_id, "issuance_mode": s.issuance_mode.value,
              "status": s.status.value, "sales_areas": ",".join(s.sales_areas),
-             "data": d, "erp_modified_at": s.updated_at, "updated_at": now}
+             "data": d if isinstance(d, str) else canonical_json(d),
+             "erp_modified_at": s.updated_at, "updated_at": now}
             for (s, erp_id), d in zip(skus, data, strict=True)]
     table = CatalogSku.__table__
-    excluded = _insert(session, table).excluded
+    stmt = _insert(session, table).values(data=bindparam("data", type_=Text()))
     listing = ("status", "sales_areas", "issuance_mode")
-    moved = or_(*(table.c[name].is_distinct_from(excluded[name]) for name in listing))
-    _upsert_many(session, CatalogSku, rows, ["sku"],
-                 update=["erp_id", "issuance_mode", "status", "sales_areas", "data",
-                         "erp_modified_at"],
-                 extra_set={"updated_at": case((moved, excluded.updated_at),
-                                               else_=table.c.updated_at)})
+    moved = or_(*(table.c[name].is_distinct_from(stmt.excluded[name]) for name in listing))
+    set_ = {name: stmt.excluded[name] for name in ("erp_id", "issuance_mode", "status",
+                                                   "sales_areas", "data", "erp_modified_at")}
+    set_["updated_at"] = case((moved, stmt.excluded.updated_at), else_=table.c.updated_at)
+    _executemany(session, stmt.on_conflict_do_update(index_elements=["sku"], set_=set_), rows)
 
 
 def load_skus(session: Session, skus: Iterable[str] | None = None) -> dict[str, Sku]:

@@ -282,3 +282,15 @@ def _reasons(entity_type: str | None = None) -> list[str]:
         query = query.where(DeadLetter.entity_type == entity_type)
     with session_scope(get_engine()) as s:
         return [d.reason for d in s.scalars(query)]
+
+
+def test_a_quota_digest_is_the_fingerprint_it_always_was():
+    """Quotas confirmed before the digest was made by orjson are not sent again."""
+    from state.store import fingerprint
+
+    batches = [{"sku": "SKU-1", "batch_no": "B-1", "available": 3, "status": "active",
+                "expires_at": "2026-12-31T23:59:59Z"},
+               {"sku": "SKU-1", "batch_no": "B-2", "available": 0, "status": "sold_out"}]
+    for available, shares in [(3, batches), (0, []), (2 ** 40, batches[:1])]:
+        assert si.quota_digest(available, shares) == fingerprint(
+            {"available": available, "batches": shares})

@@ -4,6 +4,7 @@ already (as their sku.changed events carry them) or not."""
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import text
 
 from state.catalog import load_listings, load_skus, remember_skus
 from state.db import session_scope
@@ -11,16 +12,22 @@ from state.events import sku_events
 from tests.state.procurement_world import sku
 
 
-def test_a_sku_remembered_from_its_event_data_loads_as_the_sku_mapped(engine):
+@pytest.mark.parametrize("form", ["dumps", "texts", "none"])
+def test_a_sku_remembered_from_its_event_data_loads_as_the_sku_mapped(engine, form):
+    """From the event's data, from the text the event stores, or dumped here: the same row,
+    its data the canonical JSON of the SKU (not a JSON string of it)."""
     mapped = [sku("SKU-A"), sku("SKU-API", "api", None)]
     events = sku_events(mapped)
+    dumped = {"dumps": [e.data for e in events], "texts": [e.stored_data() for e in events],
+              "none": None}[form]
     with session_scope(engine) as s:
-        remember_skus(s, [(mapped[0], "101"), (mapped[1], None)],
-                      dumped=[e.data for e in events])
+        remember_skus(s, [(mapped[0], "101"), (mapped[1], None)], dumped=dumped)
     with session_scope(engine) as s:
         loaded = load_skus(s)
         listings = load_listings(s)
+        stored = dict(s.execute(text("SELECT sku, data FROM catalog_sku")).all())
     assert loaded == {k.sku: k for k in mapped}
+    assert stored == {e.entity_key: e.data_json for e in events}
     assert listings == {"SKU-A": ("normal", ("sg1",)), "SKU-API": ("normal", ("sg1",))}
 
 

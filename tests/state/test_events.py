@@ -3,6 +3,7 @@ stable ids, numbered in commit order, and emitted by the code pool's own writes.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from datetime import UTC, datetime, timedelta, timezone
@@ -226,3 +227,65 @@ def test_postgres_numbers_become_visible_in_order(pg_engine):
     thread.join(10)
     got = all_events(pg_engine)
     assert [e.entity_key for e in got] == ["early", "late"] and got[0].seq < got[1].seq
+
+
+# the stored text, made once -------------------------------------------------------------------
+class _Mode(str, __import__("enum").Enum):
+    A = "a"
+
+
+@pytest.mark.parametrize("data", [
+    {"b": 1, "a": [True, False, None, "x"], "c": {"z": "1.50", "y": ()}},
+    {"name": "Thé voucher ¥ 日本", "sku": "SKU-1"},  # non-ASCII: json escapes it
+    {"s": "tab\there \"q\" back\\ nul\x00 del\x7f bell\x07 /"},
+    {"m": Decimal("1.50"), "n": Decimal("-0E-2"), "big": 2 ** 70, "neg": -(2 ** 63)},
+    {"enum": _Mode.A, "t": T0, "nested": [{"k": _Mode.A}]},  # by str, as json.dumps does
+    {10: "int keys, sorted as numbers", 9: "b"},
+    [], {}, "plain", 12,
+])
+def test_canonical_json_is_exactly_what_json_dumps_writes(data):
+    """Fingerprints and stored event data made before keep matching: the same bytes as
+    ``json.dumps(sort_keys, no spaces, default=str)`` for every kind of value it is given."""
+    from state.events import canonical_json
+
+    assert canonical_json(data) == json.dumps(data, sort_keys=True, separators=(",", ":"),
+                                              default=str)
+
+
+def test_a_sku_event_keeps_its_id_and_stored_text_from_before():
+    """The version hashes the same text ``state.store.fingerprint`` hashes, and the text the
+    event carries is the one ``JSONText`` would store: ids and data do not move on upgrade."""
+    from state.events import version_of
+    from state.store import fingerprint
+
+    for name in ("Voucher", "Bon d'achat é 日本"):
+        mapped = Sku.model_validate({
+            "sku": "SKU-1", "name": name, "kind": "gift_card",
+            "face_value": {"amount": "10.00", "currency": "SGD"}, "sales_areas": ["sg1"],
+            "issuance_mode": "code_pool", "write_off_type": "on_delivery", "status": "normal",
+            "updated_at": T0 + timedelta(microseconds=5)})
+        event = sku_events([mapped])[0]
+        data = mapped.model_dump(mode="json")
+        assert event.data == data
+        assert event.version == f"{version_of(mapped.updated_at)}_{fingerprint(data)[:12]}"
+        assert event.data_json == json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+
+def test_events_with_their_text_made_store_that_text(engine):
+    """An event built with its data's text (``sku_changed``) stores exactly that text, next to
+    events whose data is dumped on the way in; a repeat of either adds nothing."""
+    mapped = Sku.model_validate({
+        "sku": "SKU-1", "name": "Bon é", "kind": "gift_card",
+        "face_value": {"amount": "10.00", "currency": "SGD"}, "sales_areas": ["sg1"],
+        "issuance_mode": "code_pool", "write_off_type": "on_delivery", "status": "normal",
+        "updated_at": T0})
+    first = sku_events([mapped])
+    with session_scope(engine) as s:
+        assert emit_events(s, [*first, ev("o1")]) == 2
+    with session_scope(engine) as s:
+        assert emit_events(s, [*sku_events([mapped]), ev("o1"), ev("o2")]) == 1
+    got = all_events(engine)
+    assert [e.event_id for e in got] == [first[0].id, ev("o1").id, ev("o2").id]
+    assert got[0].data_json == first[0].data_json
+    assert got[0].as_dict()["data"] == mapped.model_dump(mode="json")
+    assert got[0].occurred_at == T0 and got[0].recorded_at.tzinfo is not None
