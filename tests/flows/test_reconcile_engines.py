@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from bench.reconcile import DAY, generate
-from flows.reconcile import load_rules, plan_engine, read_sources
+from flows.reconcile import DayView, load_rules, plan_engine, read_sources
 from mappings.reconcile import DayInput, reconcile
 from tests.connectors.payments.expected import BANK
+from tests.flows.conftest import BOTH_DATABASES
 
 ZONES = {"sg1": "Asia/Singapore", "my1": "Asia/Kuala_Lumpur"}
 
@@ -126,3 +127,82 @@ def test_a_day_the_columnar_engine_cannot_read_goes_to_rows_with_the_reason(day,
     assert refused.file == "notes.csv" and "[format_unknown]" in (refused.error or "")
     with pytest.raises(ValueError, match="engine 'fast'"):
         plan_engine("fast", [], [], [])
+
+
+def _stored(engine) -> dict[str, list[tuple]]:
+    """What a day's match left in the state database, ids left out."""
+    from sqlalchemy import text
+
+    queries = {
+        "groups": "SELECT group_id, kind, site, method, order_id, payout_id, trace_ids, "
+                  "currency, expected, received, fee, rule FROM recon_group ORDER BY group_id",
+        "discrepancies": "SELECT key, category, status, site, method, order_id, payout_id, "
+                         "trace_ids, currency, expected, actual, difference, detail "
+                         "FROM recon_discrepancy ORDER BY key",
+        "outcomes": "SELECT site, order_id, method, currency, expected, received, fee, "
+                    "refunded, reference, matched FROM recon_outcome ORDER BY site, order_id",
+        "batches": "SELECT batch_id, version, status, currency, gross, fees, net, count, lines "
+                   "FROM remittance_batch ORDER BY batch_id, version",
+        "events": "SELECT type, event_id FROM outbound_event ORDER BY seq",
+        "dead_letters": "SELECT entity_key, reason FROM dead_letter ORDER BY entity_key",
+    }
+    with engine.connect() as conn:
+        return {name: [tuple(r) for r in conn.execute(text(sql))]
+                for name, sql in queries.items()}
+
+
+@pytest.mark.parametrize("engine", BOTH_DATABASES, indirect=True)
+def test_both_engines_store_the_same_day_and_a_rerun_replaces_it(engine, day):
+    """The columnar engine's day, stored in chunks, is the row engine's day row for row:
+    groups, discrepancies, outcomes, remittance batches. Matched by rows first, then by
+    columns, then by columns again, the day announces its discrepancies once and ends as
+    the row engine left it."""
+    from flows.reconcile import match_day, match_day_columnar
+
+    files = day["files"]
+    payments = [*files["acquirer"], *files["wallet"]]
+    rules = load_rules()
+    sources = read_sources(payments, files["orders"], files["deliveries"], day=DAY)
+    match_day(engine, DAY, sources, rules, key="rows", zones=ZONES)
+    by_rows = _stored(engine)
+    assert len(by_rows["outcomes"]) == 3000 and len(by_rows["events"]) > 100
+    assert len(by_rows["groups"]) > 3000 and by_rows["batches"]
+    plan = plan_engine("columns", payments, files["orders"], files["deliveries"])
+    for key in ("columns", "columns-again"):
+        view = match_day_columnar(engine, DAY, plan, rules, order_files=files["orders"],
+                                  delivery_files=files["deliveries"], key=key)
+        assert not isinstance(view, str), view
+        assert view.engine == "columns" and view.orders == 3000 and not view.rejected
+        assert view.totals == DayView.of(reconcile(rules, DayInput(
+            day=DAY, orders=sources.orders, traces=sources.traces,
+            deliveries=sources.deliveries, payouts=sources.payouts, site_zones=ZONES)),
+            sources).totals
+        stored = _stored(engine)
+        for name in by_rows:
+            assert stored[name] == by_rows[name], name
+
+
+def test_the_flow_sends_a_large_day_to_columns_and_says_so(
+        day, engine, state_url, prefect_harness, monkeypatch, tmp_path):
+    """reconcile-day end to end: ``auto`` takes the columnar engine for a day at the
+    threshold, its summary and artifacts say which engine and why, and the classes are the
+    ground truth's."""
+    import asyncio
+    from collections import Counter
+
+    from flows.reconcile import reconcile_day
+
+    monkeypatch.setenv("VOUCHFLOW_HOME", str(tmp_path))
+    monkeypatch.setenv("VOUCHFLOW_RECONCILE_COLUMNAR_MIN_ORDERS", "3000")
+    files = day["files"]
+    payments = [str(p) for p in [*files["acquirer"], *files["wallet"]]]
+    summary = asyncio.run(reconcile_day(DAY, payments, [str(p) for p in files["orders"]],
+                                        [str(p) for p in files["deliveries"]]))
+    assert summary["engine"] == "columns"
+    assert summary["engine_reason"] == "3000 order(s), at least 3000"
+    truth = Counter(c for classes in day["truth"].values() for c in classes)
+    assert summary["by_class"] == dict(truth)
+    assert summary["orders"] == 3000 and summary["rejected"] == 0
+    assert {s["kind"] for s in summary["sources"]} == {"orders", "deliveries", "payments"}
+    assert Path(summary["csv"]).read_text().count("\n") == sum(truth.values()) + 1
+    assert len(_stored(engine)["outcomes"]) == 3000
