@@ -55,7 +55,7 @@ from mappings.catalog import inventory_item_to_sku, sku_to_wallet_product
 from mappings.errors import MappingError
 from state.catalog import load_skus, remember_skus
 from state.db import session_scope
-from state.events import emit_events, prepare_events, sku_events
+from state.events import canonical_json, emit_events, prepare_events, sku_events
 from state.inbox import mark_processed, pending_events
 from state.models import DeadLetter, DeadLetterStatus, LedgerStatus
 from state.store import (
@@ -86,6 +86,12 @@ OPERATION = "product.upsert"
 
 def site_target(site: str) -> str:
     return f"wallet:{site}"
+
+
+def product_digest(product: dict[str, Any]) -> str:
+    """``state.store.fingerprint`` of a product built by ``sku_to_wallet_product`` (strings
+    only), from the same text made by orjson (``state.events.canonical_json``)."""
+    return hashlib.sha256(canonical_json(product).encode()).hexdigest()
 
 
 def product_key(site: str, sku: str, digest: str) -> str:
@@ -233,34 +239,43 @@ def plan_products(session: Session, skus: Sequence[Sku], wallets: Sequence[str]
     targets = {site: site_target(site) for site in wallets}
     known = load_fingerprints_for_targets(session, list(targets.values()), ENTITY,
                                           [s.sku for s in skus])
-    # a SKU's product is the same on every site that lists it (and on every site that no
-    # longer does): built and fingerprinted once each
-    versions: dict[tuple[str, bool], tuple[dict[str, Any], str]] = {}
+    # one pass over the SKUs, each looking only at the sites it is listed on and the sites
+    # that once received it (not every SKU against every site)
+    received: dict[str, list[str]] = {}
     for site, target in targets.items():
-        site_known = known[target]
-        site_writes: list[OutboxItem] = []
-        site_digests: dict[str, str] = {}
-        for sku in skus:
-            listed = site in sku.sales_areas
-            if not listed and sku.sku not in site_known:
-                continue
-            version = versions.get((sku.sku, listed))
+        for code in known[target]:
+            received.setdefault(code, []).append(site)
+    writes: dict[str, list[OutboxItem]] = {site: [] for site in targets}
+    digests: dict[str, dict[str, str]] = {site: {} for site in targets}
+    unchanged = 0
+    for sku in skus:
+        code = sku.sku
+        areas = sku.sales_areas
+        chosen = [(site, True) for site in areas if site in targets]
+        chosen.extend((site, False) for site in received.get(code, ()) if site not in areas)
+        # a SKU's product is the same on every site that lists it (and on every site that no
+        # longer does): built and fingerprinted once each
+        versions: dict[bool, tuple[dict[str, Any], str]] = {}
+        for site, listed in chosen:
+            version = versions.get(listed)
             if version is None:
                 product = sku_to_wallet_product(sku, listed=listed)
-                version = versions[(sku.sku, listed)] = (product, fingerprint(product))
+                version = versions[listed] = (product, product_digest(product))
             product, digest = version
-            if site_known.get(sku.sku) == digest:
-                planned.unchanged += 1
+            if known[targets[site]].get(code) == digest:
+                unchanged += 1
                 continue
-            site_digests[sku.sku] = digest
-            site_writes.append(OutboxItem(
-                target=target, operation=OPERATION,
-                idempotency_key=product_key(site, sku.sku, digest), entity_type=ENTITY,
-                entity_key=sku.sku, payload=product,
+            digests[site][code] = digest
+            writes[site].append(OutboxItem(
+                target=targets[site], operation=OPERATION,
+                idempotency_key=product_key(site, code, digest), entity_type=ENTITY,
+                entity_key=code, payload=product,
             ))
-        if site_writes:
-            planned.writes[site] = site_writes
-            planned.digests[site] = site_digests
+    planned.unchanged = unchanged
+    for site in targets:  # in the order of the sites given, as before
+        if writes[site]:
+            planned.writes[site] = writes[site]
+            planned.digests[site] = digests[site]
     return planned
 
 
@@ -341,9 +356,9 @@ def process_records(
         record_dead_letters(session, dead)
         resolve_dead_letters(session, FLOW, SOURCE, RECORD_TYPE, xrefs.keys())
         upsert_xrefs(session, SOURCE, RECORD_TYPE, xrefs)
-        # each event's data is the SKU as remembered: dumped once for both
+        # each event's data is the SKU as remembered: dumped and rendered once for both
         remember_skus(session, [(s, erp_ids.get(s.sku)) for s in skus],
-                      dumped=[e.data for e in events])
+                      dumped=[e.stored_data() for e in events])
         emit_events(session, ready)
     counts.changed += sum(len(w) for w in planned.writes.values())
     counts.skipped += planned.unchanged

@@ -364,3 +364,76 @@ def test_an_items_source_digest_follows_its_content_and_not_its_volatile_fields(
     # what orjson cannot write still gets a digest of its own
     huge = sc.source_digest({**item, "custitem_vf_kind": 2**70})
     assert huge == sc.source_digest({**item, "custitem_vf_kind": 2**70}) != digest
+
+
+def test_a_product_digest_is_the_fingerprint_it_always_was():
+    """Products confirmed by the sites before the digest was made by orjson are not sent
+    again: the same text, so the same digest, also for names json escapes."""
+    from canonical import Sku
+    from mappings.catalog import sku_to_wallet_product
+    from state.store import fingerprint
+
+    for name in ("Voucher", "Bon d'achat é 日本 \"q\""):
+        mapped = Sku.model_validate({
+            "sku": "SKU-1", "name": name, "kind": "gift_card",
+            "face_value": {"amount": "10.00", "currency": "SGD"}, "sales_areas": ["sg1"],
+            "issuance_mode": "code_pool", "write_off_type": "on_delivery", "status": "normal",
+            "updated_at": datetime(2026, 11, 22, tzinfo=UTC)})
+        for listed in (True, False):
+            product = sku_to_wallet_product(mapped, listed=listed)
+            assert sc.product_digest(product) == fingerprint(product)
+
+
+@pytest.mark.parametrize("engine", BOTH_DATABASES, indirect=True)
+def test_products_are_planned_for_listing_sites_and_sites_that_once_had_them(engine):
+    """Every (site, SKU) pair the rule names, compared with the rule written out plainly:
+    a listed site gets the product unless it confirmed that version, a site that once
+    received a SKU no longer listed there gets it inactive, any other site nothing."""
+    import random
+
+    from canonical import Sku
+    from mappings.catalog import sku_to_wallet_product
+    from state.store import fingerprint, save_fingerprints
+
+    sites = ["hk1", "my1", "sg1", "sg2", "tw1"]
+    rng = random.Random(7)
+    skus = [Sku.model_validate({
+        "sku": f"SKU-{i}", "name": f"Voucher {i}", "kind": "gift_card",
+        "face_value": {"amount": "10.00", "currency": "SGD"},
+        "sales_areas": sorted(rng.sample([*sites, "th1"], rng.randint(0, 3))),
+        "issuance_mode": "code_pool", "write_off_type": "on_delivery", "status": "normal",
+        "updated_at": datetime(2026, 11, 22, tzinfo=UTC)}) for i in range(60)]
+    confirmed: dict[str, dict[str, str]] = {site: {} for site in sites}
+    for k in skus:
+        for site in rng.sample(sites, 2):  # confirmed: the current version, or another one
+            listed = site in k.sales_areas
+            product = sku_to_wallet_product(k, listed=listed)
+            confirmed[site][k.sku] = (fingerprint(product) if rng.random() < 0.5
+                                      else fingerprint({**product, "name": "old"}))
+    with session_scope(engine) as s:
+        for site, digests in confirmed.items():
+            save_fingerprints(s, sc.site_target(site), sc.ENTITY, digests)
+    with session_scope(engine) as s:
+        planned = sc.plan_products(s, skus, sites[:4])
+
+    expected: dict[str, list[tuple[str, str]]] = {}
+    unchanged = 0
+    for site in sites[:4]:
+        for k in skus:
+            listed = site in k.sales_areas
+            if not listed and k.sku not in confirmed[site]:
+                continue
+            product = sku_to_wallet_product(k, listed=listed)
+            if confirmed[site].get(k.sku) == fingerprint(product):
+                unchanged += 1
+                continue
+            expected.setdefault(site, []).append((k.sku, product["status"]))
+    got = {site: [(w.entity_key, w.payload["status"]) for w in writes]
+           for site, writes in planned.writes.items()}
+    assert got == expected and list(got) == list(expected)
+    assert planned.unchanged == unchanged
+    for site, writes in planned.writes.items():
+        for w in writes:
+            assert planned.digests[site][w.entity_key] == fingerprint(w.payload)
+            assert w.idempotency_key == sc.product_key(site, w.entity_key,
+                                                       fingerprint(w.payload))
