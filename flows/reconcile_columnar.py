@@ -20,8 +20,8 @@ row engine matches that day).
 
 Where it still differs from the row engine (the caller keeps those days on the row path):
 
-- an order's business day is the date of its ``created_at`` as written, not on the site's
-  clock; named time zones in the acquirer's files are refused (abbreviations and offsets are
+- without ``site_zones`` an order's business day is the date of its ``created_at`` as
+  written, not on the site's clock; named time zones in the acquirer's files are refused (abbreviations and offsets are
   read); CSV files with another delimiter than ``,`` are not read;
 - a payment, refund or payout member in another currency than its order's (or payout's) is
   not converted at the rules' rates: a payment matches only an order in its currency, a
@@ -44,7 +44,7 @@ import csv
 import gc
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date
 from decimal import Decimal
@@ -258,7 +258,8 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
                        deliveries: Sequence[Path], acquirer: Sequence[Path] = (),
                        wallet: Sequence[Path] = (), labels: bool = False,
                        threads: int | None = None, keep: bool = False,
-                       corrections: Sequence[Correction] = ()) -> ColumnarResult:
+                       corrections: Sequence[Correction] = (),
+                       site_zones: Mapping[str, str] | None = None) -> ColumnarResult:
     """Read, check, normalise, match and classify a day's files in DuckDB. Each file is read
     once, its amounts checked in the same pass; a file with a bad row is taken out again and
     explained (file, line, field, rule) by a second look at that file only.
@@ -272,7 +273,11 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
     worked out when asked for. ``corrections`` are the operator's, as the row engine takes
     them (``accept``, ``adjust``, ``assign``); ``ColumnarUnsupported`` when this path cannot
     give the row engine's result (a trace assigned to an order in another currency, a
-    method whose amounts are net)."""
+    method whose amounts are net).
+
+    ``site_zones`` (site -> IANA time zone, as ``DayInput.site_zones``): an order's business
+    day is the date of its instant on its site's clock (UTC for a site not named), as the row
+    engine takes it; without it, the date of ``created_at`` as written."""
     import duckdb
 
     unsupported = _unsupported(rules, corrections)
@@ -387,19 +392,27 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
                 con.execute("SET preserve_insertion_order=false")
 
     phase("connect")
+    created, order_day = "TIMESTAMP", "CAST(r.created_at AS DATE)"
+    if site_zones is not None:
+        # the instant (an offset applied; a time without one is UTC) on the site's clock
+        created = "TIMESTAMPTZ"
+        order_day = "CAST(timezone(CASE r.site " + " ".join(
+            f"WHEN {_literal(site)} THEN {_literal(zone)}"
+            for site, zone in sorted(site_zones.items())) + " ELSE 'UTC' END, r.created_at)" \
+            " AS DATE)" if site_zones else "CAST(r.created_at AS DATE)"
     for path in orders:
         take("orders", path, ORDER_COLUMNS, f"""INSERT INTO orders SELECT {{n}}, r.site,
             r.order_id, r.status = 'cancelled', r.status = 'confirmed',
-            r.currency, CAST(r.created_at AS DATE),
+            r.currency, {order_day},
             r.provider_reference,
             CASE WHEN r.status = 'cancelled' THEN 0 ELSE r."total:" END,
             {lag_case}, {_flag(_invalid('total', 'r."total:"'))},
             {"coalesce(trim(r.method), 'unknown')" if keep else 'NULL'}
             FROM (SELECT *, {_amount('total')} AS "total:" FROM {{src}} r) r""",
-             [("total", "currency")], {"currency": "currency", "created_at": "TIMESTAMP"},
+             [("total", "currency")], {"currency": "currency", "created_at": created},
              [("expected", "currency")],
-             # the date and time as written there (its offset not applied): its date is the
-             # site's business day
+             # without zones, the date and time as written there (its offset not applied):
+             # its date is the site's business day
              timestamp_format=None)
     # delivery evidence is read where it is used, in the verdict (one pass, no table of its
     # own); a file the CSV reader cannot parse is found then and refused

@@ -2,14 +2,15 @@
 discrepancy (all its fields), every match group, every order outcome and the counts, on a
 generated day and on one with the cases the generator does not write (several payments of one
 order in trace-id order, a cancelled order, refunds found through an order's reference or not
-at all, wallet payouts, a type spelt another way), with and without the operator's
-corrections (accept, adjust, assign)."""
+at all, wallet payouts, a type spelt another way, orders written in other time zones), with
+and without the operator's corrections (accept, adjust, assign)."""
 
 from __future__ import annotations
 
 import csv
 import json
 from collections import defaultdict
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,8 @@ def both(folder: Path, files: dict[str, list[Path]], corrections: tuple[Correcti
     rules = load_rules()
     columnar = reconcile_columnar(rules, DAY, orders=files["orders"],
                                   deliveries=files["deliveries"], acquirer=files["acquirer"],
-                                  wallet=files["wallet"], keep=True, corrections=corrections)
+                                  wallet=files["wallet"], keep=True, corrections=corrections,
+                                  site_zones=ZONES)
     assert isinstance(columnar, ColumnarDay) and columnar.refused == []
     sources = read_sources([*files["acquirer"], *files["wallet"]], [folder / "orders.jsonl"],
                            [folder / "deliveries.jsonl"])
@@ -75,19 +77,19 @@ def assert_same(columnar: ColumnarDay, row: DayResult, size: int = 700) -> None:
 
 def add_order(folder: Path, files: dict[str, list[Path]], site: str, order_id: str,
               total: str, *, method: str = "card", ref: str | None = None,
-              status: str = "confirmed", delivered: bool = True) -> None:
+              status: str = "confirmed", delivered: bool = True, created: str = ISO) -> None:
     """One order (and its delivery) in both the CSV the columnar path reads and the JSON
     lines the row engine reads."""
     currency = {"sg1": "SGD", "my1": "MYR"}[site]
     ref = ref or f"PSP{order_id}"
     with files["orders"][0].open("a", newline="") as fh:
         csv.writer(fh, lineterminator="\n").writerow(
-            [site, order_id, status, ISO, currency, total, method, ref])
+            [site, order_id, status, created, currency, total, method, ref])
     money = {"amount": total, "currency": currency}
     with (folder / "orders.jsonl").open("a") as fh:
         fh.write(json.dumps({
-            "site": site, "order_id": order_id, "status": status, "created_at": ISO,
-            "updated_at": ISO, "currency": currency,
+            "site": site, "order_id": order_id, "status": status, "created_at": created,
+            "updated_at": created, "currency": currency,
             "lines": [{"line_id": "1", "sku": "GIFT", "quantity": 1, "unit_price": money}],
             "payment": {"method": method, "provider": "p", "provider_reference": ref,
                         "amount": money}}) + "\n")
@@ -157,6 +159,12 @@ def extra_day(folder: Path, n: int) -> dict[str, list[Path]]:
     wallet_row(files, "sg1", "WPO1", "payout", "", "10.00", "SW1")
     wallet_row(files, "my1", "WPO2", "payout", "", "5.00", "SW-EMPTY")
     wallet_row(files, "my1", "WBXZ1", "payment", "XNONE3", "3.00", "SW2", customer="C77")
+    # written in other zones: the day on the site's clock is the day (as written it is the
+    # day before), and the next day (as written it is the day)
+    add_order(folder, files, "sg1", "OXZ1", "9.00", created=f"{DAY - timedelta(days=1)}"
+              "T20:00:00-05:00", delivered=False)
+    add_order(folder, files, "sg1", "OXZ2", "9.00", created=f"{DAY}T23:30:00-02:00",
+              delivered=False)
     return files
 
 
@@ -202,6 +210,8 @@ def test_the_cases_the_generator_does_not_write_give_the_row_engines_result(day)
             "received 15.00 MYR for an order of 0 (tolerance 0.00)"]
         assert [d.cls for d in by_order["OXD1"]] == [DiscrepancyClass.DELIVERED_NOT_PAID]
         assert "OXB2" not in by_order
+        assert [d.cls for d in by_order["OXZ1"]] == [DiscrepancyClass.UNPAID_ORDER]
+        assert "OXZ2" not in by_order
         assert [d.cls for d in by_order["SW-EMPTY"]] == [DiscrepancyClass.PAYOUT_MISMATCH]
         assert "SW1" not in by_order and any(g.payout_id == "SW1" for g in row.groups)
         orphans = [d.detail for d in row.discrepancies
