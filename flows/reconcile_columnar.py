@@ -32,8 +32,7 @@ Where it still differs from the row engine (the caller keeps those days on the r
 - an acquirer row's fee is its ``Commission``: ``Markup``, ``Scheme Fees`` and
   ``Interchange`` are neither read nor checked; ``RefundedReversed`` and
   ``ChargebackReversed`` rows are not refunds here;
-- a wallet payment or refund without order id is not refused; a row read twice (the same
-  trace id) counts twice (the row engine counts it once);
+- a row read twice (the same trace id) counts twice (the row engine counts it once);
 - a percent tolerance is rounded to two decimals (half even or half up); methods whose
   amounts are net raise ``ColumnarUnsupported``.
 """
@@ -486,6 +485,8 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
         ("type", "type IS NULL", "required", "empty; a value is required"),
         ("type", f"type IS NOT NULL AND lower(trim(type)) NOT IN ({types})", "enum",
          "{value!r} is not one of " + ", ".join(WALLET_TYPES)),
+        *((("order_id", f"lower(trim(type)) = '{kind}' AND nullif(trim(order_id), '') IS NULL",
+            "required", f"a {kind} names its order")) for kind in ("payment", "refund")),
     ]
     # an instant's UTC date from its microseconds since the epoch: the same date as a cast
     # in the UTC session, without the time zone library's calendar for each row
@@ -496,7 +497,9 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
             'wallet:' || r.site, r.transaction_id, r.order_id, NULL, r.currency, r.currency,
             {_amount('amount')}, r.t IN ('payment', 'adjustment_credit'), 0, NULL,
             CAST(make_timestamp(epoch_us(r.created_at)) AS DATE), r.settlement_id,
-            {_flag(f"r.t IS NULL OR r.t NOT IN ({types}) OR " + _invalid('amount'))},
+            {_flag(f"r.t IS NULL OR r.t NOT IN ({types}) OR " + _invalid('amount')
+                   + " OR (r.t IN ('payment', 'refund') AND nullif(trim(r.order_id), '')"
+                   " IS NULL)")},
             NULL, NULL
             FROM (SELECT *, CASE WHEN type IN ({types}) THEN type
                                  ELSE lower(trim(type)) END AS t FROM {{src}} r) r""",

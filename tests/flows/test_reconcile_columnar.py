@@ -336,3 +336,20 @@ def test_without_keep_the_database_is_closed_and_the_counts_are_the_same(day):
         columnar.close()
     with pytest.raises(ValueError, match="closed"):
         columnar.discrepancies()
+
+
+@pytest.mark.parametrize("kind", ["payment", "refund"])
+def test_a_wallet_payment_or_refund_without_order_is_refused_as_the_row_reader_refuses_it(
+        tmp_path, kind):
+    files = generate(tmp_path, 50)["files"]
+    bad = tmp_path / "wallet_bad.csv"
+    lines = files["wallet"][0].read_text().splitlines()
+    bad.write_text("\n".join([lines[0], lines[1], f"sg1,WB1,{kind}, ,{ISO},SGD,1.00,S0,",
+                              lines[2]]) + "\n")
+    columnar = reconcile_columnar(load_rules(), DAY, orders=files["orders"],
+                                  deliveries=files["deliveries"], acquirer=files["acquirer"],
+                                  wallet=[bad, *files["wallet"]])
+    rows = read_sources([bad])
+    assert columnar.refused == [rows.rejected[0].error] == [
+        f"wallet_bad.csv: line 3: order_id: a {kind} names its order [required]"]
+    assert columnar.orders == 50
