@@ -29,20 +29,24 @@ ERP_SKU_FIELDS = {
 
 def _amount_text(value: Any) -> Any:
     # the ERP sends numbers; the connector decodes them as Decimal (never float)
-    if isinstance(value, Decimal | int) and not isinstance(value, bool):
+    if type(value) is Decimal or (isinstance(value, Decimal | int)
+                                  and not isinstance(value, bool)):
         return str(value)
     return value
 
 
+def _label(raw: dict[str, Any], item: InventoryItem | None = None) -> str:
+    """The record as errors name it (made only for an error)."""
+    label = f"inventoryItem {raw.get('id', '?')}"
+    return f"{label} ({item.item_id})" if item is not None and item.item_id else label
+
+
 def inventory_item_to_sku(raw: dict[str, Any], *, known_sites: Collection[str]) -> Sku:
     """An ERP inventory item as a canonical SKU, or a MappingError naming every problem."""
-    label = f"inventoryItem {raw.get('id', '?')}"
     try:
         item = InventoryItem.model_validate(raw)
     except ValidationError as exc:
-        raise MappingError(label, violations_from(exc)) from None
-    if item.item_id:
-        label += f" ({item.item_id})"
+        raise MappingError(_label(raw), violations_from(exc)) from None
 
     areas = tuple(a.strip() for a in (item.sales_areas or "").split(",") if a.strip())
     status = SkuStatus.INACTIVE.value if item.is_inactive else item.status
@@ -71,9 +75,9 @@ def inventory_item_to_sku(raw: dict[str, Any], *, known_sites: Collection[str]) 
         sku = validate("Sku", candidate)
     except (SchemaValidationError, ValidationError) as exc:
         problems.extend(violations_from(exc))
-        raise MappingError(label, rename(problems, ERP_SKU_FIELDS)) from None
+        raise MappingError(_label(raw, item), rename(problems, ERP_SKU_FIELDS)) from None
     if problems:
-        raise MappingError(label, rename(problems, ERP_SKU_FIELDS))
+        raise MappingError(_label(raw, item), rename(problems, ERP_SKU_FIELDS))
     assert isinstance(sku, Sku)
     return sku
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
+from functools import lru_cache
 from typing import Any
 
 
@@ -46,6 +47,12 @@ def site_quotas(
     (objects with batch_no, sites, expires_on, status and ``sellable(on)``); ``sites`` the
     SKU's selling sites, in any order."""
     ordered = sorted(sites)
+    if len(ordered) == 1:  # most SKUs sell on one site: what ``split`` gives it, directly
+        only = ordered[0]
+        return {only: [BatchShare(batch.batch_no,
+                                  max(units, 0) if not batch.sites or only in batch.sites
+                                  else 0, batch.expires_on, batch.status)
+                       for batch in batches for units in (batch.sellable(on),)]}
     out: dict[str, list[BatchShare]] = {site: [] for site in ordered}
     for batch in batches:
         units = batch.sellable(on)
@@ -67,5 +74,11 @@ def batch_item(sku: str, share: BatchShare) -> dict[str, Any]:
                             "available": share.available,
                             "status": share.status if share.available else "sold_out"}
     if share.expires_on is not None:
-        item["expires_at"] = f"{share.expires_on.isoformat()}T23:59:59Z"
+        item["expires_at"] = _end_of(share.expires_on)
     return item
+
+
+@lru_cache(maxsize=4096)
+def _end_of(day: date) -> str:
+    """The last second of a day, as the sites take an expiry (batches share few days)."""
+    return f"{day.isoformat()}T23:59:59Z"
