@@ -372,7 +372,7 @@ def plan_engine(choice: str, payment_files: Sequence[str | Path],
 
 def match_day_columnar(engine: Engine, day: date, plan: EnginePlan, rules: Rules, *,
                        order_files: Sequence[str | Path], delivery_files: Sequence[str | Path],
-                       key: str) -> DayView | str:
+                       key: str, zones: dict[str, str] | None = None) -> DayView | str:
     """Match the day with the columnar engine and replace its stored result, streaming the
     groups and outcomes into the state database in chunks. When the day needs what only the
     row engine does (an operator's correction it does not carry out), nothing is stored and
@@ -384,7 +384,9 @@ def match_day_columnar(engine: Engine, day: date, plan: EnginePlan, rules: Rules
             rules, day, orders=[Path(p) for p in order_files],
             deliveries=[Path(p) for p in delivery_files],
             acquirer=plan.payments.get("acquirer", []), wallet=plan.payments.get("wallet", []),
-            corrections=day_corrections(engine, day), keep=True)
+            corrections=day_corrections(engine, day), keep=True,
+            site_zones=site_zones() if zones is None else zones,
+            earliest=day - timedelta(days=rules.max_lag()))
     except ColumnarUnsupported as exc:
         return str(exc)
     try:

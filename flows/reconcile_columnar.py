@@ -258,7 +258,8 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
                        wallet: Sequence[Path] = (), labels: bool = False,
                        threads: int | None = None, keep: bool = False,
                        corrections: Sequence[Correction] = (),
-                       site_zones: Mapping[str, str] | None = None) -> ColumnarResult:
+                       site_zones: Mapping[str, str] | None = None,
+                       earliest: date | None = None) -> ColumnarResult:
     """Read, check, normalise, match and classify a day's files in DuckDB. Each file is read
     once, its amounts checked in the same pass; a file with a bad row is taken out again and
     explained (file, line, field, rule) by a second look at that file only.
@@ -276,7 +277,9 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
 
     ``site_zones`` (site -> IANA time zone, as ``DayInput.site_zones``): an order's business
     day is the date of its instant on its site's clock (UTC for a site not named), as the row
-    engine takes it; without it, the date of ``created_at`` as written."""
+    engine takes it; without it, the date of ``created_at`` as written. ``earliest``: orders
+    of business days before it (or after ``day``) are left out, as ``flows.reconcile`` gives
+    the row engine only the orders of the day and of the settlement lag before it."""
     import duckdb
 
     unsupported = _unsupported(rules, corrections)
@@ -413,6 +416,12 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
              # without zones, the date and time as written there (its offset not applied):
              # its date is the site's business day
              timestamp_format=None)
+    if earliest is not None:
+        # only the orders of the window, as the flow gives the row engine (an order of the
+        # day, or of the days before within the longest settlement lag); the rows left keep
+        # their row ids
+        con.execute(f"DELETE FROM orders WHERE day < DATE '{earliest.isoformat()}' "
+                    f"OR day > DATE '{day.isoformat()}'")
     # delivery evidence is read where it is used, in the verdict (one pass, no table of its
     # own); a file the CSV reader cannot parse is found then and refused
     phase("read_orders")

@@ -151,26 +151,54 @@ def _stored(engine) -> dict[str, list[tuple]]:
                 for name, sql in queries.items()}
 
 
+def _with_edges(day: dict, folder: Path) -> dict:
+    """The day's files and three more orders: one 20 days old (outside the window the flow
+    matches) refunded today, one of yesterday paid today (inside it), one of tomorrow."""
+    import shutil
+
+    folder.mkdir()
+    files = {kind: [Path(shutil.copy(p, folder / p.name)) for p in paths]
+             for kind, paths in day["files"].items()}
+    with files["orders"][0].open("a") as fh:
+        for oid, when in (("OLD1", "2026-10-31T10:00:00+08:00"),
+                          ("YDAY1", "2026-11-19T10:00:00+08:00"),
+                          ("NEXT1", "2026-11-21T10:00:00+08:00")):
+            fh.write(f"sg1,{oid},confirmed,{when},SGD,20.00,card,PSP{oid}\n")
+    with files["acquirer"][0].open("a") as fh:
+        fh.write("VouchCo,VouchCoSG1,PSPOLD1,OLD1,visa,2026-11-20 12:00:00,SGT,Refunded,"
+                 "REFOLD1,SGD,20.00,,1,SGD,20.00,,,,,,visacredit,EDGE\n")
+        fh.write("VouchCo,VouchCoSG1,PSPYDAY1,YDAY1,visa,2026-11-20 12:00:00,SGT,Settled,,"
+                 "SGD,,20.00,1,SGD,,19.60,0.40,,,,visacredit,EDGE\n")
+    return files
+
+
 @pytest.mark.parametrize("engine", BOTH_DATABASES, indirect=True)
-def test_both_engines_store_the_same_day_and_a_rerun_replaces_it(engine, day):
+@pytest.mark.parametrize("edges", [False, True], ids=["generated", "window-edges"])
+def test_both_engines_store_the_same_day_and_a_rerun_replaces_it(engine, day, edges,
+                                                                 tmp_path):
     """The columnar engine's day, stored in chunks, is the row engine's day row for row:
     groups, discrepancies, outcomes, remittance batches. Matched by rows first, then by
     columns, then by columns again, the day announces its discrepancies once and ends as
     the row engine left it."""
     from flows.reconcile import match_day, match_day_columnar
 
-    files = day["files"]
+    files = _with_edges(day, tmp_path / "edges") if edges else day["files"]
     payments = [*files["acquirer"], *files["wallet"]]
     rules = load_rules()
     sources = read_sources(payments, files["orders"], files["deliveries"], day=DAY)
     match_day(engine, DAY, sources, rules, key="rows", zones=ZONES)
     by_rows = _stored(engine)
+    if edges:  # the old order's refund names no order of the window; yesterday's is paid
+        orphans = [d for d in by_rows["discrepancies"] if d[1] == "payment_without_order"]
+        assert any("PSPOLD1" in d[-1] for d in orphans), orphans[:3]
+        assert not any(d[5] == "YDAY1" for d in by_rows["discrepancies"])
     assert len(by_rows["outcomes"]) == 3000 and len(by_rows["events"]) > 100
     assert len(by_rows["groups"]) > 3000 and by_rows["batches"]
     plan = plan_engine("columns", payments, files["orders"], files["deliveries"])
     for key in ("columns", "columns-again"):
         view = match_day_columnar(engine, DAY, plan, rules, order_files=files["orders"],
-                                  delivery_files=files["deliveries"], key=key)
+                                  delivery_files=files["deliveries"], key=key,
+                                  zones=ZONES)
         assert not isinstance(view, str), view
         assert view.engine == "columns" and view.orders == 3000 and not view.rejected
         assert view.totals == DayView.of(reconcile(rules, DayInput(
