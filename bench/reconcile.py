@@ -4,8 +4,11 @@
 payment traces as files: card acquirer settlement CSVs (payments, refunds, duplicates,
 payouts per batch, one batch in fifty short by a cent) and wallet balance CSVs, with known
 ground truth (unpaid, delivered-not-paid, amount mismatch, duplicate, paid-not-delivered,
-payments without order, payout mismatch). vouchflow reads and classifies them with the
-columnar path (``flows.reconcile_columnar``, the rules of ``config/reconcile.yaml``); the
+payments without order, payout mismatch). vouchflow reads and classifies them as
+``reconcile-day`` does for a large day: the columnar engine (``flows.reconcile_columnar``,
+``keep=True``, the rules of ``config/reconcile.yaml``), every discrepancy with its amounts,
+trace ids and detail, and the counts of every class and group; streaming the groups and
+outcomes out for storage is timed apart (``rows_s``). The
 baseline, in the same run on the same files, only joins the traces to the orders on the exact
 reference in DuckDB. ``accuracy`` is the share of ground-truth entities whose classes came out
 exactly as generated. ``--check`` also runs the row-by-row engine (``mappings.reconcile``) on
@@ -199,6 +202,18 @@ def baseline(files: dict[str, list[Path]]) -> tuple[float, int, float]:
     return elapsed, int(matched[0]), cpu  # type: ignore[index]
 
 
+def stored_labels(found: Any) -> dict[str, list[str]]:
+    """Entity -> classes from the discrepancies themselves, for the orders and payouts (a
+    payment without order is named by its trace id there, by its reference in the truth)."""
+    out: dict[str, list[str]] = defaultdict(list)
+    for d in found:
+        if d.order_id:
+            out[f"{d.site}:{d.order_id}"].append(d.cls.value)
+        elif d.payout_id:
+            out[d.payout_id].append(d.cls.value)
+    return {k: sorted(v) for k, v in out.items()}
+
+
 def python_labels(folder: Path, files: dict[str, list[Path]]) -> dict[str, list[str]]:
     """The row-by-row engine on the same files (for --check)."""
     from flows.reconcile import load_rules, read_sources
@@ -255,11 +270,24 @@ def main(argv: list[str]) -> int:
         # of either side also measures the neighbours
         cpu = time.process_time()
         started = time.perf_counter()
+        # what reconcile-day runs on a large day, up to the classified result: the columnar
+        # engine (keep=True, as the flow calls it), every discrepancy with its amounts, trace
+        # ids and detail, and the counts of every class and group
         result = reconcile_columnar(rules, DAY, orders=files["orders"],
                                     deliveries=files["deliveries"], acquirer=files["acquirer"],
-                                    wallet=files["wallet"], labels=True, threads=args.threads)
+                                    wallet=files["wallet"], labels=True, threads=args.threads,
+                                    keep=True)
+        found = result.discrepancies()
+        counts = result.full_counts()
         vouchflow_s = time.perf_counter() - started
         vouchflow_cpu_s = time.process_time() - cpu
+        # then what the flow hands to the state database in chunks (timed apart: storing is
+        # not part of the comparison)
+        started = time.perf_counter()
+        groups = sum(len(chunk) for chunk in result.group_rows())
+        outcomes = sum(len(chunk) for chunk in result.outcome_rows())
+        rows_s = time.perf_counter() - started
+        result.close()
         baseline_s, baseline_matched, baseline_cpu_s = baseline(files)
         load_after = os.getloadavg()[0]
         out: dict[str, Any] = {
@@ -271,7 +299,15 @@ def main(argv: list[str]) -> int:
             "vouchflow_cpu_s": round(vouchflow_cpu_s, 3), "baseline_cpu_s": round(baseline_cpu_s, 3),
             "peak_rss_mb": peak_rss_mb(),
             "accuracy": accuracy(data["truth"], result.labels),
-            "classes": {k: v for k, v in sorted(result.counts.items())},
+            # the classes counted from the discrepancies the flow stores are those scored
+            "stored_agree": stored_labels(found) == {
+                k: sorted(v) for k, v in result.labels.items()
+                if v != ["payment_without_order"]} and sum(
+                1 for d in found if d.cls == "payment_without_order") == sum(
+                1 for v in result.labels.values() if v == ["payment_without_order"]),
+            "classes": {k: v for k, v in sorted(counts.items()) if v},
+            "discrepancies": len(found), "groups": groups, "outcomes": outcomes,
+            "rows_s": round(rows_s, 3),
             "refused": result.refused, "baseline_matched": baseline_matched,
             "generated_s": generated_s, "baseline": BASELINE,
             "vouchflow_phases_s": result.phases,

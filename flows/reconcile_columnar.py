@@ -21,17 +21,17 @@ row engine matches that day).
 Where it still differs from the row engine (the caller keeps those days on the row path):
 
 - without ``site_zones`` an order's business day is the date of its ``created_at`` as
-  written, not on the site's clock; named time zones in the acquirer's files are refused (abbreviations and offsets are
-  read); CSV files with another delimiter than ``,`` are not read;
-- a payment, refund or payout member in another currency than its order's (or payout's) is
-  not converted at the rules' rates: a payment matches only an order in its currency, a
-  refund or member in another currency counts 0;
+  written, not on the site's clock; named time zones in the acquirer's files are refused
+  (abbreviations and offsets are read); CSV files with another delimiter than ``,`` are not
+  read;
+- a payment, refund, fee or payout member in another currency than its order's (or
+  payout's) is not converted at the rules' rates; with ``keep`` such a day raises
+  ``ColumnarUnsupported`` once its files are read (the flow's path), without it a payment
+  matches only an order in its currency and a refund or member in another currency counts 0;
 - only the reference rules ``provider_reference->provider_reference`` and
   ``merchant_reference->order_id`` are applied (a wallet row's ``customer_ref`` and the words
   of a description are not looked up);
-- an acquirer row's fee is its ``Commission``: ``Markup``, ``Scheme Fees`` and
-  ``Interchange`` are neither read nor checked; ``RefundedReversed`` and
-  ``ChargebackReversed`` rows are not refunds here;
+- ``RefundedReversed`` and ``ChargebackReversed`` rows are not refunds here;
 - a row read twice (the same trace id) counts twice (the row engine counts it once);
 - a percent tolerance is rounded to two decimals (half even or half up); methods whose
   amounts are net raise ``ColumnarUnsupported``.
@@ -54,6 +54,7 @@ from iso4217 import Currency
 
 from canonical import Money, TraceKind
 from canonical.money import RoundingMode, minor_unit
+from connectors.payments.acquirer import FEE_COLUMNS as ACQUIRER_FEES
 from connectors.payments.acquirer import REQUIRED as ACQUIRER_REQUIRED
 from connectors.payments.common import _ABBREVIATIONS, PaymentFileError
 from connectors.payments.wallet_balance import REQUIRED as WALLET_REQUIRED
@@ -250,7 +251,11 @@ TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S"
 """The acquirer's times as this path reads them (the first of the row reader's formats)."""
 ACQ_AMOUNTS = (("Gross Credit (GC)", "Gross Currency"), ("Gross Debit (GC)", "Gross Currency"),
                ("Net Credit (NC)", "Net Currency"), ("Net Debit (NC)", "Net Currency"),
-               ("Commission (NC)", "Net Currency"))
+               *((fee, "Net Currency") for fee in ACQUIRER_FEES))
+"""The acquirer's amounts: gross and net (the first four), then its fees (every one counts in
+a trace's fee, as the row reader sums them)."""
+ACQ_OPTIONAL = (*ACQUIRER_FEES, "Modification Reference", "Exchange Rate")
+"""Columns the acquirer reader takes when they are there (empty when not)."""
 
 
 def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
@@ -359,16 +364,17 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
              stored: Sequence[tuple[str, str]] = (),
              cast: dict[str, str] | None = None,
              timestamp_format: str | None = TIMESTAMP_FORMAT,
-             rows: Sequence[RowCheck] = ()) -> None:
+             rows: Sequence[RowCheck] = (), optional: Sequence[str] = ()) -> None:
         """Read one file into ``table``; ``cast`` names text columns the insert casts (so a
-        failed insert is explained by them too)."""
+        failed insert is explained by them too); ``optional`` columns the file may leave
+        out."""
         nonlocal number
         number += 1
         files[number] = path
         failed = False
         try:
             names = _header(path, required)
-            src = _source(path, names, typed or {}, timestamp_format)
+            src = _source(path, names, typed or {}, timestamp_format, optional)
             con.execute(insert.format(n=number, src=src))
         except PaymentFileError as exc:
             refused.append(str(exc))
@@ -383,7 +389,7 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
                 # could read a broken file another way); a file the CSV reader cannot
                 # parse at all is refused at the line it names
                 con.execute(f"""CREATE OR REPLACE TEMP TABLE explain AS SELECT *
-                                FROM {_source(path, names, {}, None)}""")
+                                FROM {_source(path, names, {}, None, optional)}""")
             except duckdb.Error as exc:
                 refused.append(str(_syntax_error(path.name, exc)))
             else:
@@ -463,6 +469,8 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
     ]
     whole = " OR ".join(re.sub(r'"([^"]+)"', r'r."\1"', f"({bad})")
                         for _, bad, _, _ in acquirer_rows)
+    # a trace's fee: every fee column, as the row reader sums them
+    fees = " + ".join(f'coalesce(r."{fee}:", 0)' for fee in ACQUIRER_FEES)
     for path in acquirer:
         card_files.append(number + 1)
         take("traces", path, ACQUIRER_REQUIRED, f"""INSERT INTO traces SELECT {{n}},
@@ -476,7 +484,7 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
                      r."Net Debit (NC):"),
             r."Gross Credit (GC)" IS NOT NULL OR (r."Gross Debit (GC)" IS NULL
                 AND r."Net Credit (NC)" IS NOT NULL),
-            coalesce(r."Commission (NC):", 0),
+            {fees},
             coalesce(r."Net Credit (NC):", -r."Net Debit (NC):"),
             CAST(r."Creation Date" - r.zone AS DATE),
             r."Batch Number", {_flag('r.zone IS NULL OR ' + checks + ' OR ' + whole)},
@@ -486,7 +494,7 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
              ACQ_AMOUNTS, {"Creation Date": "TIMESTAMP", "Gross Currency": "currency",
                            "Net Currency": "currency"},
              [("amount", "currency"), ("fee", "net_currency"), ("net", "net_currency")],
-             rows=acquirer_rows)
+             rows=acquirer_rows, optional=ACQ_OPTIONAL)
     phase("read_card")
     # a wallet type is one of the reader's, in any case (as ``choice`` takes it)
     types = ", ".join(f"'{t}'" for t in WALLET_TYPES)
@@ -700,6 +708,15 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
     con.execute("""INSERT INTO found SELECT NULL, payout_id, 'payout_mismatch' FROM payouts
         WHERE members = 0 OR abs(total - amount) > tol""")
     phase("payouts")
+    if keep:
+        # what the row engine would convert at the rules' rates, this path cannot: a day
+        # that has it is the row engine's (the caller falls back) rather than a different
+        # answer
+        beyond = _beyond_one_currency(con, rules_known)
+        if beyond:
+            con.close()
+            raise ColumnarUnsupported(beyond)
+        phase("currencies")
     counts: dict[str, int] = {}
     for cls, n in con.execute("SELECT cls, count(*) FROM found GROUP BY cls").fetchall():
         counts[f"discrepancy:{cls}"] = int(n)
@@ -761,13 +778,21 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
     return result
 
 def _source(path: Path, names: Sequence[str], typed: dict[str, str] | None = None,
-            timestamp_format: str | None = TIMESTAMP_FORMAT) -> str:
+            timestamp_format: str | None = TIMESTAMP_FORMAT,
+            optional: Sequence[str] = ()) -> str:
     """The file as a DuckDB ``read_csv`` of its own column names (text unless typed here);
     its TIMESTAMP columns in ``timestamp_format``, or as ISO 8601 when that is None (the time
-    as written: an offset is not applied)."""
+    as written: an offset is not applied). A column of ``optional`` the file does not have is
+    there, empty (as the row readers take a missing optional column)."""
     fmt = f", timestampformat='{timestamp_format}'" if timestamp_format else ""
-    return (f"read_csv({_q(path)}, header=true, auto_detect=false, "
+    read = (f"read_csv({_q(path)}, header=true, auto_detect=false, "
             f"columns={_columns(names, typed or {})}{fmt})")
+    have = {" ".join(n.split()).casefold() for n in names}
+    missing = [c for c in optional if " ".join(c.split()).casefold() not in have]
+    if not missing:
+        return read
+    added = ", ".join('NULL::VARCHAR AS "' + c.replace('"', '""') + '"' for c in missing)
+    return f"(SELECT *, {added} FROM {read})"
 
 
 def _unreadable(con: Any, queries: dict[Path, str]) -> list[str]:
@@ -889,10 +914,39 @@ def _offset_minutes(column: str) -> str:
             f" * ({hours} * 60 + {minutes}) END")
 
 
+def _beyond_one_currency(con: Any, rules_known: Sequence[tuple[str, str, str]]) -> str:
+    """Why the day needs currency conversion, or "": a payment whose reference names an
+    order in another currency, a refund or chargeback of an order in another currency, a
+    payment's fee in another currency, a payout of transactions in another currency."""
+    tests = [(f"a payment names an order in another currency by its {name}",
+              f"""SELECT count(*) FROM pm JOIN traces t ON t.rowid = pm.tid
+                  JOIN orders o ON o.{ocol} = t.{tcol}
+                  WHERE pm.oid IS NULL AND o.currency <> t.currency""")
+             for name, tcol, ocol in rules_known]
+    tests += [
+        ("a refund or chargeback is in another currency than its order",
+         """SELECT count(*) FROM refunds r JOIN orders o ON o.rowid = r.oid
+            WHERE r.currency <> o.currency"""),
+        ("a payment's fee is in another currency than the payment",
+         """SELECT count(*) FROM traces WHERE kind = 'payment' AND fee <> 0
+            AND net_currency <> currency"""),
+        ("a payout pays out transactions in another currency",
+         """SELECT count(*) FROM traces t JOIN payouts p
+                ON t.account = p.account AND t.batch = p.bkey
+            WHERE t.kind <> 'payout' AND t.currency <> p.currency
+              AND NOT (t.net IS NOT NULL AND t.net_currency = p.currency)"""),
+    ]
+    for reason, sql in tests:
+        row = con.execute(sql).fetchone()
+        if row and row[0]:
+            return f"{reason} (currency conversion is the row engine's)"
+    return ""
+
+
 class ColumnarUnsupported(NotImplementedError):
     """What the columnar path does not carry out (a trace assigned to an order in another
-    currency, a method whose amounts are net): the caller matches the day with the row
-    engine instead."""
+    currency, a method whose amounts are net, and with ``keep`` a day that needs currency
+    conversion): the caller matches the day with the row engine instead."""
 
 
 def _unsupported(rules: Rules, corrections: Sequence[Correction]) -> str:

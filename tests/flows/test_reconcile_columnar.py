@@ -353,3 +353,41 @@ def test_a_wallet_payment_or_refund_without_order_is_refused_as_the_row_reader_r
     assert columnar.refused == [rows.rejected[0].error] == [
         f"wallet_bad.csv: line 3: order_id: a {kind} names its order [required]"]
     assert columnar.orders == 50
+
+
+def test_every_fee_column_counts_and_optional_columns_may_be_left_out(tmp_path):
+    """Markup, scheme fees and interchange are part of a payment's fee as the row reader sums
+    them (the outcome's and group's fee, so the remittance batch's); a settlement file
+    without the fee columns, the modification reference or the exchange rate is read as
+    the row reader reads it."""
+    from connectors.payments.acquirer import REQUIRED
+
+    files = generate(tmp_path, 500, jsonl=True)["files"]
+    add_order(tmp_path, files, "sg1", "OFEE1", "50.00")
+    with files["acquirer"][0].open("a", newline="") as fh:
+        csv.writer(fh, lineterminator="\n").writerow(
+            ["VouchCo", "VouchCoSG1", "PSPOFEE1", "OFEE1", "visa", WHEN, "SGT", "Settled", "",
+             "SGD", "", "50.00", "1", "SGD", "", "48.00", "0.50", "0.30", "0.70", "0.50",
+             "visacredit", "0"])
+    add_order(tmp_path, files, "my1", "OBARE1", "20.00")
+    bare = tmp_path / "acquirer_bare.csv"
+    with bare.open("w", newline="") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(REQUIRED)
+        row = dict.fromkeys(REQUIRED, "")
+        row.update({"Merchant Account": "VouchCoMY1", "Psp Reference": "PSPOBARE1",
+                    "Merchant Reference": "OBARE1", "Creation Date": WHEN, "TimeZone": "SGT",
+                    "Type": "Settled", "Gross Currency": "MYR", "Gross Credit (GC)": "20.00",
+                    "Net Currency": "MYR", "Net Credit (NC)": "20.00", "Batch Number": "B"})
+        writer.writerow([row[c] for c in REQUIRED])
+    files["acquirer"].append(bare)
+    columnar, row = both(tmp_path, files)
+    try:
+        assert_same(columnar, row)
+        [fee] = [g["fee"] for chunk in columnar.group_rows() for g in chunk
+                 if g["order_id"] == "OFEE1"]
+        assert fee == Decimal("2.00")
+        assert [o["received"] for chunk in columnar.outcome_rows() for o in chunk
+                if o["order_id"] == "OBARE1"] == [Decimal("20.00")]
+    finally:
+        columnar.close()

@@ -4,6 +4,7 @@ canonical JSON lines are; which engine a day goes to, and why."""
 from __future__ import annotations
 
 import csv
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -234,3 +235,32 @@ def test_the_flow_sends_a_large_day_to_columns_and_says_so(
     assert {s["kind"] for s in summary["sources"]} == {"orders", "deliveries", "payments"}
     assert Path(summary["csv"]).read_text().count("\n") == sum(truth.values()) + 1
     assert len(_stored(engine)["outcomes"]) == 3000
+
+
+def test_a_day_that_needs_currency_conversion_is_left_to_the_row_engine(engine, day, tmp_path):
+    """A payment in USD for an order in SGD: the row engine converts it at the rules' rate
+    and the order is paid; the columnar engine cannot, so it stores nothing and says why,
+    and the flow's fallback (the row engine) gives the paid order."""
+    from flows.reconcile import match_day, match_day_columnar
+
+    files = _with_edges(day, tmp_path / "usd")
+    with files["orders"][0].open("a") as fh:
+        fh.write("sg1,OUSD1,confirmed,2026-11-20T10:00:00+08:00,SGD,13.50,card,PSPOUSD1\n")
+    with files["deliveries"][0].open("a") as fh:
+        fh.write("sg1,OUSD1,delivered,1\n")
+    with files["acquirer"][0].open("a") as fh:
+        fh.write("VouchCo,VouchCoSG1,PSPOUSD1,OUSD1,visa,2026-11-20 12:00:00,SGT,Settled,,"
+                 "USD,,10.00,1,USD,,10.00,,,,,visacredit,EDGE\n")
+    payments = [*files["acquirer"], *files["wallet"]]
+    rules = load_rules()
+    plan = plan_engine("columns", payments, files["orders"], files["deliveries"])
+    reason = match_day_columnar(engine, DAY, plan, rules, order_files=files["orders"],
+                                delivery_files=files["deliveries"], key="c", zones=ZONES)
+    assert reason == ("a payment names an order in another currency by its "
+                      "provider_reference->provider_reference (currency conversion is the "
+                      "row engine's)")
+    assert _stored(engine)["outcomes"] == []
+    sources = read_sources(payments, files["orders"], files["deliveries"], day=DAY)
+    result = match_day(engine, DAY, sources, rules, key="rows", zones=ZONES)
+    [usd] = [o for o in result.outcomes if o.order_id == "OUSD1"]
+    assert usd.matched and usd.received == Decimal("13.50")
