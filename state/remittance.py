@@ -44,7 +44,7 @@ from canonical import now_utc
 from canonical.money import minor_unit
 from state.events import Event, announce, discrepancy_event, remittance_batch_event
 from state.models import ExactDecimal
-from state.store import OutboxItem, enqueue
+from state.store import OutboxItem, _executemany, enqueue
 from state.types import JSONText, UTCDateTime
 
 TREASURY = "treasury"
@@ -282,8 +282,8 @@ def store_day_rows(session: Session, *, day: date, rules_digest: str, counts: Ma
     session.flush()
     for chunk in groups:
         if chunk:
-            session.execute(insert(ReconGroup.__table__),  # type: ignore[attr-defined]
-                            [{**g, "day": day, "rule": g["rule"][:200]} for g in chunk])
+            _executemany(session, insert(ReconGroup.__table__),  # type: ignore[attr-defined]
+                         [{**g, "day": day, "rule": g["rule"][:200]} for g in chunk])
     rows = [{
         "day": day, "key": d.key, "category": d.cls.value, "status": d.status, "site": d.site,
         "method": d.method, "order_id": d.order_id, "payout_id": d.payout_id,
@@ -293,11 +293,11 @@ def store_day_rows(session: Session, *, day: date, rules_digest: str, counts: Ma
         "difference": _amount(d.difference), "detail": d.detail[:2000]}
         for d in found]
     if rows:
-        session.execute(insert(ReconDiscrepancy.__table__), rows)  # type: ignore[attr-defined]
+        _executemany(session, insert(ReconDiscrepancy.__table__), rows)  # type: ignore[attr-defined]
     for chunk in outcomes:
         if chunk:
-            session.execute(insert(ReconOutcome.__table__),  # type: ignore[attr-defined]
-                            [{**o, "day": day} for o in chunk])
+            _executemany(session, insert(ReconOutcome.__table__),  # type: ignore[attr-defined]
+                         [{**o, "day": day} for o in chunk])
     after = {d.key: _discrepancy_view(d) for d in discrepancies(session, day)}
     announce(session, discrepancy_changes(before, after, at=matched_at))
 
