@@ -40,3 +40,30 @@ def test_a_freeze_made_elsewhere_is_left_as_it_is():
         assert gc.get_freeze_count() > 0  # and not ours to undo
     finally:
         gc.unfreeze()
+
+
+def test_young_collections_are_rarer_while_the_heap_is_held():
+    """The first threshold is raised for the block (nested blocks share it) and put back by
+    the last one; a collector switched off, or thresholds changed meanwhile, are left so."""
+    from flows.heap import YOUNG_THRESHOLD
+
+    saved = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 10, 10)
+        with held_heap():
+            assert gc.get_threshold() == (YOUNG_THRESHOLD, 10, 10)
+            with held_heap():
+                assert gc.get_threshold() == (YOUNG_THRESHOLD, 10, 10)
+            assert gc.get_threshold() == (YOUNG_THRESHOLD, 10, 10)
+        assert gc.get_threshold() == (700, 10, 10)
+
+        with held_heap():
+            gc.set_threshold(1234, 10, 10)  # someone else's choice, made meanwhile
+        assert gc.get_threshold() == (1234, 10, 10)
+
+        gc.set_threshold(0, 10, 10)  # collection off: not switched on by a sync
+        with held_heap():
+            assert gc.get_threshold()[0] == 0
+        assert gc.get_threshold()[0] == 0
+    finally:
+        gc.set_threshold(*saved)
