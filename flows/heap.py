@@ -20,8 +20,9 @@ from contextlib import contextmanager
 YOUNG_THRESHOLD = 50_000
 """The collector's first threshold while a sync holds the heap (Python's default is 700): a
 sync allocates millions of container objects that live for a chunk (records, models, rows),
-and a young collection every 700 of them walks the survivors again and again; at 20,000 SKUs
-the default made 1,200 young and 110 middle collections, over three seconds of CPU."""
+and a young collection every 700 of them walks the survivors again and again. At 20,000 SKUs
+(quiet machine) the default made 1,267 young, 113 middle and 8 full collections in 0.66 s;
+raised, 11 young and 1 middle in 0.30 s."""
 
 _lock = threading.Lock()
 _holders = 0
