@@ -40,7 +40,7 @@ from pydantic import ValidationError
 from sqlalchemy import Engine
 
 from canonical import Delivery, Fee, Money, Order, PaymentTrace, Payout
-from connectors.payments.common import PaymentFileError, file_label
+from connectors.payments.common import PaymentFileError, file_label, read_csv_rows
 from connectors.payments.detect import detect_format
 from connectors.wallet.config import load_sites
 from flows.payments import read_payment_file
@@ -48,6 +48,7 @@ from flows.runtime import markdown_artifact, run_key, run_logger, state_engine, 
 from mappings.errors import MappingError
 from mappings.reconcile import (
     DELIVERY_EXPORT_COLUMNS,
+    DELIVERY_EXPORT_OPTIONAL,
     ORDER_EXPORT_COLUMNS,
     Correction,
     CorrectionKind,
@@ -56,6 +57,7 @@ from mappings.reconcile import (
     Discrepancy,
     DiscrepancyClass,
     Rules,
+    Totals,
     delivery_from_export,
     order_day,
     order_from_export,
@@ -130,36 +132,22 @@ def _export_field(loc: Sequence[Any]) -> str:
     return path
 
 
-def _export_rows(path: Path, columns: Sequence[str], build: Any, file: str) -> list[Any]:
-    """The records of a CSV export, or a PaymentFileError naming the first bad line."""
+def _export_rows(path: Path, columns: Sequence[str], build: Any, file: str,
+                 optional: Sequence[str] = ()) -> list[Any]:
+    """The records of a CSV export (read as the payment readers read CSV: header, field
+    count and syntax checked by ``read_csv_rows``), or a PaymentFileError naming the first
+    bad line and its column."""
     items = []
-    with path.open(encoding="utf-8-sig", newline="") as fh:
-        reader = csv.DictReader(fh)
-        header = {" ".join((h or "").split()).casefold() for h in reader.fieldnames or []}
-        missing = [c for c in columns if c not in header]
-        if missing:
-            raise PaymentFileError(file, "missing_column", "missing column"
-                                   + ("s " if len(missing) > 1 else " ")
-                                   + ", ".join(repr(m) for m in missing), line=1)
+    for origin, row in read_csv_rows(path, required=columns, optional_columns=optional):
         try:
-            for row in reader:
-                if None in row or any(v is None for v in row.values()):
-                    width = len(reader.fieldnames or [])
-                    found = width + len(row.get(None) or []) if None in row else \
-                        sum(1 for v in row.values() if v is not None)
-                    raise PaymentFileError(file, "field_count", f"{found} fields where the "
-                                           f"header has {width}", line=reader.line_num)
-                try:
-                    items.append(build(row))
-                except ValidationError as exc:
-                    first = exc.errors()[0]
-                    message = first["msg"].removeprefix("Value error, ")
-                    # a price's currency is the export's currency column
-                    where = "currency" if "ISO 4217" in message else _export_field(first["loc"])
-                    raise PaymentFileError(file, "invalid_record", message,
-                                           line=reader.line_num, field=where) from None
-        except csv.Error as exc:
-            raise PaymentFileError(file, "csv_syntax", str(exc), line=reader.line_num) from None
+            items.append(build(row))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            message = first["msg"].removeprefix("Value error, ")
+            # a price's currency is the export's currency column
+            where = "currency" if "ISO 4217" in message else _export_field(first["loc"])
+            raise PaymentFileError(file, "invalid_record", message, line=origin.line,
+                                   field=where) from None
     return items
 
 
@@ -180,7 +168,7 @@ def _read_records(path: Path, model: type[Any], kind: str, day: date | None = No
                 items = _export_rows(path, DELIVERY_EXPORT_COLUMNS, lambda row:
                                      delivery_from_export(row, day=when,
                                                           source=f"export:{outcome.file}"),
-                                     outcome.file)
+                                     outcome.file, DELIVERY_EXPORT_OPTIONAL)
         else:
             with path.open(encoding="utf-8") as fh:
                 for number, line in enumerate(fh, start=1):
@@ -416,10 +404,6 @@ def match_day_columnar(engine: Engine, day: date, plan: EnginePlan, rules: Rules
         result.close()
 
 
-Totals = dict[tuple[str, str, str], tuple[int, Decimal, Decimal, Decimal, int]]
-"""Per (method, site, currency): orders, expected, received, fees, matched orders."""
-
-
 @dataclass(frozen=True)
 class DayView:
     """What operators are shown of a day's result, from either engine."""
@@ -438,18 +422,9 @@ class DayView:
 
     @classmethod
     def of(cls, result: DayResult, sources: DaySources) -> DayView:
-        totals: dict[tuple[str, str, str], list[Any]] = defaultdict(
-            lambda: [0, Decimal(0), Decimal(0), Decimal(0), 0])
-        for o in result.outcomes:
-            row = totals[(o.method, o.site, o.currency)]
-            row[0] += 1
-            row[1] += o.expected
-            row[2] += o.received
-            row[3] += o.fee
-            row[4] += 1 if o.matched else 0
         return cls(day=result.day, rules_digest=result.rules_digest,
                    discrepancies=result.discrepancies, counts=result.counts(),
-                   totals={k: (v[0], v[1], v[2], v[3], v[4]) for k, v in totals.items()},
+                   totals=result.totals(),
                    orders=len(result.outcomes), groups=len(result.groups),
                    superseded=result.superseded, engine="rows", outcomes=sources.outcomes)
 

@@ -44,7 +44,7 @@ import gc
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
@@ -61,6 +61,8 @@ from connectors.payments.wallet_balance import REQUIRED as WALLET_REQUIRED
 from connectors.payments.wallet_balance import TYPES as WALLET_TYPES
 from mappings.payments import ACQUIRER_KINDS as ROW_ACQUIRER_KINDS
 from mappings.reconcile import (
+    DELIVERY_EXPORT_COLUMNS,
+    ORDER_EXPORT_COLUMNS,
     Correction,
     CorrectionKind,
     Discrepancy,
@@ -69,11 +71,8 @@ from mappings.reconcile import (
     Rules,
     _key,
     order_target,
+    settle,
 )
-
-ORDER_COLUMNS = ("site", "order_id", "status", "created_at", "currency", "total", "method",
-                 "provider_reference")
-DELIVERY_COLUMNS = ("site", "order_id", "status", "quantity")
 
 
 @dataclass
@@ -409,7 +408,7 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
             for site, zone in sorted(site_zones.items())) + " ELSE 'UTC' END, r.created_at)" \
             " AS DATE)" if site_zones else "CAST(r.created_at AS DATE)"
     for path in orders:
-        take("orders", path, ORDER_COLUMNS, f"""INSERT INTO orders SELECT {{n}}, r.site,
+        take("orders", path, ORDER_EXPORT_COLUMNS, f"""INSERT INTO orders SELECT {{n}}, r.site,
             r.order_id, r.status = 'cancelled', r.status = 'confirmed',
             r.currency, {order_day},
             r.provider_reference,
@@ -436,7 +435,7 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
     for path in deliveries:
         try:
             delivered_from[path] = (
-                f"SELECT site, order_id FROM {_source(path, _header(path, DELIVERY_COLUMNS))}"
+                f"SELECT site, order_id FROM {_source(path, _header(path, DELIVERY_EXPORT_COLUMNS))}"
                 " WHERE status = 'delivered' AND TRY_CAST(quantity AS INTEGER) > 0")
         except PaymentFileError as exc:
             refused.append(str(exc))
@@ -1332,17 +1331,7 @@ class ColumnarDay(ColumnarResult):
             found.append(_order_discrepancy(cls, site, order_id, method, currency, *args))
         found.extend(self._orphans())
         found.extend(self._payout_mismatches())
-        final = []
-        for d in found:
-            targets = {f"trace:{t}" for t in d.trace_ids}
-            if d.order_id and d.site:
-                targets.add(order_target(d.site, d.order_id))
-            if d.payout_id:
-                targets.add(f"payout:{d.payout_id}")
-            if targets & self._accepted:
-                d = replace(d, status="accepted")
-            final.append(d)
-        final.sort(key=lambda d: (d.cls.value, d.site or "", d.order_id or "", d.key))
+        final = settle(found, self._accepted)
         return final
 
     def _orphans(self) -> list[Discrepancy]:

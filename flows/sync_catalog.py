@@ -55,12 +55,13 @@ from mappings.catalog import inventory_item_to_sku, sku_to_wallet_product
 from mappings.errors import MappingError
 from state.catalog import load_skus, remember_skus
 from state.db import session_scope
-from state.events import canonical_json, emit_events, prepare_events, sku_events
+from state.events import emit_events, prepare_events, sku_events
 from state.inbox import mark_processed, pending_events
 from state.models import DeadLetter, DeadLetterStatus, LedgerStatus
 from state.store import (
     DeadLetterItem,
     OutboxItem,
+    canonical_fingerprint,
     external_ids,
     fingerprint,
     forget_fingerprints,
@@ -90,8 +91,8 @@ def site_target(site: str) -> str:
 
 def product_digest(product: dict[str, Any]) -> str:
     """``state.store.fingerprint`` of a product built by ``sku_to_wallet_product`` (strings
-    only), from the same text made by orjson (``state.events.canonical_json``)."""
-    return hashlib.sha256(canonical_json(product).encode()).hexdigest()
+    only, so ``canonical_fingerprint`` gives the same digest)."""
+    return canonical_fingerprint(product)
 
 
 def product_key(site: str, sku: str, digest: str) -> str:

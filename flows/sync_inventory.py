@@ -11,7 +11,6 @@ are sent.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -42,12 +41,12 @@ from mappings.inventory import batch_item, inventory_item, site_quotas
 from state import pool
 from state.catalog import load_listings, load_skus
 from state.db import session_scope
-from state.events import canonical_json
 from state.models import Fingerprint, OrderLine
 from state.procurement import po_numbers_by_erp_id
 from state.store import (
     DeadLetterItem,
     OutboxItem,
+    canonical_fingerprint,
     canonical_ids,
     get_watermark,
     load_fingerprints_for_targets,
@@ -322,9 +321,8 @@ def plan(engine: Engine, sites: dict[str, WalletSiteSettings], as_of: datetime,
 
 def quota_digest(available: int, batch_items: list[dict[str, Any]]) -> str:
     """``state.store.fingerprint`` of a quota and its batch shares (whole numbers and strings
-    only), from the same text made by orjson (``state.events.canonical_json``)."""
-    return hashlib.sha256(canonical_json({"available": available, "batches": batch_items})
-                          .encode()).hexdigest()
+    only, so ``canonical_fingerprint`` gives the same digest)."""
+    return canonical_fingerprint({"available": available, "batches": batch_items})
 
 
 def _shown(session: Any, targets: list[str], only: set[str] | None) -> dict[str, set[str]]:

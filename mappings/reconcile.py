@@ -27,7 +27,7 @@ import hashlib
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, timedelta, tzinfo
 from decimal import Decimal
 from enum import StrEnum
@@ -255,7 +255,9 @@ ORDER_EXPORT_COLUMNS = ("site", "order_id", "status", "created_at", "currency", 
 """The sites' confirmed-orders export as CSV: one row an order, its total and how it was paid
 (the flat form a large day comes in; the canonical JSON lines carry the lines too)."""
 DELIVERY_EXPORT_COLUMNS = ("site", "order_id", "status", "quantity")
-"""Delivery evidence as CSV: one row an order (optional columns ``kind``, ``delivered_at``)."""
+"""Delivery evidence as CSV: one row an order."""
+DELIVERY_EXPORT_OPTIONAL = ("kind", "delivered_at")
+"""Columns a delivery export may add."""
 
 
 def order_from_export(row: Mapping[str, str | None]) -> Order:
@@ -387,6 +389,23 @@ class DayResult:
         for d in self.discrepancies:
             out[d.cls].append(d)
         return out
+
+    def totals(self) -> Totals:
+        """Per (method, site, currency): orders, expected, received, fees, matched orders."""
+        sums: dict[tuple[str, str, str], list[Any]] = defaultdict(
+            lambda: [0, Decimal(0), Decimal(0), Decimal(0), 0])
+        for o in self.outcomes:
+            row = sums[(o.method, o.site, o.currency)]
+            row[0] += 1
+            row[1] += o.expected
+            row[2] += o.received
+            row[3] += o.fee
+            row[4] += 1 if o.matched else 0
+        return {k: (v[0], v[1], v[2], v[3], v[4]) for k, v in sums.items()}
+
+
+Totals = dict[tuple[str, str, str], tuple[int, Decimal, Decimal, Decimal, int]]
+"""Per (method, site, currency): orders, expected, received, fees, matched orders."""
 
 
 # the engine ---------------------------------------------------------------------------------
@@ -602,17 +621,8 @@ class _Engine:
             groups.extend(groups_)
             found.extend(found_)
 
-        final = []
-        for d in found:
-            targets = {f"trace:{t}" for t in d.trace_ids}
-            if d.order_id and d.site:
-                targets.add(order_target(d.site, d.order_id))
-            if d.payout_id:
-                targets.add(f"payout:{d.payout_id}")
-            status = "accepted" if targets & accepted else "open"
-            final.append(Discrepancy(**{**d.__dict__, "status": status}))
+        final = settle(found, accepted)
         groups.sort(key=lambda g: (g.kind.value, g.site or "", g.order_id or "", g.group_id))
-        final.sort(key=lambda d: (d.cls.value, d.site or "", d.order_id or "", d.key))
         outcomes.sort(key=lambda o: (o.site, o.order_id))
         return DayResult(day=data.day, groups=tuple(groups), discrepancies=tuple(final),
                          outcomes=tuple(outcomes), superseded=len(dedup.superseded),
@@ -759,6 +769,24 @@ class _Engine:
         return groups, found
 
 
+def settle(found: Iterable[Discrepancy], accepted: Iterable[str]) -> list[Discrepancy]:
+    """The day's discrepancies as reported: each ``accepted`` when an operator's ``accept``
+    targets its order, one of its traces or its payout (else ``open``), in the order a day's
+    result lists them."""
+    targets_accepted = set(accepted)
+    final = []
+    for d in found:
+        targets = {f"trace:{t}" for t in d.trace_ids}
+        if d.order_id and d.site:
+            targets.add(order_target(d.site, d.order_id))
+        if d.payout_id:
+            targets.add(f"payout:{d.payout_id}")
+        status = "accepted" if targets & targets_accepted else "open"
+        final.append(d if d.status == status else replace(d, status=status))
+    final.sort(key=lambda d: (d.cls.value, d.site or "", d.order_id or "", d.key))
+    return final
+
+
 def _refs_text(trace: PaymentTrace) -> str:
     refs = trace.references.model_dump(exclude_none=True)
     return ", ".join(f"{k}={v}" for k, v in sorted(refs.items())) or "no references"
@@ -773,6 +801,7 @@ def reconcile(rules: Rules, data: DayInput) -> DayResult:
 
 __all__ = [
     "DELIVERY_EXPORT_COLUMNS",
+    "DELIVERY_EXPORT_OPTIONAL",
     "ORDER_EXPORT_COLUMNS",
     "Correction",
     "CorrectionKind",
@@ -785,10 +814,12 @@ __all__ = [
     "OrderOutcome",
     "Rules",
     "RulesError",
+    "Totals",
     "delivery_from_export",
     "order_day",
     "order_from_export",
     "order_target",
     "reconcile",
     "rules_from_mapping",
+    "settle",
 ]

@@ -37,9 +37,9 @@ def remember_skus(session: Session, skus: Sequence[tuple[Sku, str | None]],
                   dumped: Sequence[Mapping[str, Any] | str] | None = None) -> None:
     """Keep the canonical SKUs just mapped (with their ERP internal ids). ``dumped``: each
     SKU's ``model_dump(mode="json")`` when the caller already made it (its ``sku.changed``
-    event carries the same), or that dump's stored text (``state.events.canonical_json``),
+    event carries the same), or that dump's stored text (``state.store.canonical_json``),
     in the same order."""
-    from state.events import canonical_json
+    from state.store import canonical_json
 
     now = now_utc()
     data = dumped if dumped is not None else [s.model_dump(mode="json") for s, _ in skus]

@@ -34,7 +34,6 @@ from decimal import Decimal
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-import orjson
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -52,6 +51,7 @@ from sqlalchemy import event as sa_event
 from sqlalchemy.orm import Session
 from sqlmodel import Field, SQLModel
 
+from state.store import canonical_json
 from state.types import JSONText, UTCDateTime
 
 if TYPE_CHECKING:
@@ -314,36 +314,6 @@ def _emit_pg(session: Session, ready: PreparedEvents, now: datetime) -> int:
 def _json(data: Mapping[str, Any]) -> str:
     """As ``state.types.JSONText`` stores it."""
     return json.dumps(dict(data), sort_keys=True, default=str, separators=(",", ":"))
-
-
-_ORJSON_CANONICAL = (orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_SUBCLASS
-                     | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS)
-
-
-def _decimal_only(value: Any) -> str:
-    if type(value) is Decimal:
-        return str(value)
-    raise TypeError(type(value).__name__)
-
-
-def canonical_json(data: Any) -> str:
-    """``data`` exactly as ``state.types.JSONText`` stores it and ``state.store.fingerprint``
-    hashes it (``json.dumps`` with sorted keys, no spaces, ASCII only, anything else by
-    ``str``), for data without floats (a float's text differs in places: ``1e+16``, ``NaN``):
-    canonical dumps of models such as a SKU, and payloads built from them.
-
-    Made by orjson at a fraction of the cost, and by ``json.dumps`` itself whenever orjson's
-    text could differ: a character outside printable ASCII (``json`` escapes it, orjson
-    writes it as UTF-8), a type other than str, int, bool, None, list, tuple, dict and
-    Decimal (subclasses included: enums, str subclasses), a key that is not a string, an
-    integer beyond 64 bits."""
-    try:
-        text = orjson.dumps(data, default=_decimal_only, option=_ORJSON_CANONICAL)
-    except TypeError:
-        return json.dumps(data, sort_keys=True, default=str, separators=(",", ":"))
-    if not text.isascii() or b"\x7f" in text:
-        return json.dumps(data, sort_keys=True, default=str, separators=(",", ":"))
-    return text.decode()
 
 
 # builders: the events of the flows we have --------------------------------------------------

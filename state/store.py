@@ -12,9 +12,11 @@ import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from itertools import repeat
 from typing import Any
 
+import orjson
 from sqlalchemy import and_, delete, func, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
@@ -119,6 +121,42 @@ def _executemany(session: Session, stmt: Any, rows: Sequence[Mapping[str, Any]])
         params = [{**fixed, **dict(zip(names, values, strict=True))}
                   for values in zip(*(columns[n] for n in names), strict=True)]
     conn.exec_driver_sql(compiled.string, params)
+
+
+_ORJSON_CANONICAL = (orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_SUBCLASS
+                     | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS)
+
+
+def _decimal_only(value: Any) -> str:
+    if type(value) is Decimal:
+        return str(value)
+    raise TypeError(type(value).__name__)
+
+
+def canonical_json(data: Any) -> str:
+    """``data`` exactly as ``state.types.JSONText`` stores it and ``fingerprint``
+    hashes it (``json.dumps`` with sorted keys, no spaces, ASCII only, anything else by
+    ``str``), for data without floats (a float's text differs in places: ``1e+16``, ``NaN``):
+    canonical dumps of models such as a SKU, and payloads built from them.
+
+    Made by orjson at a fraction of the cost, and by ``json.dumps`` itself whenever orjson's
+    text could differ: a character outside printable ASCII (``json`` escapes it, orjson
+    writes it as UTF-8), a type other than str, int, bool, None, list, tuple, dict and
+    Decimal (subclasses included: enums, str subclasses), a key that is not a string, an
+    integer beyond 64 bits."""
+    try:
+        text = orjson.dumps(data, default=_decimal_only, option=_ORJSON_CANONICAL)
+    except TypeError:
+        return json.dumps(data, sort_keys=True, default=str, separators=(",", ":"))
+    if not text.isascii() or b"\x7f" in text:
+        return json.dumps(data, sort_keys=True, default=str, separators=(",", ":"))
+    return text.decode()
+
+
+def canonical_fingerprint(payload: Any) -> str:
+    """``fingerprint`` of a payload without floats (a canonical dump, or what is built from
+    one), from ``canonical_json``'s text: the same digest at a fraction of the cost."""
+    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
 
 
 def fingerprint(payload: Any) -> str:

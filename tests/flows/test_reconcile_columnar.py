@@ -13,7 +13,6 @@ from collections import defaultdict
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -63,16 +62,7 @@ def assert_same(columnar: ColumnarDay, row: DayResult, size: int = 700) -> None:
     assert [g for chunk in groups for g in chunk] == [group_row(g) for g in row.groups]
     outcomes = [o for chunk in columnar.outcome_rows(size) for o in chunk]
     assert outcomes == [outcome_row(o) for o in row.outcomes]
-    totals: dict[tuple[str, str, str], list[Any]] = defaultdict(
-        lambda: [0, Decimal(0), Decimal(0), Decimal(0), 0])
-    for o in row.outcomes:  # as flows.reconcile.summary_markdown sums them
-        t = totals[(o.method, o.site, o.currency)]
-        t[0] += 1
-        t[1] += o.expected
-        t[2] += o.received
-        t[3] += o.fee
-        t[4] += 1 if o.matched else 0
-    assert columnar.totals() == {k: tuple(v) for k, v in totals.items()}
+    assert columnar.totals() == row.totals()
 
 
 def add_order(folder: Path, files: dict[str, list[Path]], site: str, order_id: str,
