@@ -31,7 +31,7 @@ from connectors.erp import ErpClient, format_q_date, suiteql_time
 from connectors.erp.records import (
     INVENTORY_ITEM_COLUMNS,
     inventory_item_select,
-    suiteql_row_to_record,
+    suiteql_rows_to_records,
 )
 from connectors.errors import FatalError, NotFoundError
 from connectors.redact import scrub
@@ -202,8 +202,8 @@ async def read_changed_items(erp: ErpClient, since: datetime | None) -> list[dic
         where += f" AND lastmodifieddate >= {suiteql_time(since, erp.settings.timezone)}"
     items: list[dict[str, Any]] = []
     async for rows in erp.suiteql_by_key(inventory_item_select(), "item", where=where):
-        items.extend(suiteql_row_to_record(r, INVENTORY_ITEM_COLUMNS, erp.settings.timezone)
-                     for r in rows)
+        items.extend(suiteql_rows_to_records(rows, INVENTORY_ITEM_COLUMNS,
+                                             erp.settings.timezone))
     return items
 
 

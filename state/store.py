@@ -61,37 +61,71 @@ def _upsert_many(
     update: Sequence[str] = (),
     extra_set: Mapping[str, Any] | None = None,
     where: Callable[[Any, Any], Any] | None = None,
+    reuse: bool = False,
 ) -> None:
     """INSERT ... ON CONFLICT (keys) DO UPDATE (or NOTHING) for many rows at once.
 
     One statement compiled once and sent with executemany parameters: compiling a fresh
     multi-row VALUES clause for every chunk costs more than the database work itself.
+    ``reuse``: the statement depends only on the table, ``keys``, ``update`` and ``where``
+    (a module-level function, not a lambda made per call, and no ``extra_set``), so it is
+    built and compiled once per dialect and kept for every later chunk (a bulk sync makes
+    hundreds of these writes).
     """
     if not rows:
         return
     table = model.__table__
-    stmt = _insert(session, table)
-    set_ = {name: stmt.excluded[name] for name in update}
-    set_.update(extra_set or {})
-    if set_:
-        stmt = stmt.on_conflict_do_update(
-            index_elements=list(keys), set_=set_,
-            where=where(table, stmt.excluded) if where else None,
-        )
-    else:
-        stmt = stmt.on_conflict_do_nothing(index_elements=list(keys))
-    _executemany(session, stmt, rows)
+    dialect = session.get_bind().dialect.name
+    shape = (dialect, table, tuple(keys), tuple(update), where) if reuse else None
+    if shape is not None and extra_set:
+        raise ValueError("a statement with extra_set expressions cannot be reused")
+    stmt = _upserts.get(shape) if shape is not None else None
+    if stmt is None:
+        stmt = _insert(session, table)
+        set_ = {name: stmt.excluded[name] for name in update}
+        set_.update(extra_set or {})
+        if set_:
+            stmt = stmt.on_conflict_do_update(
+                index_elements=list(keys), set_=set_,
+                where=where(table, stmt.excluded) if where else None,
+            )
+        else:
+            stmt = stmt.on_conflict_do_nothing(index_elements=list(keys))
+        if shape is not None:
+            stmt = _upserts.setdefault(shape, stmt)
+    _executemany(session, stmt, rows, reuse=shape is not None)
 
 
-def _executemany(session: Session, stmt: Any, rows: Sequence[Mapping[str, Any]]) -> None:
+_upserts: dict[tuple[Any, ...], Any] = {}
+"""``_upsert_many``'s statements by dialect and shape (a few: one per bulk write)."""
+_compiled: dict[tuple[Any, ...], Any] = {}
+"""``_executemany``'s compilations of those statements, by dialect and column names."""
+
+
+def _compile(conn: Any, stmt: Any, names: list[str], reuse: bool) -> Any:
+    """``stmt`` compiled for ``conn``'s dialect and these parameter names; remembered for a
+    statement that is itself reused (``_upserts``), whose identity then names it."""
+    if not reuse:
+        return stmt.compile(dialect=conn.dialect, column_keys=names)
+    dialect = conn.dialect
+    key = (id(stmt), type(dialect), dialect.paramstyle, tuple(names))
+    found = _compiled.get(key)
+    if found is None or found[0] is not stmt:
+        found = _compiled[key] = (stmt, stmt.compile(dialect=dialect, column_keys=names))
+    return found[1]
+
+
+def _executemany(session: Session, stmt: Any, rows: Sequence[Mapping[str, Any]], *,
+                 reuse: bool = False) -> None:
     """``session.execute(stmt, rows)`` for rows that all have the same keys, without
-    SQLAlchemy's per-row parameter assembly: the statement is compiled once, every value goes
-    through its column type's bind processor (a datetime seen before is converted once: the
-    rows of a chunk share their ``now``), and the driver's ``executemany`` gets plain tuples
-    (or dicts). Statements this does not cover take the ordinary path."""
+    SQLAlchemy's per-row parameter assembly: the statement is compiled once (and, when
+    ``reuse`` says the statement object is kept for later calls, only the first time), every
+    value goes through its column type's bind processor (a datetime seen before is converted
+    once: the rows of a chunk share their ``now``), and the driver's ``executemany`` gets
+    plain tuples (or dicts). Statements this does not cover take the ordinary path."""
     conn = session.connection()
     names = list(rows[0])
-    compiled = stmt.compile(dialect=conn.dialect, column_keys=names)
+    compiled = _compile(conn, stmt, names, reuse)
     processors = getattr(compiled, "_bind_processors", None)
     if (processors is None or compiled.literal_execute_params or compiled.post_compile_params
             or any(len(r) != len(names) for r in rows)):
@@ -144,19 +178,25 @@ def canonical_json(data: Any) -> str:
     writes it as UTF-8), a type other than str, int, bool, None, list, tuple, dict and
     Decimal (subclasses included: enums, str subclasses), a key that is not a string, an
     integer beyond 64 bits."""
+    return _canonical_bytes(data).decode()  # ASCII either way
+
+
+def _canonical_bytes(data: Any) -> bytes:
+    """``canonical_json``'s text as bytes (what a digest hashes, without decoding orjson's
+    bytes and encoding them again)."""
     try:
         text = orjson.dumps(data, default=_decimal_only, option=_ORJSON_CANONICAL)
     except TypeError:
-        return json.dumps(data, sort_keys=True, default=str, separators=(",", ":"))
+        return json.dumps(data, sort_keys=True, default=str, separators=(",", ":")).encode()
     if not text.isascii() or b"\x7f" in text:
-        return json.dumps(data, sort_keys=True, default=str, separators=(",", ":"))
-    return text.decode()
+        return json.dumps(data, sort_keys=True, default=str, separators=(",", ":")).encode()
+    return text
 
 
 def canonical_fingerprint(payload: Any) -> str:
     """``fingerprint`` of a payload without floats (a canonical dump, or what is built from
     one), from ``canonical_json``'s text: the same digest at a fraction of the cost."""
-    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
+    return hashlib.sha256(_canonical_bytes(payload)).hexdigest()
 
 
 def fingerprint(payload: Any) -> str:
@@ -201,8 +241,13 @@ def upsert_xrefs(
         for ext, canon in pairs.items()
     ]
     _upsert_many(session, Xref, rows, ["system", "entity_type", "external_id"],
-                 update=["canonical_id", "updated_at"],
-                 where=lambda table, excluded: table.c.canonical_id != excluded.canonical_id)
+                 update=["canonical_id", "updated_at"], where=_canonical_id_changed, reuse=True)
+
+
+def _canonical_id_changed(table: Any, excluded: Any) -> Any:
+    """Only a cross-reference that now points elsewhere is rewritten (a module function: the
+    statement is built once, see ``_upsert_many``)."""
+    return table.c.canonical_id != excluded.canonical_id
 
 
 def _lookup(
@@ -285,7 +330,7 @@ def save_fingerprints(
         for key, digest in digests.items()
     ]
     _upsert_many(session, Fingerprint, rows, ["target", "entity_type", "entity_key"],
-                 update=["digest", "updated_at"])
+                 update=["digest", "updated_at"], reuse=True)
 
 
 # outbox -------------------------------------------------------------------------------------
