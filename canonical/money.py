@@ -108,7 +108,13 @@ def quantize_exact(amount: Decimal, currency: str, *, places: int | None = None)
     """
     places = minor_unit(currency) if places is None else places
     quantum = _quantum(places)
-    quantized = amount.quantize(quantum, rounding=decimal.ROUND_HALF_EVEN)
+    try:
+        quantized = amount.quantize(quantum, rounding=decimal.ROUND_HALF_EVEN)
+    except decimal.InvalidOperation:  # more digits than the context's precision holds
+        raise MoneyError(
+            f"amount {amount} has more digits than an amount may have "
+            f"({decimal.getcontext().prec} significant digits)"
+        ) from None
     if quantized != amount:
         raise MoneyError(
             f"amount {amount} has more decimals than {currency} allows ({places}); "

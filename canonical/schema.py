@@ -7,6 +7,7 @@ path of the field and the rule it broke, in words that do not depend on Python.
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
 from functools import cache
@@ -85,8 +86,10 @@ def _validator(name: str) -> Draft202012Validator:
 @cache
 def _gate(name: str) -> Any:
     # A compiled validator answers "valid?" in microseconds; the full jsonschema validator
-    # runs only when it says no, to list every violation with its path.
-    return fastjsonschema.compile(_schema(name))
+    # runs only when it says no, to list every violation with its path. It is given a copy:
+    # compiling resolves references inside the dict it is given, and the schema published by
+    # ``json_schema`` must stay the model's.
+    return fastjsonschema.compile(copy.deepcopy(_schema(name)))
 
 
 def _path(parts: Any) -> str:

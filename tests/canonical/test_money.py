@@ -38,6 +38,7 @@ def test_amount_is_quantised_to_the_minor_unit(amount, currency, expected):
         ("Infinity", "EUR", "not a finite"),
         ("1", "QQQ", "unknown currency 'QQQ'"),
         ("1", "XAU", "no minor unit"),
+        ("9" * 30, "EUR", "more digits than an amount may have (28 significant digits)"),
         ("1", "eur", "three-letter ISO 4217 code"),
     ],
 )

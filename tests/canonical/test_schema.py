@@ -6,7 +6,14 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from canonical import Sku
-from canonical.schema import MODELS, SchemaValidationError, export, validate, violations
+from canonical.schema import (
+    MODELS,
+    SchemaValidationError,
+    export,
+    json_schema,
+    validate,
+    violations,
+)
 
 GOOD = {
     "sku": "SKU-1", "name": "Voucher", "kind": "gift_card",
@@ -57,3 +64,15 @@ def test_schema_and_model_agree_on_a_combined_failure():
     text = str(info.value)
     assert "kind" in text and "toaster" in text
     assert "VND allows (0)" in text
+
+
+def test_validating_leaves_the_published_schema_as_the_model_makes_it():
+    """The fast validator is compiled from a copy: compiling resolves references in place,
+    and what json_schema publishes (and what fingerprints of it see) must not depend on
+    whether a payload was validated before."""
+    before = json.dumps(json_schema("Sku"), sort_keys=True)
+    with pytest.raises(SchemaValidationError):
+        validate("Sku", {"sku": ""})
+    assert json.dumps(json_schema("Sku"), sort_keys=True) == before
+    assert json_schema("Sku")["properties"] == Sku.model_json_schema(mode="validation")[
+        "properties"]

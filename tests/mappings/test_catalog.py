@@ -55,6 +55,9 @@ def good() -> dict:
         ({"custitem_vf_face_value": Decimal("-5")}, "face_value must be positive"),
         ({"lastModifiedDate": "yesterday"}, "lastModifiedDate"),
         ({"custitem_vf_face_value": 10.5}, "binary floats are not accepted"),
+        ({"custitem_vf_face_value": "1" + "0" * 40},
+         "face_value (custitem_vf_face_value/custitem_vf_currency): amount 1" + "0" * 40
+         + " has more digits than an amount may have (28 significant digits)"),
     ],
 )
 def test_bad_items_name_record_field_and_rule(change, words):
