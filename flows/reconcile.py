@@ -40,7 +40,12 @@ from pydantic import ValidationError
 from sqlalchemy import Engine
 
 from canonical import Delivery, Fee, Money, Order, PaymentTrace, Payout
-from connectors.payments.common import PaymentFileError, file_label, read_csv_rows
+from connectors.payments.common import (
+    PaymentFileError,
+    csv_delimiter,
+    file_label,
+    read_csv_rows,
+)
 from connectors.payments.detect import detect_format
 from connectors.wallet.config import load_sites
 from flows.payments import read_payment_file
@@ -318,6 +323,19 @@ def _data_lines(path: Path) -> int:
     return max(count - 1, 0)
 
 
+def _not_comma(path: str | Path) -> EnginePlan | None:
+    """The row engine's plan for a CSV file delimited by something else than ``,`` (which
+    the row readers take and the columnar engine does not)."""
+    try:
+        delimiter = csv_delimiter(path)
+    except (OSError, UnicodeDecodeError):
+        return None  # the engine that reads it says what is wrong
+    if delimiter == ",":
+        return None
+    return EnginePlan("rows", f"{file_label(path)} is delimited by {delimiter!r}, which only "
+                      "the row engine reads")
+
+
 def plan_engine(choice: str, payment_files: Sequence[str | Path],
                 order_files: Sequence[str | Path], delivery_files: Sequence[str | Path]
                 ) -> EnginePlan:
@@ -332,6 +350,8 @@ def plan_engine(choice: str, payment_files: Sequence[str | Path],
     for raw in [*order_files, *delivery_files]:
         if Path(raw).suffix.lower() != ".csv":
             return EnginePlan("rows", f"{file_label(raw)} is not a CSV export")
+        if (unread := _not_comma(raw)) is not None:
+            return unread
     plan = EnginePlan("columns", "asked for" if choice == "columns" else "")
     for raw in payment_files:
         path = Path(raw)
@@ -345,6 +365,8 @@ def plan_engine(choice: str, payment_files: Sequence[str | Path],
         if fmt not in COLUMNAR_FORMATS:
             return EnginePlan("rows", f"{file_label(path)} is {fmt}, which only the row "
                               "engine reads")
+        if (unread := _not_comma(path)) is not None:
+            return unread
         plan.payments.setdefault(fmt, []).append(path)
     if choice == "auto":
         try:

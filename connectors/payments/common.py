@@ -298,6 +298,13 @@ def _sniff_delimiter(header: str) -> str:
     return best if counts[best] else ","
 
 
+def csv_delimiter(path: str | Path) -> str:
+    """The delimiter ``CsvFile`` reads the file with, judged from its header line as it
+    judges it (``,`` for a file without one)."""
+    with open_text(path) as fh:
+        return _sniff_delimiter(fh.readline())
+
+
 def open_text(path: str | Path) -> IO[str]:
     """Text with a BOM dropped and lines kept as they are (the csv module wants that)."""
     return open(path, encoding="utf-8-sig", newline="")

@@ -153,8 +153,10 @@ def _stored(engine) -> dict[str, list[tuple]]:
 
 
 def _with_edges(day: dict, folder: Path) -> dict:
-    """The day's files and three more orders: one 20 days old (outside the window the flow
-    matches) refunded today, one of yesterday paid today (inside it), one of tomorrow."""
+    """The day's files and four more orders: one 20 days old (outside the window the flow
+    matches) refunded today, one of yesterday paid today (inside it), one of tomorrow, and
+    one paid from a wallet by a payment that names another order but carries this one's id
+    as its customer reference (the fourth reference rule)."""
     import shutil
 
     folder.mkdir()
@@ -165,6 +167,13 @@ def _with_edges(day: dict, folder: Path) -> dict:
                           ("YDAY1", "2026-11-19T10:00:00+08:00"),
                           ("NEXT1", "2026-11-21T10:00:00+08:00")):
             fh.write(f"sg1,{oid},confirmed,{when},SGD,20.00,card,PSP{oid}\n")
+        fh.write("sg1,CREF1,confirmed,2026-11-20T10:00:00+08:00,SGD,15.00,wallet_balance,"
+                 "WBCREF1-AT-SITE\n")
+    with files["deliveries"][0].open("a") as fh:
+        fh.write("sg1,CREF1,delivered,1\n")
+    with files["wallet"][0].open("a") as fh:
+        fh.write("sg1,WCREF1,payment,NOT-AN-ORDER,2026-11-20T12:00:00+08:00,SGD,15.00,SEDGE,"
+                 "CREF1\n")
     with files["acquirer"][0].open("a") as fh:
         fh.write("VouchCo,VouchCoSG1,PSPOLD1,OLD1,visa,2026-11-20 12:00:00,SGT,Refunded,"
                  "REFOLD1,SGD,20.00,,1,SGD,20.00,,,,,,visacredit,EDGE\n")
@@ -189,11 +198,16 @@ def test_both_engines_store_the_same_day_and_a_rerun_replaces_it(engine, day, ed
     sources = read_sources(payments, files["orders"], files["deliveries"], day=DAY)
     match_day(engine, DAY, sources, rules, key="rows", zones=ZONES)
     by_rows = _stored(engine)
-    if edges:  # the old order's refund names no order of the window; yesterday's is paid
+    if edges:  # the old order's refund names no order of the window; yesterday's is paid,
+        # and so is the order its customer reference names
         orphans = [d for d in by_rows["discrepancies"] if d[1] == "payment_without_order"]
         assert any("PSPOLD1" in d[-1] for d in orphans), orphans[:3]
-        assert not any(d[5] == "YDAY1" for d in by_rows["discrepancies"])
-    assert len(by_rows["outcomes"]) == 1000 and len(by_rows["events"]) > 20
+        assert not any(d[5] in {"YDAY1", "CREF1"} for d in by_rows["discrepancies"])
+        [cref] = [o for o in by_rows["outcomes"] if o[1] == "CREF1"]
+        assert cref[2:4] == ("wallet_balance", "SGD") and cref[9]
+        assert Decimal(cref[4]) == Decimal(cref[5]) == Decimal("15.00")
+    orders = 1001 if edges else 1000  # of the day
+    assert len(by_rows["outcomes"]) == orders and len(by_rows["events"]) > 20
     assert len(by_rows["groups"]) > 1000 and by_rows["batches"]
     plan = plan_engine("columns", payments, files["orders"], files["deliveries"])
     for key in ("columns", "columns-again"):
@@ -201,7 +215,7 @@ def test_both_engines_store_the_same_day_and_a_rerun_replaces_it(engine, day, ed
                                   delivery_files=files["deliveries"], key=key,
                                   zones=ZONES)
         assert not isinstance(view, str), view
-        assert view.engine == "columns" and view.orders == 1000 and not view.rejected
+        assert view.engine == "columns" and view.orders == orders and not view.rejected
         assert view.totals == DayView.of(reconcile(rules, DayInput(
             day=DAY, orders=sources.orders, traces=sources.traces,
             deliveries=sources.deliveries, payouts=sources.payouts, site_zones=ZONES)),
@@ -264,3 +278,64 @@ def test_a_day_that_needs_currency_conversion_is_left_to_the_row_engine(engine, 
     result = match_day(engine, DAY, sources, rules, key="rows", zones=ZONES)
     [usd] = [o for o in result.outcomes if o.order_id == "OUSD1"]
     assert usd.matched and usd.received == Decimal("13.50")
+
+
+def test_a_file_delimited_otherwise_than_by_commas_goes_to_rows(day, tmp_path):
+    files = day["files"]
+    semicolons = tmp_path / files["wallet"][0].name
+    with files["wallet"][0].open(newline="") as src, semicolons.open("w", newline="") as out:
+        csv.writer(out, delimiter=";", lineterminator="\n").writerows(csv.reader(src))
+    for payments, orders in (([*files["acquirer"], semicolons], files["orders"]),
+                             (files["acquirer"], [semicolons])):
+        plan = plan_engine("auto", payments, orders, files["deliveries"])
+        assert (plan.engine, plan.reason) == (
+            "rows", f"{semicolons.name} is delimited by ';', which only the row engine reads")
+    sources = read_sources([*files["acquirer"], semicolons], files["orders"],
+                           files["deliveries"], day=DAY)
+    assert not sources.rejected and len(sources.traces) > 1000
+
+
+ACQUIRER_ROWS = {
+    # a chargeback of a paid order, reversed: the row engine groups it with the chargebacks
+    "reversal": "VouchCo,VouchCoSG1,PSP000000000,O000000000,visa,2026-11-20 12:00:00,SGT,"
+                "ChargebackReversed,CBR1,SGD,,5.00,1,SGD,,5.00,,,,,visacredit,EDGE",
+    # a trace's time in a named zone, which the row reader takes
+    "named zone": "VouchCo,VouchCoSG1,PSPZONE1,ZONE1,visa,2026-11-20 12:00:00,Asia/Singapore,"
+                  "Settled,,SGD,,20.00,1,SGD,,19.60,0.40,,,,visacredit,EDGE",
+}
+
+
+@pytest.mark.parametrize(("case", "reason"), [
+    ("reversal", "1 RefundedReversed or ChargebackReversed row(s) (reversals are the row "
+                 "engine's)"),
+    ("named zone", "acquirer_20261120.csv: line 739: 'Asia/Singapore' is a named time zone "
+                   "(the row engine reads those)"),
+    ("read twice", "1 trace(s) read twice (the row engine counts each once)"),
+])
+def test_a_day_the_columnar_engine_would_read_otherwise_is_left_to_the_row_engine(
+        engine, day, tmp_path, case, reason):
+    """What the columnar engine does not read as the row engine does is found once its files
+    are read: nothing is stored, the reason is given, and the flow matches the day by rows."""
+    from flows.reconcile import match_day_columnar
+
+    files = _with_edges(day, tmp_path / "day")
+    acquirer = files["acquirer"][0]
+    lines = acquirer.read_text().splitlines()
+    added = lines[1] if case == "read twice" else ACQUIRER_ROWS[case]
+    acquirer.write_text("\n".join([*lines, added]) + "\n")
+    payments = [*files["acquirer"], *files["wallet"]]
+    plan = plan_engine("columns", payments, files["orders"], files["deliveries"])
+    got = match_day_columnar(engine, DAY, plan, load_rules(), order_files=files["orders"],
+                             delivery_files=files["deliveries"], key="c", zones=ZONES)
+    assert got == reason
+    assert _stored(engine)["outcomes"] == []
+    sources = read_sources(payments, files["orders"], files["deliveries"], day=DAY)
+    assert not sources.rejected, [o.error for o in sources.rejected]
+    result = reconcile(load_rules(), DayInput(
+        day=DAY, orders=sources.orders, traces=sources.traces, deliveries=sources.deliveries,
+        payouts=sources.payouts, site_zones=ZONES))
+    if case == "read twice":
+        assert result.superseded == 1
+    elif case == "reversal":
+        assert any(g.kind.value == "chargeback" and g.order_id == "O000000000"
+                   for g in result.groups)
