@@ -325,12 +325,17 @@ class SkuStock:
         return sum(b.sellable(on, site) for b in self.batches)
 
 
+def _sites(text: str | None) -> tuple[str, ...]:
+    """A batch's ``sites`` column (comma-separated, empty for every site) as a tuple."""
+    return tuple(s for s in text.split(",") if s) if text else ()
+
+
 def _batch_stock(row: Any) -> BatchStock:
     return BatchStock(
         batch_no=row.batch_no, sku=row.sku, issuance_mode=row.issuance_mode, status=row.status,
         quantity=row.quantity, available=row.available, remaining=row.remaining,
         unposted=row.unposted, expires_on=row.expires_on,
-        sites=tuple(s for s in row.sites.split(",") if s), seq=row.seq,
+        sites=_sites(row.sites), seq=row.seq,
         unit_cost=row.unit_cost, currency=row.currency)
 
 
@@ -555,22 +560,15 @@ def stock(session: Session, sku: str | None = None, *, on: date | None = None,
     for chosen in queries:
         for row in session.execute(chosen).all():
             values = list(row)
-            sites = values[sites_at]
-            values[sites_at] = tuple(s for s in sites.split(",") if s) if sites else ()
+            values[sites_at] = _sites(values[sites_at])
             batch = BatchStock(*values)
             by_sku[batch.sku].append(batch)
-    out: list[SkuStock] = []
-    for code, batches in by_sku.items():
-        if len(batches) == 1:  # most SKUs: one batch, its own numbers
-            only = batches[0]
-            out.append(SkuStock(sku=code, available=only.sellable(on),
-                                remaining=only.remaining, unposted=only.unposted,
-                                batches=(only,)))
-            continue
-        out.append(SkuStock(sku=code, available=sum(b.sellable(on) for b in batches),
-                            remaining=sum(b.remaining for b in batches),
-                            unposted=sum(b.unposted for b in batches), batches=tuple(batches)))
-    return out
+    return [
+        SkuStock(sku=s, available=sum(b.sellable(on) for b in batches),
+                 remaining=sum(b.remaining for b in batches),
+                 unposted=sum(b.unposted for b in batches), batches=tuple(batches))
+        for s, batches in by_sku.items()
+    ]
 
 
 # codes in -----------------------------------------------------------------------------------

@@ -16,12 +16,12 @@ from decimal import Decimal
 from itertools import repeat
 from typing import Any
 
-import orjson
 from sqlalchemy import and_, delete, func, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from canonical import now_utc
+from canonical.jsontext import json_bytes
 from state.models import (
     DeadLetter,
     DeadLetterStatus,
@@ -75,8 +75,9 @@ def _upsert_many(
     if not rows:
         return
     table = model.__table__
-    dialect = session.get_bind().dialect.name
-    shape = (dialect, table, tuple(keys), tuple(update), where) if reuse else None
+    dialect = session.get_bind().dialect
+    shape = (type(dialect), dialect.paramstyle, table, tuple(keys), tuple(update),
+             where) if reuse else None
     if shape is not None and extra_set:
         raise ValueError("a statement with extra_set expressions cannot be reused")
     stmt = _upserts.get(shape) if shape is not None else None
@@ -93,39 +94,31 @@ def _upsert_many(
             stmt = stmt.on_conflict_do_nothing(index_elements=list(keys))
         if shape is not None:
             stmt = _upserts.setdefault(shape, stmt)
-    _executemany(session, stmt, rows, reuse=shape is not None)
+    _executemany(session, stmt, rows, shape=shape)
 
 
 _upserts: dict[tuple[Any, ...], Any] = {}
-"""``_upsert_many``'s statements by dialect and shape (a few: one per bulk write)."""
+"""``_upsert_many``'s statements by shape (dialect, table, keys, ...): one per bulk write."""
 _compiled: dict[tuple[Any, ...], Any] = {}
-"""``_executemany``'s compilations of those statements, by dialect and column names."""
-
-
-def _compile(conn: Any, stmt: Any, names: list[str], reuse: bool) -> Any:
-    """``stmt`` compiled for ``conn``'s dialect and these parameter names; remembered for a
-    statement that is itself reused (``_upserts``), whose identity then names it."""
-    if not reuse:
-        return stmt.compile(dialect=conn.dialect, column_keys=names)
-    dialect = conn.dialect
-    key = (id(stmt), type(dialect), dialect.paramstyle, tuple(names))
-    found = _compiled.get(key)
-    if found is None or found[0] is not stmt:
-        found = _compiled[key] = (stmt, stmt.compile(dialect=dialect, column_keys=names))
-    return found[1]
+"""``_executemany``'s compilations of those statements, by shape and parameter names."""
 
 
 def _executemany(session: Session, stmt: Any, rows: Sequence[Mapping[str, Any]], *,
-                 reuse: bool = False) -> None:
+                 shape: tuple[Any, ...] | None = None) -> None:
     """``session.execute(stmt, rows)`` for rows that all have the same keys, without
-    SQLAlchemy's per-row parameter assembly: the statement is compiled once (and, when
-    ``reuse`` says the statement object is kept for later calls, only the first time), every
-    value goes through its column type's bind processor (a datetime seen before is converted
-    once: the rows of a chunk share their ``now``), and the driver's ``executemany`` gets
-    plain tuples (or dicts). Statements this does not cover take the ordinary path."""
+    SQLAlchemy's per-row parameter assembly: the statement is compiled once (for a ``shape``
+    of ``_upserts``, once per process and parameter names), every value goes through its
+    column type's bind processor (a datetime seen before is converted once: the rows of a
+    chunk share their ``now``), and the driver's ``executemany`` gets plain tuples (or
+    dicts). Statements this does not cover take the ordinary path."""
     conn = session.connection()
     names = list(rows[0])
-    compiled = _compile(conn, stmt, names, reuse)
+    key = None if shape is None else (shape, tuple(names))
+    compiled = _compiled.get(key) if key is not None else None
+    if compiled is None:
+        compiled = stmt.compile(dialect=conn.dialect, column_keys=names)
+        if key is not None:
+            _compiled[key] = compiled
     processors = getattr(compiled, "_bind_processors", None)
     if (processors is None or compiled.literal_execute_params or compiled.post_compile_params
             or any(len(r) != len(names) for r in rows)):
@@ -157,10 +150,6 @@ def _executemany(session: Session, stmt: Any, rows: Sequence[Mapping[str, Any]],
     conn.exec_driver_sql(compiled.string, params)
 
 
-_ORJSON_CANONICAL = (orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_SUBCLASS
-                     | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS)
-
-
 def _decimal_only(value: Any) -> str:
     if type(value) is Decimal:
         return str(value)
@@ -184,13 +173,8 @@ def canonical_json(data: Any) -> str:
 def _canonical_bytes(data: Any) -> bytes:
     """``canonical_json``'s text as bytes (what a digest hashes, without decoding orjson's
     bytes and encoding them again)."""
-    try:
-        text = orjson.dumps(data, default=_decimal_only, option=_ORJSON_CANONICAL)
-    except TypeError:
-        return json.dumps(data, sort_keys=True, default=str, separators=(",", ":")).encode()
-    if not text.isascii() or b"\x7f" in text:
-        return json.dumps(data, sort_keys=True, default=str, separators=(",", ":")).encode()
-    return text
+    return json_bytes(data, default=str, sort_keys=True, fast_default=_decimal_only,
+                      exact_types=True)
 
 
 def canonical_fingerprint(payload: Any) -> str:

@@ -207,6 +207,14 @@ _OFFSET = re.compile(r"^(?:UTC|GMT)?([+-])(\d{1,2}):?(\d{2})?$")
 def parse_timezone(text: str, origin: Origin, field: str) -> tzinfo:
     """A zone name (``Europe/Amsterdam``), an abbreviation a report uses (``CET``), or an
     offset (``+08:00``, ``GMT+8``)."""
+    zone = timezone_of(text)
+    if zone is None:
+        raise origin.error("timezone_unknown", f"{text!r} is not a time zone", field)
+    return zone
+
+
+def timezone_of(text: str) -> tzinfo | None:
+    """``parse_timezone``'s zone, or None for a text it refuses."""
     raw = text.strip()
     if raw.upper() in _ABBREVIATIONS:
         return _ABBREVIATIONS[raw.upper()]
@@ -218,7 +226,7 @@ def parse_timezone(text: str, origin: Origin, field: str) -> tzinfo:
     try:
         return ZoneInfo(raw)
     except (ZoneInfoNotFoundError, ValueError):
-        raise origin.error("timezone_unknown", f"{text!r} is not a time zone", field) from None
+        return None
 
 
 def optional(text: str | None) -> str | None:
