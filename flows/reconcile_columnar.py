@@ -633,7 +633,7 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
     # each one in turn is a repeat when the order is paid already (with the operator's
     # adjustments) and it repeats a payment counted, or when one-to-many is off; counted
     # otherwise. A fold, as a recursive query over the few orders with several payments
-    card = ", ".join(map(str, card_files)) or "NULL"
+    card = _in_list(card_files)
     con.execute(f"""CREATE TABLE seq AS SELECT m.oid, m.tid, m.amount, v.expected, v.adj,
         {tol} AS tol, row_number() OVER (PARTITION BY m.oid
                                          ORDER BY m.booking_date, {_trace_id('t', card)}) AS pos
@@ -810,7 +810,7 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
                 gc.enable()
     phase("labels")
     if isinstance(result, ColumnarDay):
-        result._open(con, rules, corrections, tol, card, rules_known, files, adjusted)
+        result._open(con, rules, corrections, tol, card_files, rules_known, files, adjusted)
         result._assigned = assigned
         result.phases = phases
         return result
@@ -997,6 +997,11 @@ REVERSALS = ("refundedreversed", "chargebackreversed")
 """The acquirer's types the row engine groups as refunds and chargebacks reversed."""
 
 
+def _in_list(numbers: Sequence[int]) -> str:
+    """SQL: the file numbers for ``file IN (...)`` (``NULL``, which matches none, for none)."""
+    return ", ".join(map(str, numbers)) or "NULL"
+
+
 def _not_as_the_rows(con: Any, card_files: Sequence[int]) -> None:
     """Raise ``ColumnarUnsupported`` for traces this path would count otherwise than the row
     engine: reversals (here they would be ``other``), and a trace read twice (the row engine
@@ -1004,10 +1009,9 @@ def _not_as_the_rows(con: Any, card_files: Sequence[int]) -> None:
     distinct hashes of the trace id's parts; only when two hashes agree are the parts
     themselves compared (a collision is not a trace read twice)."""
     reversals = ", ".join(f"'{r}'" for r in REVERSALS)
-    card = ", ".join(str(n) for n in card_files) or "NULL"
+    card = _in_list(card_files)
     parts = ", ".join(f"coalesce(trim({p}), '')" for p in (
-        "account", f"CASE WHEN file IN ({card}) AND kind NOT IN ('payment', 'other') "
-        "THEN oref ELSE pref END",
+        "account", _psp("traces", card),
         f"CASE WHEN file IN ({card}) THEN ttype END",
         f"CASE WHEN file IN ({card}) THEN modref END",
         f"CASE WHEN file IN ({card}) THEN batch END")) + f", file IN ({card})"
@@ -1112,7 +1116,7 @@ def _assignments(con: Any, card_files: Sequence[int], corrections: Sequence[Corr
             wanted[c.target.removeprefix("trace:")] = (site, order_id)
     if not wanted:
         return False
-    card = ", ".join(map(str, card_files)) or "NULL"
+    card = _in_list(card_files)
     values = ", ".join(f"({_literal(t)}, {_literal(s)}, {_literal(o)})"
                        for t, (s, o) in wanted.items())
     con.execute(f"""CREATE TABLE asg AS SELECT i.tid, min(o.rowid) AS oid
@@ -1273,6 +1277,8 @@ class ColumnarDay(ColumnarResult):
     _adjusted: dict[int, Decimal] = field(default_factory=dict)
     _tol: str = ""
     _card: str = "NULL"
+    """The acquirer's files, as SQL for ``file IN (...)`` (``_in_list``)."""
+    _card_files: frozenset[int] = frozenset()
     _rules_known: list[tuple[str, str, str]] = field(default_factory=list)
     _files: dict[int, Path] = field(default_factory=dict)
     _ready: bool = False
@@ -1280,9 +1286,10 @@ class ColumnarDay(ColumnarResult):
     _exps: dict[int, list[str]] = field(default_factory=dict)
 
     def _open(self, con: Any, rules: Rules, corrections: Sequence[Correction], tol: str,
-              card: str, rules_known: list[tuple[str, str, str]], files: dict[int, Path],
-              adjusted: dict[int, Decimal]) -> None:
-        self._con, self._rules, self._tol, self._card = con, rules, tol, card
+              card_files: Sequence[int], rules_known: list[tuple[str, str, str]],
+              files: dict[int, Path], adjusted: dict[int, Decimal]) -> None:
+        self._con, self._rules, self._tol = con, rules, tol
+        self._card, self._card_files = _in_list(card_files), frozenset(card_files)
         self._accepted = frozenset(c.target for c in corrections
                                    if c.kind is CorrectionKind.ACCEPT)
         self._rules_known, self._files, self._adjusted = rules_known, files, adjusted
@@ -1564,8 +1571,7 @@ class ColumnarDay(ColumnarResult):
         try:
             cursor.execute("SET TimeZone='UTC'")
             orphans = self._orphan_rows(cursor)
-            card = {int(n) for n in self._card.split(", ") if n != "NULL"}
-            lines = _lines(cursor, self._card, card) if orphans else {}
+            lines = _lines(cursor, self._card, self._card_files) if orphans else {}
             payouts = cursor.execute("""SELECT p.account, p.payout_id, p.card, p.amount,
                     p.currency::VARCHAR, p.total, p.members, m.ids
                     FROM payouts p LEFT JOIN (
@@ -1602,7 +1608,7 @@ class ColumnarDay(ColumnarResult):
         (those of the file's first row with its trace id, as the row reader and mapping take
         them). A trace file is read into ``traces`` in its order, so a row's line is its row
         id counted from the file's first (``_lines``): the file is not read again."""
-        card = {int(n) for n in self._card.split(", ") if n != "NULL"}
+        card = self._card_files
         out = []
         names = {number: path.name for number, path in self._files.items()}
         for number, trace_id, kind, amount, currency, credit in rows:
@@ -1690,7 +1696,7 @@ def _psp(t: str, card: str) -> str:
             f" THEN {t}.oref ELSE {t}.pref END")
 
 
-def _lines(con: Any, card_sql: str, card: set[int]
+def _lines(con: Any, card_sql: str, card: frozenset[int]
            ) -> dict[tuple[int, str], tuple[int, dict[str, str | None]]]:
     """(file, trace id) -> the line (the first, for a row repeated) and the references of
     the rows of the table ``orphans``, as the row reader and mapping take them. A file's rows

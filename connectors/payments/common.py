@@ -222,7 +222,7 @@ def timezone_of(text: str) -> tzinfo | None:
     if match:
         sign = -1 if match.group(1) == "-" else 1
         delta = timedelta(hours=int(match.group(2)), minutes=int(match.group(3) or 0))
-        return timezone(sign * delta)
+        return timezone(sign * delta) if delta < timedelta(hours=24) else None
     try:
         return ZoneInfo(raw)
     except (ZoneInfoNotFoundError, ValueError):

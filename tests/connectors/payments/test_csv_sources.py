@@ -178,3 +178,24 @@ def test_split_rules_name_the_row_that_breaks_them(
     with pytest.raises(PaymentFileError) as info:
         list(read_payment_file(path, "split"))
     assert info.value.rule == rule and info.value.line == line
+
+
+@pytest.mark.parametrize(("text", "minutes"), [
+    ("SGT", 480), ("+08:00", 480), ("GMT-5", -300), ("-0530", -330),
+    ("Asia/Singapore", None), ("+25:00", "refused"), ("Mars/Olympus", "refused")])
+def test_a_time_zone_is_an_abbreviation_an_offset_under_a_day_or_a_name(text, minutes):
+    """An offset of a day or more is not a time zone: refused with the rule, as an unknown
+    name is (it used to escape as a bare ValueError)."""
+    from connectors.payments.common import Origin, parse_timezone, timezone_of
+
+    if minutes == "refused":
+        assert timezone_of(text) is None
+        with pytest.raises(PaymentFileError, match=r"line 3: TimeZone: .* is not a time zone "
+                                                    r"\[timezone_unknown\]"):
+            parse_timezone(text, Origin("settlement.csv", 3, 1), "TimeZone")
+        return
+    zone = parse_timezone(text, Origin("settlement.csv", 3, 1), "TimeZone")
+    offset = zone.utcoffset(datetime(2026, 11, 20, 12, 0))
+    assert offset is not None
+    if minutes is not None:
+        assert offset.total_seconds() == minutes * 60
