@@ -68,3 +68,17 @@ def hold() -> None:
     with _lock:
         if _holders and _ours:
             gc.freeze()
+
+
+@contextmanager
+def collector_off() -> Iterator[None]:
+    """No cyclic collection during the block (put back as it was after): for a burst of many
+    new objects that hold no cycles (tuples, rows, frozen records), which would otherwise set
+    off collections that walk the caller's whole heap again and again."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()

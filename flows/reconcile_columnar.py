@@ -43,7 +43,6 @@ Where it still differs, by design of its inputs:
 from __future__ import annotations
 
 import csv
-import gc
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -65,6 +64,7 @@ from connectors.payments.acquirer import REQUIRED as ACQUIRER_REQUIRED
 from connectors.payments.common import _ABBREVIATIONS, PaymentFileError, timezone_of
 from connectors.payments.wallet_balance import REQUIRED as WALLET_REQUIRED
 from connectors.payments.wallet_balance import TYPES as WALLET_TYPES
+from flows.heap import collector_off
 from mappings.payments import ACQUIRER_KINDS as ROW_ACQUIRER_KINDS
 from mappings.reconcile import (
     DELIVERY_EXPORT_COLUMNS,
@@ -792,9 +792,7 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
         # one (entity, class) row each, in order (DuckDB hands lists to Python slowly); the
         # collector is held off meanwhile: these tens of thousands of new tuples and lists
         # hold no cycles, but would set off a full collection of the caller's whole heap
-        collecting = gc.isenabled()
-        gc.disable()
-        try:
+        with collector_off():
             found = con.execute("""SELECT coalesce(f.entity, o.site || ':' || o.order_id) AS e,
                 f.cls FROM found f LEFT JOIN orders o ON o.rowid = f.oid
                 ORDER BY e, f.cls""").fetchall()
@@ -805,9 +803,6 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
                 else:
                     classes.append(cls)
             del found
-        finally:
-            if collecting:
-                gc.enable()
     phase("labels")
     if isinstance(result, ColumnarDay):
         result._open(con, rules, corrections, tol, card_files, rules_known, files, adjusted)
@@ -1443,13 +1438,8 @@ class ColumnarDay(ColumnarResult):
         tables of every group and outcome (``_prepare``). The collector is held off meanwhile
         (as for the labels): the day's tens of thousands of discrepancies and their Money
         hold no cycles, but would set off collections of the caller's whole heap."""
-        collecting = gc.isenabled()
-        gc.disable()
-        try:
+        with collector_off():
             return self._discrepancies()
-        finally:
-            if collecting:
-                gc.enable()
 
     def _discrepancies(self) -> list[Discrepancy]:
         con = self._con
@@ -1652,13 +1642,8 @@ def _chunks(cursor: Any, size: int, make: Callable[[list[tuple[Any, ...]]], list
     collector held off while a chunk is made (as for the labels: its many new objects hold
     no cycles, but would set off full collections of the caller's whole heap)."""
     while True:
-        collecting = gc.isenabled()
-        gc.disable()
-        try:
+        with collector_off():
             chunk = make(cursor.fetchmany(size))
-        finally:
-            if collecting:
-                gc.enable()
         if not chunk:
             return
         yield chunk

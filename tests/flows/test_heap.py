@@ -67,3 +67,21 @@ def test_young_collections_are_rarer_while_the_heap_is_held():
         assert gc.get_threshold()[0] == 0
     finally:
         gc.set_threshold(*saved)
+
+
+def test_collector_off_holds_collection_off_and_puts_it_back_as_it_was():
+    import gc
+
+    from flows.heap import collector_off
+
+    assert gc.isenabled()
+    with collector_off():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with collector_off():
+            pass
+        assert not gc.isenabled()  # off before: left off
+    finally:
+        gc.enable()
