@@ -4,9 +4,12 @@ The writes are outbox rows (announcing a state change of vouchflow's, delivered 
 plain in-memory items (pushing the current state of a record that the far end upserts, where
 the fingerprint saved on success is all the bookkeeping resuming needs). A batch that the
 far end accepts is marked sent (for outbox rows), together with whatever the caller records
-on success (fingerprints), in one transaction. A batch refused as invalid is split: the items
-the far end names (or, if it names none, the halves found by bisection) go to the dead-letter
-table and the rest are sent again, so one bad record never holds back its neighbours.
+on success (fingerprints), in one transaction; for in-memory items the caller may instead
+record what the report says was confirmed, many batches in one transaction of its own (a
+crash before that sends them again, which the far end's upsert makes harmless). A batch
+refused as invalid is split: the items the far end names (or, if it names none, the halves
+found by bisection) go to the dead-letter table and the rest are sent again, so one bad
+record never holds back its neighbours.
 Transient errors propagate: the caller's retry re-sends, and the idempotency keys make that
 harmless.
 """
@@ -45,11 +48,16 @@ class DeliveryReport:
     sent: int = 0
     dead_lettered: int = 0
     outcomes: Counter[str] = field(default_factory=Counter)
+    confirmed: list[Write] = field(default_factory=list)
+    """The writes the far end accepted, in the order sent: a caller that records their
+    success later (in-memory items, in a transaction of its own for many batches) takes them
+    from here."""
 
     def add(self, other: DeliveryReport) -> None:
         self.sent += other.sent
         self.dead_lettered += other.dead_lettered
         self.outcomes.update(other.outcomes)
+        self.confirmed.extend(other.confirmed)
 
 
 def _bad_indices(error: InvalidRecordError, size: int) -> dict[int, str]:
@@ -112,16 +120,20 @@ async def _deliver_batch(
                                             outcome_of=outcome_of))
         return report
 
+    ids = [i for i in (getattr(row, "id", None) for row in batch) if i is not None]
+
     def record() -> None:
         with session_scope(engine, immediate=True) as session:
-            mark_sent(session, [i for i in (getattr(row, "id", None) for row in batch)
-                                if i is not None])
+            mark_sent(session, ids)
             if on_sent is not None:
                 on_sent(session, batch, responses)
 
-    # in a worker thread: waiting for the database's write lock must not stop the event loop
-    await asyncio.to_thread(record)
+    # in a worker thread: waiting for the database's write lock must not stop the event loop;
+    # in-memory items with nothing to remember need no transaction at all
+    if ids or on_sent is not None:
+        await asyncio.to_thread(record)
     report.sent += len(batch)
+    report.confirmed.extend(batch)
     if outcome_of is not None:
         report.outcomes.update(outcome_of(r) for r in responses)
     return report

@@ -151,6 +151,16 @@ class CatalogRun:
     subset: bool = False
     """Only some of the sites: such a run keeps its own watermarks per site and never saves
     the ERP items' fingerprints, which say "every site has this version"."""
+    confirmed: dict[str, dict[str, str]] | None = None
+    """What each site last confirmed of every product (by site target, then SKU), read once
+    by a run that reads every item (``remember_confirmed``) and kept up to date with what its
+    chunks push; None: each chunk reads what it needs."""
+
+    def remember_confirmed(self, session: Session) -> None:
+        """Read what every site of the run confirmed, once: a run that reads every item
+        would otherwise look each SKU up at every site (most have none), chunk by chunk."""
+        self.confirmed = load_fingerprints_for_targets(
+            session, [site_target(site) for site in self.wallets], ENTITY, None)
 
     @classmethod
     async def open(cls, *, site_codes: Sequence[str] | None, since: datetime | None,
@@ -231,15 +241,21 @@ class PlannedProducts:
     unchanged: int = 0
 
 
-def plan_products(session: Session, skus: Sequence[Sku], wallets: Sequence[str]
-                  ) -> PlannedProducts:
+def plan_products(session: Session, skus: Sequence[Sku], wallets: Sequence[str],
+                  confirmed: dict[str, dict[str, str]] | None = None) -> PlannedProducts:
     """The product writes every site needs: each (site, SKU) whose product differs from what
-    the site last confirmed. A site that is no longer in a SKU's sales areas but once received
-    it gets the SKU as inactive, so it stops selling it."""
+    the site last confirmed (``confirmed``: all of that by site target, when the caller holds
+    it; else read for these SKUs). A site that is no longer in a SKU's sales areas but once
+    received it gets the SKU as inactive, so it stops selling it."""
     planned = PlannedProducts()
     targets = {site: site_target(site) for site in wallets}
-    known = load_fingerprints_for_targets(session, list(targets.values()), ENTITY,
-                                          [s.sku for s in skus])
+    codes = [s.sku for s in skus]
+    if confirmed is None:
+        known = load_fingerprints_for_targets(session, list(targets.values()), ENTITY, codes)
+    else:  # the part of it about these SKUs
+        known = {target: {code: digest for code in codes
+                          if (digest := confirmed[target].get(code)) is not None}
+                 for target in targets.values()}
     # one pass over the SKUs, each looking only at the sites it is listed on and the sites
     # that once received it (not every SKU against every site)
     received: dict[str, list[str]] = {}
@@ -282,30 +298,36 @@ def plan_products(session: Session, skus: Sequence[Sku], wallets: Sequence[str]
 
 async def push_site_products(
     run: CatalogRun, site: str, writes: Sequence[OutboxItem],
-    digests: dict[str, str] | None = None,
+    digests: dict[str, str] | None = None, *, remember: bool = True,
 ) -> DeliveryReport:
     """Upsert products on one site; what it confirms becomes its fingerprint (``digests``:
-    the products' fingerprints by SKU, when the plan already computed them). The upsert is
-    by SKU and the site answers a repeat of the same content as unchanged, so pushing again
+    the products' fingerprints by SKU, when the plan already computed them), saved batch by
+    batch, or by the caller from the report's ``confirmed`` when not ``remember``. The upsert
+    is by SKU and the site answers a repeat of the same content as unchanged, so pushing again
     after a crash (before the fingerprints were saved) does no harm: no outbox is needed."""
     if not writes:
         return DeliveryReport()
     wallet = run.wallets[site]
     target = site_target(site)
-    known = digests or {}
 
-    def remember(session: Session, sent: Sequence[Any], _: Sequence[Any]) -> None:
-        save_fingerprints(session, target, ENTITY, {
-            row.entity_key: known.get(row.entity_key) or fingerprint(row.payload)
-            for row in sent})
+    def save(session: Session, sent: Sequence[Any], _: Sequence[Any]) -> None:
+        save_fingerprints(session, target, ENTITY, confirmed_digests(sent, digests))
 
     async with system_slot(limit_name("wallet", site)):
         return await deliver(
             run.engine, writes, wallet.upsert_products, flow=FLOW,
-            batch_size=wallet.site.batch_size, on_sent=remember,
+            batch_size=wallet.site.batch_size, on_sent=save if remember else None,
             outcome_of=lambda r: str(r.get("outcome", "unknown")) if isinstance(r, dict)
             else "unknown",
         )
+
+
+def confirmed_digests(sent: Sequence[Any], digests: dict[str, str] | None) -> dict[str, str]:
+    """The fingerprints of the products a site confirmed, by SKU (from the plan's
+    ``digests`` where it has them)."""
+    known = digests or {}
+    return {row.entity_key: known.get(row.entity_key) or fingerprint(row.payload)
+            for row in sent}
 
 
 def process_records(
@@ -350,7 +372,7 @@ def process_records(
     # other chunks' confirmations wait for it
     events = sku_events(skus)  # same id for a version seen again; in the order of skus
     with session_scope(run.engine) as session:  # reads what the sites confirmed before
-        planned = plan_products(session, skus, list(run.wallets))
+        planned = plan_products(session, skus, list(run.wallets), run.confirmed)
         ready = prepare_events(session, events)
     erp_ids = {code: raw_id for raw_id, code in xrefs.items()}
     with session_scope(run.engine, immediate=True) as session:
@@ -430,20 +452,46 @@ async def sync_chunk(
     counts.read = len(candidates) + counts.not_modified
     raws, digests, planned = await asyncio.to_thread(
         _changed_and_planned, run, candidates, failures, counts, force)
-    if planned.writes:
-        reports = await asyncio.gather(*(
-            push_site_products(run, site, writes, planned.digests.get(site))
-            for site, writes in planned.writes.items()
-        ))
-        for report in reports:
-            counts.pushed += report.sent
-            counts.rejected += report.dead_lettered
-            counts.outcomes.update(report.outcomes)
-    if not run.subset:
-        with session_scope(run.engine) as session:
-            save_fingerprints(session, SOURCE_TARGET, RECORD_TYPE,
-                              {str(raw["id"]): digests[str(raw["id"])] for raw in raws})
+    sites = list(planned.writes)
+    results = await asyncio.gather(*(
+        push_site_products(run, site, planned.writes[site], planned.digests.get(site),
+                           remember=False)
+        for site in sites
+    ), return_exceptions=True)
+    # what the sites confirmed, and (once every site has its products) the items' own
+    # fingerprints: one transaction for the chunk, not one per batch
+    confirmed: dict[str, dict[str, str]] = {}
+    failed: BaseException | None = None
+    for site, result in zip(sites, results, strict=True):
+        if isinstance(result, BaseException):
+            failed = failed or result
+            continue
+        counts.pushed += result.sent
+        counts.rejected += result.dead_lettered
+        counts.outcomes.update(result.outcomes)
+        if result.confirmed:
+            confirmed[site_target(site)] = confirmed_digests(result.confirmed,
+                                                             planned.digests.get(site))
+    source = ({} if run.subset or failed is not None
+              else {str(raw["id"]): digests[str(raw["id"])] for raw in raws})
+    if confirmed or source:
+        await asyncio.to_thread(_remember_chunk, run.engine, confirmed, source)
+    if run.confirmed is not None:
+        for target, found in confirmed.items():
+            run.confirmed[target].update(found)
+    if failed is not None:
+        raise failed
     return counts
+
+
+def _remember_chunk(engine: Engine, confirmed: dict[str, dict[str, str]],
+                    source: dict[str, str]) -> None:
+    """The fingerprints of a chunk's pushes (by site target) and of its ERP items, in one
+    transaction (in a worker thread: waiting for the write lock must not stop the loop)."""
+    with session_scope(engine, immediate=True) as session:
+        for target, found in confirmed.items():
+            save_fingerprints(session, target, ENTITY, found)
+        save_fingerprints(session, SOURCE_TARGET, RECORD_TYPE, source)
 
 
 def _changed_and_planned(
@@ -687,6 +735,9 @@ async def sync_catalog(
     with held_heap():  # see flows.heap: the records read stay to the end of the run
         try:
             back = await flow_back(quote(run), lookback_minutes, poll_sites)
+            if since is None:  # every item is read: what the sites hold, read once
+                with session_scope(engine) as session:
+                    run.remember_confirmed(session)
             ids: list[Any] = list((await list_changed_items(quote(run))).value)
             hold()
             if run.extra_ids:

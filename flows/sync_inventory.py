@@ -254,6 +254,9 @@ def unplanned(engine: Engine, since: datetime) -> set[str]:
 class SiteWrites:
     inventory: list[OutboxItem] = field(default_factory=list)
     batches: list[OutboxItem] = field(default_factory=list)
+    digests: dict[str, str] = field(default_factory=dict)
+    """The fingerprint of each SKU's quota in ``inventory`` (saved once the site confirms it),
+    kept beside the items so that what is sent is the items as they are."""
 
 
 def plan(engine: Engine, sites: dict[str, WalletSiteSettings], as_of: datetime,
@@ -269,52 +272,60 @@ def plan(engine: Engine, sites: dict[str, WalletSiteSettings], as_of: datetime,
     on = as_of.date()
     stamp = as_of.isoformat()
     weights = recent_sales(engine, weights_days, only)
+    targets = {site: f"wallet:{site}" for site in sites}
     with session_scope(engine) as session:
         # the stamps before the data: a change committed in between is planned again
         seen = input_stamps(session, as_of - timedelta(seconds=settle_seconds), only)
         catalog = load_listings(session, only)
         stock = {s.sku: s for s in pool.stock(session, on=on, skus=only)}
+        # what each site confirmed: also which SKUs it was ever shown
+        known = load_fingerprints_for_targets(session, list(targets.values()), "quota", only)
     per_site: dict[str, dict[str, tuple[dict[str, Any], list[dict[str, Any]]]]] = {
         s: {} for s in sites}
+    no_weights: dict[str, float] = {}
     for code, (status, areas) in catalog.items():
         selling = [s for s in areas if s in sites] if status == "normal" else []
+        if not selling:
+            continue
         batches = stock[code].batches if code in stock else ()
-        quotas = site_quotas(batches, sites=selling, weights=weights.get(code, {}), on=on)
+        quotas = site_quotas(batches, sites=selling, weights=weights.get(code, no_weights),
+                             on=on)
         for site in selling:
-            per_site[site][code] = (inventory_item(code, quotas[site], stamp),
-                                    [batch_item(code, share) for share in quotas[site]])
+            shares = quotas[site]
+            per_site[site][code] = (inventory_item(code, shares, stamp),
+                                    [batch_item(code, share) for share in shares])
     counts.skus = len(catalog)
     if inputs is not None:
         inputs.update(seen)
     writes: dict[str, SiteWrites] = {}
-    targets = {site: f"wallet:{site}" for site in sites}
-    with session_scope(engine) as session:
-        shown_before = _shown(session, list(targets.values()), only)
-        for site, target in targets.items():
-            wanted = per_site[site]
-            for code in shown_before.get(target, set()) - set(wanted):
-                # no longer sold there (area, status, stock gone): show zero
-                wanted[code] = ({"sku": code, "available": 0, "as_of": stamp}, [])
-        known = load_fingerprints_for_targets(session, list(targets.values()), "quota",
-                                              {c for w in per_site.values() for c in w})
     for site, target in targets.items():
+        wanted = per_site[site]
+        confirmed = known[target]
+        for code in confirmed.keys() - wanted.keys():
+            # no longer sold there (area, status, stock gone): show zero
+            wanted[code] = ({"sku": code, "available": 0, "as_of": stamp}, [])
         site_writes = SiteWrites()
-        for code, (item, batch_items) in per_site[site].items():
+        inventory, batch_writes, digests = (site_writes.inventory, site_writes.batches,
+                                            site_writes.digests)
+        for code, (item, batch_items) in wanted.items():
             digest = quota_digest(item["available"], batch_items)
-            if known[target].get(code) == digest:
+            if confirmed.get(code) == digest:
                 continue
-            site_writes.inventory.append(OutboxItem(
+            digests[code] = digest
+            version = digest[:12]
+            inventory.append(OutboxItem(
                 target=target, operation=INVENTORY_OP,
-                idempotency_key=f"inv-{site}-{code}-{digest[:12]}", entity_type="quota",
-                entity_key=code, payload={**item, "_digest": digest}))
-            counts.quotas_changed += 1
+                idempotency_key=f"inv-{site}-{code}-{version}", entity_type="quota",
+                entity_key=code, payload=item))
             for b in batch_items:
-                site_writes.batches.append(OutboxItem(
+                batch_no = b["batch_no"]
+                batch_writes.append(OutboxItem(
                     target=target, operation=BATCHES_OP,
-                    idempotency_key=f"bat-{site}-{code}-{b['batch_no']}-{digest[:12]}",
-                    entity_type="batch", entity_key=f"{code}:{b['batch_no']}", payload=b))
-                counts.batches_changed += 1
-        if site_writes.inventory:
+                    idempotency_key=f"bat-{site}-{code}-{batch_no}-{version}",
+                    entity_type="batch", entity_key=f"{code}:{batch_no}", payload=b))
+        counts.quotas_changed += len(inventory)
+        counts.batches_changed += len(batch_writes)
+        if inventory:
             writes[site] = site_writes
     return writes
 
@@ -325,17 +336,9 @@ def quota_digest(available: int, batch_items: list[dict[str, Any]]) -> str:
     return canonical_fingerprint({"available": available, "batches": batch_items})
 
 
-def _shown(session: Any, targets: list[str], only: set[str] | None) -> dict[str, set[str]]:
-    from state.models import Fingerprint
-
-    out: dict[str, set[str]] = {}
-    query = select(Fingerprint.target, Fingerprint.entity_key).where(
-        Fingerprint.target.in_(targets), Fingerprint.entity_type == "quota")
-    for part in _parts(only):
-        chosen = query if part is None else query.where(Fingerprint.entity_key.in_(part))
-        for target, key in session.execute(chosen):
-            out.setdefault(target, set()).add(key)
-    return out
+REMEMBER_EVERY = 10
+"""Batches of quotas whose fingerprints are saved in one transaction: a commit per ten
+batches instead of one per batch; a crash sends at most that many again (harmless)."""
 
 
 async def push_site(engine: Engine, wallet: WalletClient, site: str, writes: SiteWrites,
@@ -343,25 +346,30 @@ async def push_site(engine: Engine, wallet: WalletClient, site: str, writes: Sit
     """Batch shares first, then the SKU quotas; a SKU's quota is remembered (fingerprinted)
     only once its quota is confirmed, so a crash in between sends both again."""
     target = f"wallet:{site}"
+    size = wallet.site.batch_size
     async with system_slot(limit_name("wallet", site)):
         if writes.batches:
             report = await deliver(engine, writes.batches, wallet.put_batches, flow=FLOW,
-                                   batch_size=wallet.site.batch_size)
+                                   batch_size=size)
             counts.rejected += report.dead_lettered
+        step = size * REMEMBER_EVERY
+        for start in range(0, len(writes.inventory), step):
+            report = await deliver(engine, writes.inventory[start:start + step],
+                                   wallet.put_inventory, flow=FLOW, batch_size=size)
+            if report.confirmed:
+                digests = writes.digests
+                await asyncio.to_thread(_remember_quotas, engine, target, {
+                    r.entity_key: digests[r.entity_key] for r in report.confirmed})
+            counts.pushed += report.sent
+            counts.rejected += report.dead_lettered
+            counts.by_site[site] += report.sent
 
-        def remember(session: Any, sent: Any, _: Any) -> None:
-            save_fingerprints(session, target, "quota",
-                              {r.entity_key: r.payload["_digest"] for r in sent})
 
-        async def send_inventory(items: list[dict[str, Any]]) -> list[Any]:
-            return await wallet.put_inventory(
-                [{k: v for k, v in i.items() if k != "_digest"} for i in items])
-
-        report = await deliver(engine, writes.inventory, send_inventory, flow=FLOW,
-                               batch_size=wallet.site.batch_size, on_sent=remember)
-    counts.pushed += report.sent
-    counts.rejected += report.dead_lettered
-    counts.by_site[site] += report.sent
+def _remember_quotas(engine: Engine, target: str, digests: dict[str, str]) -> None:
+    """The quotas a site confirmed, by SKU (in a worker thread: waiting for the write lock
+    must not stop the event loop)."""
+    with session_scope(engine, immediate=True) as session:
+        save_fingerprints(session, target, "quota", digests)
 
 
 @task(name="import-erp-batches", retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)

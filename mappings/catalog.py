@@ -8,8 +8,8 @@ import json
 import re
 from collections.abc import Collection
 from datetime import UTC, datetime
-from decimal import Decimal
-from functools import cache
+from decimal import Decimal, getcontext
+from functools import cache, lru_cache
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -166,13 +166,70 @@ def plain_path_current() -> bool:
         return False
 
 
-def _timestamp(value: Any, form: re.Pattern[str]) -> datetime | None:
-    if type(value) is not str or form.fullmatch(value) is None:
+@lru_cache(maxsize=4096)
+def _parsed_time(value: str, aware: bool) -> datetime | None:
+    """A timestamp in its plain form (``_TIMESTAMP``, or ``_LOCAL_TIMESTAMP`` when not
+    ``aware``), parsed; None for anything else. Remembered, as the ones below: the items of
+    a read share few times, amounts, sales areas and code formats."""
+    if (_TIMESTAMP if aware else _LOCAL_TIMESTAMP).fullmatch(value) is None:
         return None
     try:
         return datetime.fromisoformat(value)
     except ValueError:  # a day or month out of range: the validating path says which
         return None
+
+
+@lru_cache(maxsize=4096)
+def _utc_time(value: str) -> datetime | None:
+    """``_parsed_time`` of an aware timestamp, in UTC."""
+    moment = _parsed_time(value, True)
+    return None if moment is None else moment.astimezone(UTC)
+
+
+@lru_cache(maxsize=4096)
+def _face_value(kind: type, number: Any, currency: str, precision: int) -> Money | None:
+    """The Money of a positive amount written plainly, or None. ``number`` is the value
+    itself for an int or str ``kind``, a Decimal's text for a Decimal (equal Decimals may be
+    written differently, ``150`` and ``1.5E+2``; the text gives the value back exactly).
+    Keyed by the decimal context's precision too, which decides whether the amount can be
+    quantized. Money is immutable: the SKUs of one amount share it."""
+    value = Decimal(number) if kind is Decimal else number
+    try:
+        amount = parse_decimal(value, field="number")
+        text = str(amount)
+        if _DECIMAL_TEXT.fullmatch(text) is None:
+            return None
+        amount = quantize_exact(Decimal(text), currency)
+    except (MoneyError, ArithmeticError):  # too many digits to quantize, among others
+        return None
+    if amount <= 0:
+        return None
+    return prevalidated(Money, {"amount": amount, "currency": currency})
+
+
+@lru_cache(maxsize=4096)
+def _sales_areas(text: str) -> tuple[str, ...] | None:
+    """The site codes of a sales-area list, sorted, or None when one is not a plain site
+    code or one is listed twice (whether the sites are known is the caller's check)."""
+    areas = tuple(a.strip() for a in text.split(",") if a.strip())
+    for area in areas:
+        if _SITE_CODE.fullmatch(area) is None:
+            return None
+    if len(set(areas)) != len(areas):
+        return None
+    return tuple(sorted(areas))
+
+
+@lru_cache(maxsize=1024)
+def _pattern_ok(text: str) -> bool:
+    try:
+        re.compile(text)
+    except re.error:
+        return False
+    return True
+
+
+_TEXT_TYPES = frozenset({str, type(None)})
 
 
 def _plain_sku(raw: dict[str, Any], known_sites: Collection[str]) -> Sku | None:
@@ -182,22 +239,22 @@ def _plain_sku(raw: dict[str, Any], known_sites: Collection[str]) -> Sku | None:
     if not _FIELD_NAMES.isdisjoint(raw) or not set(map(type, raw)) <= _STR:
         return None
     get = raw.get
-    for alias in _TEXT_ALIASES:
-        value = get(alias)
-        if value is not None and type(value) is not str:
-            return None
+    if not _TEXT_TYPES.issuperset(map(type, map(get, _TEXT_ALIASES))):
+        return None
     links = get("links", [])
-    if type(links) is not list or not all(
-            type(link) is dict and all(type(k) is str for k in link) for link in links):
+    if type(links) is not list or (links and not all(
+            type(link) is dict and all(type(k) is str for k in link) for link in links)):
         return None
     inactive = get("isInactive", False)
     if type(inactive) is not bool:
         return None
     created = get("createdDate")
-    if created is not None and _timestamp(created, _LOCAL_TIMESTAMP) is None:
+    if created is not None and (type(created) is not str
+                                or _parsed_time(created, False) is None):
         return None
-    modified = _timestamp(get("lastModifiedDate"), _TIMESTAMP)
-    if modified is None:
+    modified = get("lastModifiedDate")
+    updated = _utc_time(modified) if type(modified) is str else None
+    if updated is None:
         return None
 
     code, name = get("itemId"), get("displayName")
@@ -215,44 +272,29 @@ def _plain_sku(raw: dict[str, Any], known_sites: Collection[str]) -> Sku | None:
 
     currency = get("custitem_vf_currency")
     number = get("custitem_vf_face_value")
+    number_type = type(number)
     if (currency is None or _CURRENCY.fullmatch(currency) is None
-            or type(number) not in (Decimal, int, str)):
+            or number_type not in (Decimal, int, str)):
         return None
-    try:
-        amount = parse_decimal(number, field="number")
-        text = str(amount)
-        if _DECIMAL_TEXT.fullmatch(text) is None:
-            return None
-        amount = quantize_exact(Decimal(text), currency)
-    except (MoneyError, ArithmeticError):  # too many digits to quantize, among others
-        return None
-    if amount <= 0:
+    face_value = _face_value(number_type, str(number) if number_type is Decimal else number,
+                             currency, getcontext().prec)
+    if face_value is None:
         return None
 
-    areas = tuple(a.strip() for a in (get("custitem_vf_sales_areas") or "").split(",")
-                  if a.strip())
-    for area in areas:
-        if area not in known_sites or _SITE_CODE.fullmatch(area) is None:
-            return None
-    if len(set(areas)) != len(areas):
+    areas = _sales_areas(get("custitem_vf_sales_areas") or "")
+    if areas is None or not all(area in known_sites for area in areas):
         return None
-
-    values: dict[str, Any] = {
-        "sku": code, "name": name, "kind": kind,
-        "face_value": prevalidated(Money, {"amount": amount, "currency": currency}),
-        "sales_areas": tuple(sorted(areas)), "issuance_mode": mode,
-        "write_off_type": write_off, "status": status,
-    }
     code_format = get("custitem_vf_code_format")
-    if code_format:
-        try:
-            re.compile(code_format)
-        except re.error:
-            return None
-    # given even when None: the model validates its default, which makes it a field set
-    values["code_format"] = code_format or None
-    values["updated_at"] = modified.astimezone(UTC)
-    return prevalidated(Sku, values)
+    if code_format and not _pattern_ok(code_format):
+        return None
+    return prevalidated(Sku, {
+        "sku": code, "name": name, "kind": kind, "face_value": face_value,
+        "sales_areas": areas, "issuance_mode": mode, "write_off_type": write_off,
+        "status": status,
+        # given even when None: the model validates its default, which makes it a field set
+        "code_format": code_format or None,
+        "updated_at": updated,
+    })
 
 
 def sku_to_wallet_product(sku: Sku, *, listed: bool = True) -> dict[str, Any]:

@@ -9,14 +9,15 @@ by site code so the split is the same every time.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import date
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 
-@dataclass(frozen=True)
-class BatchShare:
+class BatchShare(NamedTuple):
+    """A site's share of one batch (a tuple: made for every batch of every SKU on every
+    site it sells on in a full rebalance)."""
+
     batch_no: str
     available: int
     expires_on: date | None

@@ -114,6 +114,7 @@ RETURNING seq
 _PG_PART = 5000
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+_SAFE = re.compile(r"[A-Za-z0-9_-]*")
 _PATTERN = re.compile(r"^(\*|[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*(\.\*)?)$")
 
 
@@ -145,7 +146,9 @@ def safe_key(*parts: str) -> str:
     Unsafe characters become ``_`` and a short hash of the exact parts is appended, so two
     different inputs never share a key (``a-b``/``c`` against ``a``/``b-c``)."""
     plain = "-".join(parts)
-    if len(plain) <= 200 and not any("-" in p or _UNSAFE.search(p) for p in parts):
+    # no part holds a "-" (the joins are the only ones) and every character is safe
+    if (len(plain) <= 200 and plain.count("-") == max(len(parts) - 1, 0)
+            and _SAFE.fullmatch(plain) is not None):
         return plain
     digest = hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:16]
     return f"{_UNSAFE.sub('_', plain)[:180]}-h{digest}"

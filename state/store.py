@@ -16,7 +16,7 @@ from decimal import Decimal
 from itertools import repeat
 from typing import Any
 
-from sqlalchemy import and_, delete, func, select, tuple_, update
+from sqlalchemy import String, Text, and_, any_, bindparam, delete, func, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -41,6 +41,19 @@ IN_CHUNK = 500
 def _chunks(items: Sequence[Any], size: int = IN_CHUNK) -> Iterator[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+def _in_keys(session: Session, column: Any, keys: Sequence[str]) -> Any:
+    """``column IN (keys)`` with every key in one bound value: a JSON array that SQLite takes
+    apart with ``json_each``, an array on PostgreSQL (``= ANY``). An ``IN`` list of bound
+    keys costs SQLAlchemy a parameter of its own per key at every execution (and several
+    statements per thousand keys); this is one statement, compiled once, whatever the count."""
+    if session.get_bind().dialect.name == "postgresql":
+        return column == any_(bindparam("vf_keys", list(keys), unique=True,
+                                        type_=postgresql.ARRAY(String())))
+    text = json_bytes(list(keys), default=str).decode()
+    listed = func.json_each(bindparam("vf_keys", text, type_=Text(), unique=True))
+    return column.in_(select(listed.table_valued("value").c.value))
 
 
 def _insert(session: Session, table: Any) -> Any:
@@ -238,13 +251,13 @@ def _lookup(
     session: Session, key_col: Any, value_col: Any, conditions: Sequence[Any],
     keys: Iterable[str],
 ) -> dict[str, str]:
-    """key -> value for many keys, read in IN-chunks under the given conditions."""
+    """key -> value for many keys, read at once under the given conditions."""
     wanted = list(dict.fromkeys(keys))
-    found: dict[str, str] = {}
-    for part in _chunks(wanted):
-        rows = session.execute(select(key_col, value_col).where(*conditions, key_col.in_(part)))
-        found.update({key: value for key, value in rows})
-    return found
+    if not wanted:
+        return {}
+    rows = session.execute(select(key_col, value_col).where(
+        *conditions, _in_keys(session, key_col, wanted)))
+    return {key: value for key, value in rows}
 
 
 def canonical_ids(
@@ -270,22 +283,22 @@ def load_fingerprints(
 
 
 def load_fingerprints_for_targets(
-    session: Session, targets: Sequence[str], entity_type: str, keys: Iterable[str]
+    session: Session, targets: Sequence[str], entity_type: str, keys: Iterable[str] | None
 ) -> dict[str, dict[str, str]]:
-    """Fingerprints of the same keys at several targets, one query per chunk of keys."""
-    wanted = list(dict.fromkeys(keys))
+    """Fingerprints of the same keys at several targets, in one query; ``keys`` None: every
+    key (one pass over the targets' rows, for a caller about to ask for most of them)."""
     found: dict[str, dict[str, str]] = {t: {} for t in targets}
-    if not wanted or not targets:
+    if not targets:
         return found
-    for part in _chunks(wanted):
-        rows = session.execute(
-            select(Fingerprint.target, Fingerprint.entity_key, Fingerprint.digest).where(
-                Fingerprint.target.in_(list(targets)), Fingerprint.entity_type == entity_type,
-                Fingerprint.entity_key.in_(part),
-            )
-        )
-        for target, key, digest in rows:
-            found[target][key] = digest
+    query = select(Fingerprint.target, Fingerprint.entity_key, Fingerprint.digest).where(
+        Fingerprint.target.in_(list(targets)), Fingerprint.entity_type == entity_type)
+    if keys is not None:
+        wanted = list(dict.fromkeys(keys))
+        if not wanted:
+            return found
+        query = query.where(_in_keys(session, Fingerprint.entity_key, wanted))
+    for target, key, digest in session.execute(query):
+        found[target][key] = digest
     return found
 
 
@@ -529,19 +542,20 @@ def resolve_dead_letters(
     session: Session, flow: str, source: str, entity_type: str, keys: Iterable[str]
 ) -> int:
     """Close open dead letters of records that have now gone through."""
-    done = 0
-    for part in _chunks(list(keys)):
-        result = session.execute(
-            update(DeadLetter)
-            .where(
-                DeadLetter.flow == flow, DeadLetter.source == source,
-                DeadLetter.entity_type == entity_type, DeadLetter.entity_key.in_(part),
-                DeadLetter.status != DeadLetterStatus.RESOLVED,
-            )
-            .values(status=DeadLetterStatus.RESOLVED)
+    wanted = list(keys)
+    if not wanted:
+        return 0
+    result = session.execute(
+        update(DeadLetter)
+        .where(
+            DeadLetter.flow == flow, DeadLetter.source == source,
+            DeadLetter.entity_type == entity_type,
+            _in_keys(session, DeadLetter.entity_key, wanted),
+            DeadLetter.status != DeadLetterStatus.RESOLVED,
         )
-        done += result.rowcount or 0
-    return done
+        .values(status=DeadLetterStatus.RESOLVED)
+    )
+    return result.rowcount or 0
 
 
 def list_dead_letters(
