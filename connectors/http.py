@@ -26,12 +26,7 @@ from typing import Any, TypeVar
 
 import h11
 import httpx
-import simplejson
-
-try:  # optional: the fast path of dumps(decimal_numbers=True)
-    import orjson as _orjson
-except ImportError:  # pragma: no cover - simplejson does the same, slower
-    _orjson = None  # type: ignore[assignment]
+import orjson
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -162,15 +157,11 @@ def dumps(payload: Any, *, decimal_numbers: bool = False) -> bytes:
     """JSON for the wire. Decimals become decimal strings (the contracts' money form), or,
     for systems that take JSON numbers (NetSuite), numbers written with their exact digits.
 
-    The numbers form goes through orjson when it is installed: a 100-record ERP batch takes
-    ~0.03 ms instead of simplejson's ~0.35 ms, spent by the client between account slots.
-    Same numbers (``str`` of each Decimal), non-ASCII text as UTF-8 instead of escapes."""
+    The numbers form is orjson's, each Decimal written as its own digits (``str``): a
+    100-record ERP batch takes ~0.03 ms instead of simplejson's ~0.35 ms, spent by the client
+    between account slots; non-ASCII text as UTF-8 instead of escapes."""
     if decimal_numbers:
-        if _orjson is not None:
-            return _orjson.dumps(payload, default=_orjson_default,
-                                 option=_orjson.OPT_NON_STR_KEYS)
-        return simplejson.dumps(payload, use_decimal=True, default=_default,
-                                separators=(",", ":")).encode()
+        return orjson.dumps(payload, default=_orjson_default, option=orjson.OPT_NON_STR_KEYS)
     # ``json``'s bytes, made by orjson where it writes the same (a site's batch of 500
     # products: ~2 ms less); times and dataclasses go through ``_default`` as in ``json``
     return json_bytes(payload, default=_default)
@@ -186,7 +177,7 @@ def _default(value: Any) -> Any:
 
 def _orjson_default(value: Any) -> Any:
     if isinstance(value, Decimal):
-        return _orjson.Fragment(str(value))  # type: ignore[union-attr]  # the exact digits
+        return orjson.Fragment(str(value))  # the exact digits
     return _default(value)
 
 

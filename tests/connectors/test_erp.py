@@ -110,8 +110,8 @@ async def test_numbers_are_decoded_as_decimal():
 
 
 async def test_batch_bodies_carry_exact_decimal_numbers():
-    """Amounts go out as JSON numbers with their exact digits (orjson when installed,
-    simplejson otherwise: the same document either way)."""
+    """Amounts go out as JSON numbers with their exact digits (written by orjson: the same
+    document as simplejson's ``use_decimal``, the reference here)."""
     from datetime import date
 
     import simplejson
