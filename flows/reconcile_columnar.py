@@ -988,8 +988,10 @@ def _beyond_one_currency(con: Any, rules_known: Sequence[tuple[str, str, str]]) 
     return ""
 
 
-REVERSALS = ("refundedreversed", "chargebackreversed")
-"""The acquirer's types the row engine groups as refunds and chargebacks reversed."""
+REVERSALS = tuple(sorted(t for t, kind in ROW_ACQUIRER_KINDS.items()
+                         if kind in (TraceKind.REFUND_REVERSAL, TraceKind.CHARGEBACK_REVERSAL)))
+"""The acquirer's types (as the row mapping spells them) that the row engine takes as
+refunds and chargebacks reversed."""
 
 
 def _in_list(numbers: Sequence[int]) -> str:

@@ -50,6 +50,7 @@ from state.store import (
     canonical_ids,
     get_watermark,
     load_fingerprints_for_targets,
+    of_keys,
     record_dead_letters,
     save_fingerprints,
     set_watermark,
@@ -154,19 +155,9 @@ def recent_sales(engine: Engine, days: int, only: set[str] | None = None
              .group_by(ol.c.sku, ol.c.site))
     out: dict[str, dict[str, float]] = {}
     with session_scope(engine) as session:
-        for part in _parts(only):
-            rows = session.execute(query if part is None else query.where(ol.c.sku.in_(part)))
-            for sku, site, units in rows:
-                out.setdefault(sku, {})[site] = float(units or 0)
+        for sku, site, units in session.execute(of_keys(session, query, ol.c.sku, only)):
+            out.setdefault(sku, {})[site] = float(units or 0)
     return out
-
-
-def _parts(only: set[str] | None, size: int = 1000) -> list[list[str] | None]:
-    """``[None]`` (no filter) or the keys in slices small enough for an ``IN`` list."""
-    if only is None:
-        return [None]
-    keys = sorted(only)
-    return [keys[i:i + size] for i in range(0, len(keys), size)]
 
 
 QUOTA_INPUTS = "pool"
@@ -209,13 +200,10 @@ def input_stamps(session: Any, since: datetime, skus: set[str] | None = None) ->
     of_batches = (select(pb.c.batch_no, _stamp(pb.c.updated_at))
                   .where(pb.c.updated_at >= since))
     read = InputStamps()
-    for part in _parts(skus):
-        for sku, at in session.execute(
-                of_catalog if part is None else of_catalog.where(cat.c.sku.in_(part))):
-            read.catalog[sku] = at
-        for batch_no, at in session.execute(
-                of_batches if part is None else of_batches.where(pb.c.sku.in_(part))):
-            read.batches[batch_no] = at
+    for sku, at in session.execute(of_keys(session, of_catalog, cat.c.sku, skus)):
+        read.catalog[sku] = at
+    for batch_no, at in session.execute(of_keys(session, of_batches, pb.c.sku, skus)):
+        read.batches[batch_no] = at
     return read
 
 

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from sqlmodel import Field, SQLModel
 
 from canonical import Sku, now_utc
-from state.store import _chunks, _executemany, _insert
+from state.store import _executemany, _insert, of_keys
 from state.types import JSONText, UTCDateTime
 
 
@@ -67,14 +67,9 @@ def remember_skus(session: Session, skus: Sequence[tuple[Sku, str | None]],
 def load_skus(session: Session, skus: Iterable[str] | None = None) -> dict[str, Sku]:
     table = CatalogSku.__table__
     found: dict[str, Sku] = {}
-    if skus is None:
-        for row in session.execute(select(table.c.sku, table.c.data)):
-            found[row.sku] = Sku.model_validate(row.data)
-        return found
-    for part in _chunks(list(dict.fromkeys(skus))):
-        for row in session.execute(select(table.c.sku, table.c.data)
-                                   .where(table.c.sku.in_(part))):
-            found[row.sku] = Sku.model_validate(row.data)
+    query = select(table.c.sku, table.c.data)
+    for row in session.execute(of_keys(session, query, table.c.sku, skus)):
+        found[row.sku] = Sku.model_validate(row.data)
     return found
 
 
@@ -85,9 +80,6 @@ def load_listings(session: Session, skus: Iterable[str] | None = None
     table = CatalogSku.__table__
     query = select(table.c.sku, table.c.status, table.c.sales_areas)
     found: dict[str, tuple[str, tuple[str, ...]]] = {}
-    parts = [None] if skus is None else list(_chunks(list(dict.fromkeys(skus))))
-    for part in parts:
-        rows = session.execute(query if part is None else query.where(table.c.sku.in_(part)))
-        for sku, status, areas in rows:
-            found[sku] = (status, tuple(a for a in (areas or "").split(",") if a))
+    for sku, status, areas in session.execute(of_keys(session, query, table.c.sku, skus)):
+        found[sku] = (status, tuple(a for a in (areas or "").split(",") if a))
     return found

@@ -96,7 +96,7 @@ from state.models import (
     PoolCodeReceipt,
     SalesOrder,
 )
-from state.store import OutboxItem, _insert, enqueue
+from state.store import OutboxItem, _insert, enqueue, of_keys
 from state.types import UTCDateTime
 
 CODE_CHUNK = 5000
@@ -549,20 +549,13 @@ def stock(session: Session, sku: str | None = None, *, on: date | None = None,
              .order_by(table.c.sku, table.c.seq))
     if sku is not None:
         query = query.where(table.c.sku == sku)
-    if skus is not None:
-        wanted = sorted(set(skus))
-        queries = [query.where(table.c.sku.in_(wanted[start:start + 1000]))
-                   for start in range(0, len(wanted), 1000)]
-    else:
-        queries = [query]
     by_sku: dict[str, list[BatchStock]] = defaultdict(list)
     sites_at = _STOCK_COLUMNS.index("sites")
-    for chosen in queries:
-        for row in session.execute(chosen).all():
-            values = list(row)
-            values[sites_at] = _sites(values[sites_at])
-            batch = BatchStock(*values)
-            by_sku[batch.sku].append(batch)
+    for row in session.execute(of_keys(session, query, table.c.sku, skus)).all():
+        values = list(row)
+        values[sites_at] = _sites(values[sites_at])
+        batch = BatchStock(*values)
+        by_sku[batch.sku].append(batch)
     return [
         SkuStock(sku=s, available=sum(b.sellable(on) for b in batches),
                  remaining=sum(b.remaining for b in batches),

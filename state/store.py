@@ -43,6 +43,12 @@ def _chunks(items: Sequence[Any], size: int = IN_CHUNK) -> Iterator[Sequence[Any
         yield items[start : start + size]
 
 
+def of_keys(session: Session, query: Any, column: Any, keys: Iterable[str] | None) -> Any:
+    """``query`` limited to the rows whose ``column`` is one of ``keys`` (``_in_keys``: every
+    key in one bound value, however many), or unlimited when ``keys`` is None."""
+    return query if keys is None else query.where(_in_keys(session, column, list(keys)))
+
+
 def _in_keys(session: Session, column: Any, keys: Sequence[str]) -> Any:
     """``column IN (keys)`` with every key in one bound value: a JSON array that SQLite takes
     apart with ``json_each``, an array on PostgreSQL (``= ANY``). An ``IN`` list of bound
