@@ -16,7 +16,19 @@ from decimal import Decimal
 from itertools import repeat
 from typing import Any
 
-from sqlalchemy import String, Text, and_, any_, bindparam, delete, func, select, tuple_, update
+from sqlalchemy import (
+    String,
+    Text,
+    and_,
+    any_,
+    bindparam,
+    delete,
+    false,
+    func,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -45,8 +57,12 @@ def _chunks(items: Sequence[Any], size: int = IN_CHUNK) -> Iterator[Sequence[Any
 
 def of_keys(session: Session, query: Any, column: Any, keys: Iterable[str] | None) -> Any:
     """``query`` limited to the rows whose ``column`` is one of ``keys`` (``_in_keys``: every
-    key in one bound value, however many), or unlimited when ``keys`` is None."""
-    return query if keys is None else query.where(_in_keys(session, column, list(keys)))
+    key in one bound value, however many), or unlimited when ``keys`` is None. No keys: no
+    rows, without the database looking for any."""
+    if keys is None:
+        return query
+    wanted = list(keys)
+    return query.where(_in_keys(session, column, wanted) if wanted else false())
 
 
 def _in_keys(session: Session, column: Any, keys: Sequence[str]) -> Any:

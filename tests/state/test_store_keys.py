@@ -56,3 +56,22 @@ def test_cross_references_and_dead_letters_by_many_keys(engine):
         again = resolve_dead_letters(s, "f", "erp", "t", keys[::14])
     assert found == {k: f"c-{k}" for k in keys}
     assert closed == len(keys[::14]) and again == 0
+
+
+def test_a_query_of_some_keys_all_keys_or_none(engine):
+    """``of_keys``: the rows of the keys given (bound as one value), every row for None, no
+    row for no keys."""
+    from sqlalchemy import select
+
+    from state.models import Fingerprint
+    from state.store import of_keys
+
+    keys = _keys(1100)
+    with session_scope(engine) as s:
+        save_fingerprints(s, "wallet:sg1", "product", {k: f"d-{k}" for k in keys})
+    query = select(Fingerprint.entity_key).where(Fingerprint.target == "wallet:sg1")
+    with session_scope(engine) as s:
+        some = set(s.scalars(of_keys(s, query, Fingerprint.entity_key, [*keys[::3], "nope"])))
+        every = set(s.scalars(of_keys(s, query, Fingerprint.entity_key, None)))
+        none = list(s.scalars(of_keys(s, query, Fingerprint.entity_key, set())))
+    assert some == set(keys[::3]) and every == set(keys) and none == []
