@@ -20,7 +20,7 @@ from typing import Any
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import quote
-from sqlalchemy import Engine, String, and_, cast, func, select, union
+from sqlalchemy import Engine, func, select
 
 from canonical import now_utc
 from connectors.erp import ErpClient, suiteql_time
@@ -39,9 +39,16 @@ from flows.runtime import (
 )
 from mappings.inventory import batch_item, inventory_item, site_quotas
 from state import pool
-from state.catalog import load_listings, load_skus
+from state.catalog import (
+    InputStamps,
+    load_listings,
+    load_skus,
+    mark_quota_read,
+    quota_inputs,
+    quota_unread,
+)
 from state.db import session_scope
-from state.models import Fingerprint, OrderLine
+from state.models import OrderLine
 from state.procurement import po_numbers_by_erp_id
 from state.store import (
     DeadLetterItem,
@@ -160,82 +167,10 @@ def recent_sales(engine: Engine, days: int, only: set[str] | None = None
     return out
 
 
-QUOTA_INPUTS = "pool"
-"""Fingerprint target of what the last plan of each SKU read of its inputs: per catalogue
-entry (``SEEN_CATALOG``, keyed by SKU) and per batch (``SEEN_BATCH``, keyed by batch number),
-the row's stamp as stored. Compared row by row in the database, so looking again at the SKUs
-stamped within the settling time costs one join, not a digest per SKU."""
-SEEN_CATALOG = "quota-input:catalog"
-SEEN_BATCH = "quota-input:batch"
-
-
-def _stamp(column: Any) -> Any:
-    """A stamp as the database writes it out as text (no conversion to a datetime): only ever
-    compared with itself."""
-    return cast(column, String())
-
-
-@dataclass
-class InputStamps:
-    """The stamps a plan read of its SKUs' inputs: catalogue entries by SKU, batches by batch
-    number."""
-
-    catalog: dict[str, str] = field(default_factory=dict)
-    batches: dict[str, str] = field(default_factory=dict)
-
-    def update(self, other: InputStamps) -> None:
-        self.catalog.update(other.catalog)
-        self.batches.update(other.batches)
-
-
-def input_stamps(session: Any, since: datetime, skus: set[str] | None = None) -> InputStamps:
-    """The stamps of every catalogue entry and batch stamped at ``since`` or later (every
-    change that can move a quota stamps one of them: a sale, a refund, a receipt, an ERP
-    correction, a catalogue change), of every SKU or of ``skus``."""
-    from state.catalog import CatalogSku
-    from state.models import PoolBatch
-
-    cat, pb = CatalogSku.__table__, PoolBatch.__table__
-    of_catalog = select(cat.c.sku, _stamp(cat.c.updated_at)).where(cat.c.updated_at >= since)
-    of_batches = (select(pb.c.batch_no, _stamp(pb.c.updated_at))
-                  .where(pb.c.updated_at >= since))
-    read = InputStamps()
-    for sku, at in session.execute(of_keys(session, of_catalog, cat.c.sku, skus)):
-        read.catalog[sku] = at
-    for batch_no, at in session.execute(of_keys(session, of_batches, pb.c.sku, skus)):
-        read.batches[batch_no] = at
-    return read
-
-
-def save_input_stamps(session: Any, read: InputStamps) -> None:
-    """Remember what the plan read (after the run succeeded: see ``unplanned``)."""
-    save_fingerprints(session, QUOTA_INPUTS, SEEN_CATALOG, read.catalog)
-    save_fingerprints(session, QUOTA_INPUTS, SEEN_BATCH, read.batches)
-
-
 def unplanned(engine: Engine, since: datetime) -> set[str]:
-    """SKUs with a catalogue entry or batch stamped since ``since`` (the last rebalance less
-    the settling time) that is not as the last plan of the SKU read it: what that plan already
-    took into account is not planned again, and a change committed after it read (however
-    early it was stamped) is. One query: each row stamped since then against the stamp last
-    read of it."""
-    from state.catalog import CatalogSku
-    from state.models import PoolBatch
-
-    cat, pb, fp = CatalogSku.__table__, PoolBatch.__table__, Fingerprint.__table__
-
-    def changed(table: Any, key: Any, kind: str) -> Any:
-        seen = fp.alias()
-        return (select(table.c.sku)
-                .select_from(table.outerjoin(seen, and_(
-                    seen.c.target == QUOTA_INPUTS, seen.c.entity_type == kind,
-                    seen.c.entity_key == key)))
-                .where(table.c.updated_at >= since,
-                       seen.c.digest.is_distinct_from(_stamp(table.c.updated_at))))
-
+    """``state.catalog.quota_unread`` in a session of its own."""
     with session_scope(engine) as session:
-        return set(session.scalars(union(changed(cat, cat.c.sku, SEEN_CATALOG),
-                                         changed(pb, pb.c.batch_no, SEEN_BATCH))))
+        return quota_unread(session, since)
 
 
 @dataclass
@@ -263,7 +198,7 @@ def plan(engine: Engine, sites: dict[str, WalletSiteSettings], as_of: datetime,
     targets = {site: f"wallet:{site}" for site in sites}
     with session_scope(engine) as session:
         # the stamps before the data: a change committed in between is planned again
-        seen = input_stamps(session, as_of - timedelta(seconds=settle_seconds), only)
+        seen = quota_inputs(session, as_of - timedelta(seconds=settle_seconds), only)
         catalog = load_listings(session, only)
         stock = {s.sku: s for s in pool.stock(session, on=on, skus=only)}
         # what each site confirmed: also which SKUs it was ever shown
@@ -433,7 +368,7 @@ async def sync_inventory(
                 # when quotas were last computed: the next run rebalances what changed since
                 # (and everything, once the date has moved on)
                 set_watermark(session, FLOW, "pool", high, "quota")
-                save_input_stamps(session, inputs.value)
+                mark_quota_read(session, inputs.value)
         finally:
             await erp.aclose()
             for w in wallets.values():

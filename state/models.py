@@ -252,6 +252,9 @@ class PoolBatch(SQLModel, table=True):
     seq: int = Field(sa_column=Column(BigInteger, nullable=False))
     received_at: datetime = _ts(nullable=False)
     updated_at: datetime = _ts(nullable=False)
+    quota_read: str | None = Field(default=None, sa_column=Column(String(64), nullable=True))
+    """``updated_at`` (as text) as the last inventory plan that succeeded read it (see
+    ``flows.sync_inventory.unplanned``)."""
 
 
 class PoolCode(SQLModel, table=True):

@@ -3,8 +3,11 @@ already (as their sku.changed events carry them) or not."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from decimal import Decimal
+
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
 
 from state.catalog import load_listings, load_skus, remember_skus
 from state.db import session_scope
@@ -72,3 +75,48 @@ def test_the_stamp_moves_only_when_what_can_move_quotas_changes(engine):
             remember_skus(s, [(renamed, "101")])
         assert _stamp(engine, "SKU-A") > stamped, change
         stamped = _stamp(engine, "SKU-A")
+
+
+def _alembic(engine, step: str, revision: str) -> None:
+    from alembic import command
+
+    from state.db import alembic_config
+
+    cfg = alembic_config(engine)
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        getattr(command, step)(cfg, revision)
+
+
+def test_quota_stamps_kept_as_fingerprints_move_onto_their_rows_and_back(engine):
+    """Migration 0014: what the last quota plan read of each catalogue entry and batch, kept
+    until then as fingerprints of target ``pool``, lands on the rows themselves (other
+    fingerprints stay); a downgrade puts it back."""
+    from state.models import Fingerprint, PoolBatch
+    from state.pool import upsert_batch
+
+    with session_scope(engine) as s:
+        remember_skus(s, [(sku("SKU-A"), "101"), (sku("SKU-B"), "102")])
+        upsert_batch(s, batch_no="B-A", sku="SKU-A", issuance_mode="api",
+                     unit_cost=Decimal("1.00"), currency="EUR", quantity=5)
+    _alembic(engine, "downgrade", "0013_code_receipt")
+    fp = Fingerprint.__table__
+    rows = [("pool", "quota-input:catalog", "SKU-A", "stamp-a"),
+            ("pool", "quota-input:batch", "B-A", "stamp-b"),
+            ("wallet:sg1", "quota", "SKU-A", "digest-kept")]
+    with engine.begin() as conn:
+        conn.execute(fp.insert(), [
+            {"target": t, "entity_type": k, "entity_key": e, "digest": d,
+             "updated_at": datetime(2026, 11, 24, tzinfo=UTC)} for t, k, e, d in rows])
+    _alembic(engine, "upgrade", "heads")
+    with session_scope(engine) as s:
+        assert dict(s.execute(text("SELECT sku, quota_read FROM catalog_sku")).all()) == {
+            "SKU-A": "stamp-a", "SKU-B": None}
+        assert s.execute(select(PoolBatch.__table__.c.quota_read)).scalar_one() == "stamp-b"
+        assert s.execute(select(fp.c.target, fp.c.entity_type, fp.c.entity_key,
+                                fp.c.digest)).all() == [rows[2]]
+    _alembic(engine, "downgrade", "0013_code_receipt")
+    with engine.connect() as conn:
+        assert sorted(conn.execute(select(fp.c.target, fp.c.entity_type, fp.c.entity_key,
+                                          fp.c.digest)).all()) == sorted(rows)
+    _alembic(engine, "upgrade", "heads")
