@@ -252,16 +252,18 @@ def plan_products(session: Session, skus: Sequence[Sku], wallets: Sequence[str],
     codes = [s.sku for s in skus]
     if confirmed is None:
         known = load_fingerprints_for_targets(session, list(targets.values()), ENTITY, codes)
-    else:  # the part of it about these SKUs
-        known = {target: {code: digest for code in codes
-                          if (digest := confirmed[target].get(code)) is not None}
-                 for target in targets.values()}
+    else:  # looked up by these SKUs' codes only, so the whole of it serves as it is
+        known = {target: confirmed[target] for target in targets.values()}
     # one pass over the SKUs, each looking only at the sites it is listed on and the sites
-    # that once received it (not every SKU against every site)
+    # that once received it (not every SKU against every site); a SKU's sites that once
+    # received it are in the order of the sites given
     received: dict[str, list[str]] = {}
-    for site, target in targets.items():
-        for code in known[target]:
-            received.setdefault(code, []).append(site)
+    holding = [(site, known[target]) for site, target in targets.items() if known[target]]
+    if holding:
+        for code in dict.fromkeys(codes):
+            found = [site for site, digests in holding if code in digests]
+            if found:
+                received[code] = found
     writes: dict[str, list[OutboxItem]] = {site: [] for site in targets}
     digests: dict[str, dict[str, str]] = {site: {} for site in targets}
     unchanged = 0
@@ -269,7 +271,9 @@ def plan_products(session: Session, skus: Sequence[Sku], wallets: Sequence[str],
         code = sku.sku
         areas = sku.sales_areas
         chosen = [(site, True) for site in areas if site in targets]
-        chosen.extend((site, False) for site in received.get(code, ()) if site not in areas)
+        was = received.get(code)
+        if was:
+            chosen.extend((site, False) for site in was if site not in areas)
         # a SKU's product is the same on every site that lists it (and on every site that no
         # longer does): built and fingerprinted once each
         versions: dict[bool, tuple[dict[str, Any], str]] = {}
@@ -279,12 +283,13 @@ def plan_products(session: Session, skus: Sequence[Sku], wallets: Sequence[str],
                 product = sku_to_wallet_product(sku, listed=listed)
                 version = versions[listed] = (product, product_digest(product))
             product, digest = version
-            if known[targets[site]].get(code) == digest:
+            target = targets[site]
+            if known[target].get(code) == digest:
                 unchanged += 1
                 continue
             digests[site][code] = digest
             writes[site].append(OutboxItem(
-                target=targets[site], operation=OPERATION,
+                target=target, operation=OPERATION,
                 idempotency_key=product_key(site, code, digest), entity_type=ENTITY,
                 entity_key=code, payload=product,
             ))
@@ -399,7 +404,9 @@ def source_digest(raw: dict[str, Any]) -> str:
     keys, Decimals as their text) made by orjson, SHA-256. Only ever compared with digests
     made here, so not ``state.store.fingerprint``, whose encoder cost four times as much per
     item; what orjson cannot write (an integer beyond 64 bits) goes through that one."""
-    content = {k: v for k, v in raw.items() if k not in VOLATILE_FIELDS}
+    content = dict(raw)  # less the volatile fields (the keys are sorted when written)
+    for name in VOLATILE_FIELDS:
+        content.pop(name, None)
     try:
         text = orjson.dumps(content, default=_decimal_text,
                             option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
