@@ -381,3 +381,27 @@ def test_every_fee_column_counts_and_optional_columns_may_be_left_out(tmp_path):
                 if o["order_id"] == "OBARE1"] == [Decimal("20.00")]
     finally:
         columnar.close()
+
+
+@pytest.mark.parametrize("pad", [" ", "\u00a0", "\u3000"])
+@pytest.mark.parametrize("source", ["acquirer", "wallet"])
+def test_a_trace_read_twice_with_spaces_around_its_parts_is_found(tmp_path, source, pad):
+    """A trace read twice is found when the copy has space separators (DuckDB's ``trim``:
+    the ASCII space, a no-break space, an ideographic space) around the parts of its trace
+    id (an acquirer row's merchant account and PSP reference, a wallet row's transaction
+    id): the parts are compared trimmed, as its trace id is made of them."""
+    files = generate(tmp_path, 50)["files"]
+    path = files[source][0]
+    lines = path.read_text(encoding="utf-8").splitlines()
+    fields = next(csv.reader([lines[1]]))
+    if source == "acquirer":  # its merchant account and PSP reference
+        fields[1], fields[2] = pad + fields[1], fields[2] + pad
+    else:  # its transaction id
+        fields[1] = pad + fields[1] + pad
+    with path.open("a", newline="", encoding="utf-8") as fh:
+        csv.writer(fh, lineterminator="\n").writerow(fields)
+    with pytest.raises(ColumnarUnsupported,
+                       match=r"^1 trace\(s\) read twice \(the row engine counts each once\)$"):
+        reconcile_columnar(load_rules(), DAY, orders=files["orders"],
+                           deliveries=files["deliveries"], acquirer=files["acquirer"],
+                           wallet=files["wallet"], keep=True)
