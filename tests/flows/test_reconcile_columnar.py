@@ -35,17 +35,22 @@ WHEN = f"{DAY} 12:00:00"
 ISO = f"{DAY}T12:00:00+08:00"
 
 
-def both(folder: Path, files: dict[str, list[Path]], corrections: tuple[Correction, ...] = ()
-         ) -> tuple[ColumnarDay, DayResult]:
-    """The columnar path on the CSV files, the row engine on the same day as JSON lines."""
+def both(folder: Path, files: dict[str, list[Path]], corrections: tuple[Correction, ...] = (),
+         *, exports: bool = False) -> tuple[ColumnarDay, DayResult]:
+    """The columnar path on the CSV files, the row engine on the same day as JSON lines (with
+    ``exports``, on the same orders and deliveries CSV exports the columnar path reads)."""
     rules = load_rules()
     columnar = reconcile_columnar(rules, DAY, orders=files["orders"],
                                   deliveries=files["deliveries"], acquirer=files["acquirer"],
                                   wallet=files["wallet"], keep=True, corrections=corrections,
                                   site_zones=ZONES)
     assert isinstance(columnar, ColumnarDay) and columnar.refused == []
-    sources = read_sources([*files["acquirer"], *files["wallet"]], [folder / "orders.jsonl"],
-                           [folder / "deliveries.jsonl"])
+    if exports:
+        sources = read_sources([*files["acquirer"], *files["wallet"]], files["orders"],
+                               files["deliveries"], day=DAY)
+    else:
+        sources = read_sources([*files["acquirer"], *files["wallet"]],
+                               [folder / "orders.jsonl"], [folder / "deliveries.jsonl"])
     assert not sources.rejected
     row = reconcile(rules, DayInput(
         day=DAY, orders=sources.orders, traces=sources.traces, deliveries=sources.deliveries,
@@ -442,3 +447,160 @@ def test_a_trace_read_twice_with_any_whitespace_around_its_parts_is_found(tmp_pa
         reconcile_columnar(load_rules(), DAY, orders=files["orders"],
                            deliveries=files["deliveries"], acquirer=files["acquirer"],
                            wallet=files["wallet"], keep=True)
+
+
+def write_padded(path: Path, fields: list[str]) -> None:
+    """A CSV row whose fields with whitespace around them are quoted (as a reader keeps
+    them; ``csv.writer`` with "\\n" lines leaves a \\r or a tab unquoted)."""
+    with path.open("a", newline="", encoding="utf-8") as fh:
+        fh.write(",".join('"' + f.replace('"', '""') + '"'
+                          if f != f.strip() or "," in f or '"' in f else f
+                          for f in fields) + "\n")
+
+
+PADS = [" ", "\t", "\u00a0", "\x1c", "\x85", "\u3000", " \t"]
+
+
+def padded_day(folder: Path, pad: str) -> dict[str, list[Path]]:
+    """A generated day plus orders, deliveries and payments whose text fields have ``pad``
+    around them, which the row readers strip (``str.strip``) before they match."""
+    files = generate(folder, 50, jsonl=True)["files"]
+    orders, deliveries = files["orders"][0], files["deliveries"][0]
+    acquirer, wallet = files["acquirer"][0], files["wallet"][0]
+
+    def p(text: str) -> str:
+        return pad + text + pad
+
+    def amount(text: str) -> str:
+        # an amount padded with what the casts take as the row readers do (ASCII spaces and
+        # tabs); any other whitespace makes the day the row engine's (the test below)
+        return p(text) if not pad.strip(" \t") else text
+
+    # card payments found by a padded PSP reference, a padded merchant reference (its PSP
+    # reference names nothing), and an order whose own reference is padded
+    card = ["VouchCo", "VouchCoSG1", "", "", "visa", WHEN, "SGT", "Settled", "", "SGD", "",
+            "30.00", "1", "SGD", "", "29.70", "0.30", "", "", "", "visacredit", "0"]
+    for order_id, psp, mref, ref in (("OPAD1", p("PSPOPAD1"), "XX", "PSPOPAD1"),
+                                     ("OPAD2", "PSPZZZ2", p("OPAD2"), "PSPOPAD2"),
+                                     ("OPAD3", "PSPOPAD3", "XX", p("PSPOPAD3"))):
+        write_padded(orders, ["sg1", order_id, "confirmed", ISO, "SGD", "30.00", "card", ref])
+        write_padded(deliveries, ["sg1", order_id, "delivered", "1"])
+        write_padded(acquirer, [*card[:2], psp, mref, *card[4:]])
+    # a refund whose original reference and modification reference are padded
+    write_padded(acquirer, ["VouchCo", "VouchCoSG1", p("PSPOPAD1"), "", "visa", WHEN, "SGT",
+                            "Refunded", p("REFPAD1"), "SGD", "5.00", "", "1", "SGD", "5.00",
+                            "", "", "", "", "", "visacredit", "0"])
+    # an order, its delivery and its payment with padded site, id, status and method,
+    # padded amounts (the order's total, the payment's gross, net and fee)
+    write_padded(orders, [p("sg1"), p("OPAD4"), p("confirmed"), ISO, "SGD", amount("40.00"),
+                          p("card"), "PSPOPAD4"])
+    write_padded(deliveries, [p("sg1"), p("OPAD4"), p("delivered"), p("1")])
+    write_padded(acquirer, [*card[:2], "PSPOPAD4", "OPAD4", *card[4:10], "", amount("40.00"),
+                            "1", "SGD", "", amount("39.60"), amount("0.40"), *card[17:]])
+    # a padded type, time zone and merchant account (a payout batch of its own)
+    write_padded(orders, ["sg1", "OPAD5", "confirmed", ISO, "SGD", "20.00", "card",
+                          "PSPOPAD5"])
+    write_padded(deliveries, ["sg1", "OPAD5", "delivered", "1"])
+    write_padded(acquirer, ["VouchCo", p("VouchCoSG1"), "PSPOPAD5", "OPAD5", "visa", WHEN,
+                            p("SGT"), p("Settled"), "", "SGD", "", "20.00", "1", "SGD", "",
+                            "19.80", "0.20", "", "", "", "visacredit", p("PADB")])
+    write_padded(acquirer, ["VouchCo", "VouchCoSG1", "PAYPADB", "", "", WHEN, "SGT",
+                            p("MerchantPayout"), "", "", "", "", "", "SGD", "19.80", "", "",
+                            "", "", "", "", "PADB"])
+    # wallet: a payment naming its order by a padded order id, one with a padded
+    # transaction id and type, a padded settlement paid out
+    write_padded(orders, ["sg1", "OPAD6", "confirmed", ISO, "SGD", "12.00", "wallet_balance",
+                          "WBPAD6"])
+    write_padded(deliveries, ["sg1", "OPAD6", "delivered", "1"])
+    write_padded(wallet, ["sg1", "WBXXX6", "payment", p("OPAD6"), ISO, "SGD", "12.00",
+                          p("SWPAD"), ""])
+    write_padded(orders, ["my1", "OPAD7", "confirmed", ISO, "MYR", "13.00", "wallet_balance",
+                          "WBPAD7"])
+    write_padded(deliveries, ["my1", "OPAD7", "delivered", "1"])
+    write_padded(wallet, [p("my1"), p("WBPAD7"), p("payment"), "OPAD7", ISO, "MYR",
+                          amount("13.00"), "SWPAD7", p("C7")])
+    write_padded(wallet, ["sg1", "WPOPAD", p("payout"), "", ISO, "SGD", "12.00", "SWPAD", ""])
+    return files
+
+
+@pytest.mark.parametrize("pad", PADS)
+def test_text_with_whitespace_around_it_is_read_as_the_row_readers_strip_it(tmp_path, pad):
+    """The row readers strip every text field (``str.strip``: the space separators, tabs,
+    the information separators, the next-line character...) and take an empty one as
+    missing: a padded reference, order id, site, status, method, type, time zone, batch or
+    amount matches as it does for the row engine, which reads the same CSV exports."""
+    files = padded_day(tmp_path, pad)
+    columnar, row = both(tmp_path, files, exports=True)
+    try:
+        assert_same(columnar, row)
+        reported = {d.order_id for d in row.discrepancies}
+        assert not reported & {f"OPAD{i}" for i in range(1, 8)}
+        assert not any(d.payout_id in ("SWPAD", "VouchCoSG1-batch-PADB")
+                       for d in row.discrepancies)
+        groups = {(g.kind.value, g.order_id) for g in row.groups}
+        assert {("one_to_one", f"OPAD{i}") for i in range(1, 8)} <= groups
+        assert ("refund", "OPAD1") in groups
+    finally:
+        columnar.close()
+
+
+@pytest.mark.parametrize("pad", PADS)
+@pytest.mark.parametrize(("source", "column"), [
+    ("orders", "currency"), ("orders", "created_at"), ("acquirer", "Gross Currency"),
+    ("acquirer", "Creation Date"), ("wallet", "currency"), ("wallet", "created_at"),
+    ("orders", "total"), ("acquirer", "Gross Credit (GC)"), ("acquirer", "Net Credit (NC)"),
+    ("acquirer", "Commission (NC)"), ("wallet", "amount")])
+def test_a_padded_currency_time_or_amount_is_read_as_the_row_engine_reads_it(
+        tmp_path, pad, source, column):
+    """A currency, a time or an amount with whitespace around it, which the row readers strip
+    and take, is not refused: a time or an amount the typed read or the cast takes so
+    (spaces, tabs) gives the row engine's result, and any other the day is the row
+    engine's (``ColumnarUnsupported``)."""
+    files = generate(tmp_path, 50, jsonl=True)["files"]
+    path = files[source][0]
+    lines = path.read_text(encoding="utf-8").splitlines()
+    header = next(csv.reader([lines[0]]))
+    fields = next(csv.reader([lines[1]]))
+    at = header.index(column)
+    fields[at] = pad + fields[at] + pad
+    path.write_text("\n".join([lines[0], *lines[2:]]) + "\n", encoding="utf-8")
+    write_padded(path, fields)
+    try:
+        columnar, row = both(tmp_path, files, exports=True)
+    except ColumnarUnsupported as exc:
+        assert str(exc) == (f"{path.name}: line {len(lines)}: {column}: "
+                            f"{fields[at]!r} has whitespace around it (the row engine "
+                            "strips it)")
+        assert "currency" in column.lower() or pad.strip(" \t")
+        assert not read_sources([*files["acquirer"], *files["wallet"]], files["orders"],
+                                files["deliveries"], day=DAY).rejected
+    else:
+        assert "currency" not in column.lower()
+        try:
+            assert_same(columnar, row)
+        finally:
+            columnar.close()
+
+
+@pytest.mark.parametrize("pad", ["", " ", "\u00a0\t"])
+@pytest.mark.parametrize(("source", "column"), [
+    ("acquirer", "Merchant Account"), ("acquirer", "Creation Date"), ("acquirer", "TimeZone"),
+    ("acquirer", "Type"), ("wallet", "site"), ("wallet", "transaction_id"),
+    ("wallet", "created_at"), ("wallet", "currency"), ("wallet", "amount")])
+def test_a_required_field_empty_or_of_whitespace_only_is_refused_as_the_row_reader_refuses_it(
+        tmp_path, pad, source, column):
+    files = generate(tmp_path, 50)["files"]
+    path = files[source][0]
+    lines = path.read_text(encoding="utf-8").splitlines()
+    header = next(csv.reader([lines[0]]))
+    fields = next(csv.reader([lines[2]]))
+    fields[header.index(column)] = pad
+    path.write_text("\n".join(lines[:2]) + "\n", encoding="utf-8")
+    write_padded(path, fields)
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write("\n".join(lines[3:]) + "\n")
+    columnar = reconcile_columnar(load_rules(), DAY, orders=files["orders"],
+                                  deliveries=files["deliveries"], acquirer=files["acquirer"],
+                                  wallet=files["wallet"])
+    assert columnar.refused == [read_sources([path]).rejected[0].error] == [
+        f"{path.name}: line 3: {column}: empty; a value is required [required]"]
