@@ -142,6 +142,11 @@ def _q(path: Path) -> str:
     return "'" + str(path).replace("'", "''") + "'"
 
 
+def _ident(name: str) -> str:
+    """A column name as an SQL identifier (quoted: the files' names hold spaces)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
 DECIMAL_TEXT = r"[+-]?([0-9]+([.][0-9]*)?|[.][0-9]+)"
 """An amount as the row readers take it (``connectors.payments.common``): digits with an
 optional decimal point and sign; no exponent, no digit separators."""
@@ -577,8 +582,7 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
     # a wallet type is one of the reader's, in any case (as ``choice`` takes it)
     types = ", ".join(f"'{t}'" for t in WALLET_TYPES)
     wallet_rows: list[RowCheck] = [
-        *_required(("currency",)),
-        ("type", "type IS NULL", "required", "empty; a value is required"),
+        *_required(("currency", "type")),
         ("type", f"type IS NOT NULL AND lower(type) NOT IN ({types})", "enum",
          "{value!r} is not one of " + ", ".join(WALLET_TYPES)),
         *((("order_id", f"lower(type) = '{kind}' AND order_id IS NULL",
@@ -896,7 +900,7 @@ def _source(path: Path, names: Sequence[str], typed: dict[str, str] | None = Non
     wanted = None if cells is None else {_norm(c): known for c, known in cells.items()}
     out = []
     for name in names:
-        quoted = '"' + name.replace('"', '""') + '"'
+        quoted = _ident(name)
         if name in (typed or {}) or (wanted is not None and _norm(name) not in wanted):
             out.append(quoted)
         else:
@@ -906,7 +910,7 @@ def _source(path: Path, names: Sequence[str], typed: dict[str, str] | None = Non
                 cell = (f"CASE WHEN {quoted} IN ({', '.join(map(_literal, known))})"
                         f" THEN {quoted} ELSE {cell} END")
             out.append(f"{cell} AS {quoted}")
-    out += ['NULL::VARCHAR AS "' + c.replace('"', '""') + '"' for c in missing]
+    out += [f"NULL::VARCHAR AS {_ident(c)}" for c in missing]
     return f"(SELECT {', '.join(out)} FROM {read})"
 
 
@@ -925,7 +929,7 @@ def _padded(con: Any, path: Path, names: Sequence[str], cells: Mapping[str, Sequ
     columns = [n for n in names if _norm(n) not in stripped]
     if not columns:
         return
-    quoted = ['"' + n.replace('"', '""') + '"' for n in columns]
+    quoted = [_ident(n) for n in columns]
     read = (f"read_csv({_q(path)}, header=true, auto_detect=false, "
             f"columns={_columns(names, {})})")
     bad = " OR ".join(f"{c} IS DISTINCT FROM {_cell(c)}" for c in quoted)
@@ -1025,7 +1029,7 @@ def _check_times(con: Any, table: str, file: str, typed: dict[str, str],
     names = {d[0] for d in con.execute(f"SELECT * FROM {table} LIMIT 0").description}
     tests: list[tuple[str, str, str, str]] = []
     for column, kind in typed.items():
-        c = '"' + column.replace('"', '""') + '"'
+        c = _ident(column)
         if kind == "DATE":
             tests.append((column, f"TRY_CAST({c} AS DATE) IS NULL", "date_format", "a date"))
         elif kind == "TIMESTAMP":
@@ -1047,7 +1051,7 @@ def _check_times(con: Any, table: str, file: str, typed: dict[str, str],
     tests.extend(rows)
     first = None
     for column, bad, rule, message in tests:
-        c = '"' + column.replace('"', '""') + '"'
+        c = _ident(column)
         row = con.execute(f"""SELECT line, {c} FROM (SELECT row_number() OVER () + 1 AS line,
             * FROM {table}) WHERE {bad} ORDER BY line LIMIT 1""").fetchone()
         if row and (first is None or row[0] < first[0]):

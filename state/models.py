@@ -254,7 +254,7 @@ class PoolBatch(SQLModel, table=True):
     updated_at: datetime = _ts(nullable=False)
     quota_read: str | None = Field(default=None, sa_column=Column(String(64), nullable=True))
     """``updated_at`` (as text) as the last inventory plan that succeeded read it (see
-    ``flows.sync_inventory.unplanned``)."""
+    ``state.catalog.quota_unread``)."""
 
 
 class PoolCode(SQLModel, table=True):

@@ -274,11 +274,8 @@ def _lookup(
     keys: Iterable[str],
 ) -> dict[str, str]:
     """key -> value for many keys, read at once under the given conditions."""
-    wanted = list(dict.fromkeys(keys))
-    if not wanted:
-        return {}
-    rows = session.execute(select(key_col, value_col).where(
-        *conditions, _in_keys(session, key_col, wanted)))
+    query = select(key_col, value_col).where(*conditions)
+    rows = session.execute(of_keys(session, query, key_col, dict.fromkeys(keys)))
     return {key: value for key, value in rows}
 
 
@@ -314,12 +311,9 @@ def load_fingerprints_for_targets(
         return found
     query = select(Fingerprint.target, Fingerprint.entity_key, Fingerprint.digest).where(
         Fingerprint.target.in_(list(targets)), Fingerprint.entity_type == entity_type)
-    if keys is not None:
-        wanted = list(dict.fromkeys(keys))
-        if not wanted:
-            return found
-        query = query.where(_in_keys(session, Fingerprint.entity_key, wanted))
-    for target, key, digest in session.execute(query):
+    wanted = None if keys is None else dict.fromkeys(keys)
+    for target, key, digest in session.execute(
+            of_keys(session, query, Fingerprint.entity_key, wanted)):
         found[target][key] = digest
     return found
 
@@ -564,19 +558,16 @@ def resolve_dead_letters(
     session: Session, flow: str, source: str, entity_type: str, keys: Iterable[str]
 ) -> int:
     """Close open dead letters of records that have now gone through."""
-    wanted = list(keys)
-    if not wanted:
-        return 0
-    result = session.execute(
+    stmt = (
         update(DeadLetter)
         .where(
             DeadLetter.flow == flow, DeadLetter.source == source,
             DeadLetter.entity_type == entity_type,
-            _in_keys(session, DeadLetter.entity_key, wanted),
             DeadLetter.status != DeadLetterStatus.RESOLVED,
         )
         .values(status=DeadLetterStatus.RESOLVED)
     )
+    result = session.execute(of_keys(session, stmt, DeadLetter.entity_key, keys))
     return result.rowcount or 0
 
 
