@@ -35,7 +35,12 @@ def _sqlite_setup(engine: Engine) -> None:
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA synchronous=NORMAL")
+        # FULL: a commit is on disk before it returns. With NORMAL a crash of the machine
+        # (not of the process) may take back the last commits, and a flow acts on what it
+        # committed at once: an allocation committed, its codes delivered to a site, then
+        # rolled back by a power cut would put those codes back on sale. It costs ~0.2 ms a
+        # commit here; vouchflow commits per chunk, not per record.
+        cur.execute("PRAGMA synchronous=FULL")
         cur.execute("PRAGMA busy_timeout=60000")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()

@@ -9,7 +9,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import func, select
 from sqlmodel import SQLModel
 
-from state.db import current_revisions, head_revisions, session_scope
+from state.db import current_revisions, head_revisions, make_engine, session_scope
 from state.models import DeadLetter, LedgerStatus, OutboxMessage, RunLedger
 from state.store import (
     DeadLetterItem,
@@ -158,3 +158,15 @@ def test_a_failed_transaction_leaves_nothing(engine):
         pass
     with session_scope(engine) as s:
         assert pending_outbox(s, "wallet:sg1") == []
+
+
+def test_sqlite_commits_are_durable_before_they_return(tmp_path):
+    """A flow acts on what it committed (delivers allocated codes, posts a batch): on SQLite
+    a commit must survive a crash of the machine, not only of the process."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'state.db'}")
+    try:
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+    finally:
+        engine.dispose()
