@@ -24,7 +24,8 @@ def test_reconcile_bench_prints_its_json_line_and_agrees_with_the_row_engine():
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert {"bench", "scale", "vouchflow_s", "baseline_s", "ratio", "peak_rss_mb",
-            "accuracy", "baseline"} <= set(result)
+            "accuracy", "baseline", "floor_s", "floor_ratio", "floor"} <= set(result)
+    assert result["floor_s"] > 0 and result["floor_cpu_s"] > 0
     assert result["bench"] == "reconcile" and result["accuracy"] == 1.0
     assert result["python_agrees"] is True and result["python_accuracy"] == 1.0
     assert result["scale"]["traces"] > 1000 and result["refused"] == []
