@@ -27,15 +27,26 @@ WORKER = """
 import json, sys
 from state.db import make_engine
 from state.pool import allocate
+import time
 url, name, chunk = sys.argv[1], sys.argv[2], int(sys.argv[3])
+turn = int(sys.argv[4]) if len(sys.argv) > 4 else None
 engine = make_engine(url, pool_size=1, max_overflow=0)
 engine.connect().close()
 print("ready", flush=True)
 sys.stdin.readline()  # start together: a slow start must not leave one worker no work
-report = allocate(engine, worker=name, chunk_lines=chunk)
-print(json.dumps({"worker": name, "codes": report.codes_allocated,
-                  "orders": report.orders_allocated, "held": report.orders_held,
-                  "deferred": report.orders_deferred}))
+total = {"worker": name, "codes": 0, "orders": 0, "held": 0, "deferred": 0}
+while True:
+    # with a turn: that many orders, then a pause longer than SQLite's busy handler sleeps
+    # between its tries (100 ms at most), so a worker waiting for the write lock gets it
+    report = allocate(engine, worker=name, chunk_lines=chunk, limit_orders=turn)
+    total["codes"] += report.codes_allocated
+    total["orders"] += report.orders_allocated
+    total["held"] += report.orders_held
+    total["deferred"] += report.orders_deferred
+    if turn is None or not report.orders_processed:
+        break
+    time.sleep(0.15)
+print(json.dumps(total))
 """
 
 
@@ -82,12 +93,15 @@ def seed(engine: Engine, *, codes: int, skus: int) -> int:
     return len(line_skus)
 
 
-def start_allocators(url: str, names: list[str], chunk: int) -> list[subprocess.Popen[str]]:
+def start_allocators(url: str, names: list[str], chunk: int, turn: int | None = None
+                     ) -> list[subprocess.Popen[str]]:
     """One allocator process per name, released together once every one has imported and
-    connected (on a busy machine one interpreter can start seconds after another)."""
+    connected (on a busy machine one interpreter can start seconds after another). With
+    ``turn``, each allocates that many orders at a time, with a pause between (``WORKER``)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    procs = [subprocess.Popen([sys.executable, "-c", WORKER, url, name, str(chunk)], cwd=ROOT,
-                              env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    extra = [] if turn is None else [str(turn)]
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER, url, name, str(chunk), *extra],
+                              cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for name in names]
     for proc in procs:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready", \
@@ -179,10 +193,12 @@ def test_two_allocator_processes_on_a_sqlite_file(tmp_path):
     engine = make_engine(f"sqlite:///{tmp_path / 'pool.db'}")
     upgrade(engine)
     lines = seed(engine, codes=20_000, skus=40)
-    # small chunks: SQLite hands its write lock to no one in particular, so a waiting
-    # worker gets it at one hand-over in some tens; 200 hand-overs make one that never does
-    # (and a test of one allocator) as good as impossible
-    procs = start_allocators(url_of(engine), ["w1", "w2"], 100)
+    # SQLite hands its write lock to no one in particular: a worker that takes it again
+    # right after its commit can keep a waiting one out for the whole run (it did, once in
+    # 200 chunks of 100 lines on a loaded machine), which would make this a test of one
+    # allocator. So each works in turns of 1,000 orders (ten chunks), with a pause between
+    # in which the other one gets the lock; they still wait for each other's chunks
+    procs = start_allocators(url_of(engine), ["w1", "w2"], 100, turn=1000)
     reports = [finish(p) for p in procs]
     assert sum(r["codes"] for r in reports) == lines
     assert all(r["codes"] > 0 for r in reports), reports
