@@ -8,7 +8,12 @@ balance CSVs, payments in the order's currency. Money is exact decimals, never f
 amount's text is checked as the row readers check it (a decimal, not negative, no more
 non-zero decimals than its currency's minor unit), since a cast alone would round past its
 scale. A file that breaks a rule is refused with the file, line, field and rule, as the row
-readers say it; the others are read.
+readers say it; the others are read. The rules are checked where the files are read, on
+flags the inserts work out anyway; a file flagged is explained by the row engine's own
+reader: a payment file's first bad line read again by its row reader (its words, and of a
+line's errors the one it comes to first), an export of orders or deliveries read by the row
+engine's export reader to its first bad line (pydantic's canonical ``Order`` and
+``Delivery``: a field missing, a status, method or quantity they refuse...).
 
 It reads the files it is given and returns counts (and, when asked, each entity's classes);
 it writes nothing: storing a day's result stays with ``flows.reconcile``. With ``keep=True``
@@ -27,7 +32,11 @@ refund, fee or payout member in another currency than its order's or payout's; w
 ``keep`` a payment matches only an order in its currency and the others count 0), and a
 currency, time or amount with whitespace around it that the typed read or the cast does not
 take (the row readers strip it; every text field this path compares is stripped as they
-strip it, an empty one missing). CSV files delimited otherwise than by ``,`` are found by
+strip it, an empty one missing), a text the row reader reads and this path's checks do not
+(an export's total with an exponent, a wallet type in another spelling than ASCII that
+``str.casefold`` makes one of its types), a reference longer than the 200 characters the
+row mapping keeps of it (it compares their first 200) and an account or payout id longer
+than the canonical models take. CSV files delimited otherwise than by ``,`` are found by
 ``flows.reconcile.plan_engine`` before.
 
 Where it still differs, by design of its inputs:
@@ -60,16 +69,30 @@ from typing import Any
 
 from iso4217 import Currency
 
-from canonical import DeliveryStatus, Money, OrderStatus, TraceKind
+from canonical import (
+    Delivery,
+    DeliveryStatus,
+    Money,
+    Order,
+    OrderStatus,
+    Payment,
+    PaymentMethod,
+    PaymentTrace,
+    Payout,
+    TraceKind,
+)
 from canonical._base import prevalidated
 from canonical.money import RoundingMode, minor_unit, quantize_exact
+from connectors.payments import acquirer as acquirer_reader
+from connectors.payments import wallet_balance as wallet_reader
 from connectors.payments.acquirer import FEE_COLUMNS as ACQUIRER_FEES
 from connectors.payments.acquirer import REQUIRED as ACQUIRER_REQUIRED
-from connectors.payments.common import _ABBREVIATIONS, PaymentFileError, timezone_of
+from connectors.payments.common import _ABBREVIATIONS, Origin, PaymentFileError, timezone_of
 from connectors.payments.wallet_balance import REQUIRED as WALLET_REQUIRED
 from connectors.payments.wallet_balance import TYPES as WALLET_TYPES
 from flows.heap import collector_off
 from mappings.payments import ACQUIRER_KINDS as ROW_ACQUIRER_KINDS
+from mappings.payments import MAX_REF
 from mappings.reconcile import (
     DELIVERY_EXPORT_COLUMNS,
     ORDER_EXPORT_COLUMNS,
@@ -219,8 +242,72 @@ def _required(columns: Sequence[str]) -> list[RowCheck]:
 
 
 ACQUIRER_READ_FIRST = ("TimeZone", "Creation Date")
-"""The acquirer's columns its row reader reads before the amounts (so a row's error in one of
-them is the row's error, before its amounts')."""
+"""The acquirer's columns its row reader reads first (the rules of ``acquirer_rows``)."""
+
+
+def _bound(model: type[Any], name: str, bound: str) -> int:
+    """A field's bound as its canonical model declares it (``max_length``, ``ge`` or ``le`` of
+    its pydantic metadata): the limits past which the row engine's models refuse a value,
+    read from them."""
+    return next(int(getattr(m, bound)) for m in model.model_fields[name].metadata
+                if getattr(m, bound, None) is not None)
+
+
+def _values(names: Sequence[str]) -> str:
+    """SQL: ``names`` as the list of an ``IN (...)``."""
+    return ", ".join(map(_literal, names))
+
+
+REF_MAX = _bound(Payment, "provider_reference", "max_length")
+"""The longest reference an order takes (and the row mapping keeps of a trace's: ``MAX_REF``,
+checked equal below)."""
+assert REF_MAX == MAX_REF
+ORDER_COMPLETE = ("site", "order_id", "day", "currency", "expected", "confirmed", "lag")
+"""The columns of ``orders`` an order the row engine reads has (``order_from_export``:
+a canonical ``Order``): its site, id, time (its day), currency and total (its expected
+amount), and, NULL when the canonical order refuses them, its status (``confirmed``) and
+its payment (``lag``)."""
+ORDER_LONGEST = {"site": _bound(Order, "site", "max_length"),
+                 "order_id": _bound(Order, "order_id", "max_length"), "pref": REF_MAX}
+"""The longest site, order id and reference (in characters) a canonical order takes."""
+
+
+def _delivery_refused(quantity: str) -> str:
+    """SQL: a row of the delivery export (its columns as ``_source`` takes them; its
+    quantity ``quantity`` as a number) that the row engine's reader surely refuses
+    (``delivery_from_export``: a canonical ``Delivery``), or perhaps refuses: a required
+    field missing, a status it does not know, a quantity that is not a whole number in its
+    bounds. A quantity other than one digit is judged by its text too: the cast takes
+    ``1.5`` (as 2), ``1e2``, ``0x10`` and ``1.``, which pydantic refuses; both take ``+1``,
+    ``1_000``, ``1.00`` alike (``QUANTITY_TEXT``); any other, the reader says whether it
+    takes it (``_export_refusal``). (A site, order id or delivery id longer than the
+    canonical delivery takes is not tested: three more tests a row cost half of the whole
+    check.)"""
+    return (f"site IS NULL OR order_id IS NULL OR status IS NULL"
+            f" OR status NOT IN ({_values(tuple(DeliveryStatus))}) OR {quantity} IS NULL"
+            f" OR {quantity} < {_bound(Delivery, 'quantity', 'ge')}"
+            f" OR {quantity} > {_bound(Delivery, 'quantity', 'le')}"
+            f" OR (strlen(quantity) <> 1"
+            f" AND NOT regexp_full_match({_cell('quantity')}, '{QUANTITY_TEXT}'))")
+
+
+QUANTITY_TEXT = r"[+-]?[0-9]+(_[0-9]+)*([.]0+)?"
+"""A whole number's text as pydantic's ``int`` and DuckDB's cast to INTEGER take it alike
+(a sign, digits in groups joined by ``_``, zeros after a point)."""
+
+
+DELIVERED = ("""status = 'delivered' AND strlen(quantity) = 1 AND site IS NOT NULL"""
+             """ AND order_id IS NOT NULL AND "quantity:" > 0""")
+"""SQL: a delivery row as most are, delivered, which the row reader reads: a status, a site,
+an order id and a quantity of one digit, not 0 (so 1 to 9). One conjunction, where the
+tests of ``_delivery_refused`` would be eight disjunctions of every row: the others only
+for the rows that are not so."""
+
+
+ROW_REFUSED = "vouchflow: a row the row reader refuses"
+"""What the error a delivery file's query raises at a row ``_delivery_refused`` flags says
+(a text of it cast to a boolean): the file is explained by the row reader
+(``_export_refusal``)."""
 
 ACQUIRER_KINDS = {name: kind.value for name, kind in ROW_ACQUIRER_KINDS.items()
                   if kind in {TraceKind.PAYMENT, TraceKind.REFUND, TraceKind.CHARGEBACK,
@@ -358,8 +445,18 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
     lags = {name: m.lag_days for name, m in rules.methods.items()}
     # the methods as the rules and the row mapping spell them (taken as they are: ``_source``)
     methods = tuple(sorted({*lags, *SOURCE_METHODS.values()}))
-    lag_case = "CASE " + " ".join(f"WHEN r.method = '{k}' THEN {v}" for k, v in lags.items()) \
-        + f" ELSE {rules.default_lag_days} END"
+    # an order's settlement lag, by its method; NULL for a payment the canonical order
+    # refuses (a reference without method or a method without reference, a method it does
+    # not know), which ``post_check`` counts: the common case (a reference and a method
+    # of the rules) costs a test of the reference more than the lag alone
+    known = [m.value for m in PaymentMethod]
+    lag_case = (f"CASE WHEN r.provider_reference IS NULL THEN CASE WHEN r.method IS NULL"
+                f" THEN {rules.default_lag_days} END "
+                + " ".join(f"WHEN r.method = '{k}' THEN {v}" for k, v in lags.items()
+                           if k in known)
+                + "".join(f" WHEN r.method IN ({_values(others)}) THEN {rules.default_lag_days}"
+                          for others in [[m for m in known if m not in lags]] if others)
+                + " END")
     con.execute("""CREATE TABLE orders (file INTEGER, site VARCHAR, order_id VARCHAR,
         cancelled BOOLEAN, confirmed BOOLEAN, currency currency, day DATE, pref VARCHAR,
         expected DECIMAL(18,6), lag INTEGER, bad BOOLEAN, method VARCHAR)""")
@@ -374,21 +471,47 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
 
     scales = {c: 10 ** e for c, e in _currencies()}
 
-    def post_check(table: str, pairs: Sequence[tuple[str, str]]) -> bool:
-        """True when no row of file ``number`` is flagged bad and every amount has a
-        currency and is exact to its minor unit: one scan grouped by the currencies the file
-        holds (a handful) counts the flags and the amounts with more than two decimals; a
-        second one, exact to each currency, only when a currency of the file has fewer than
-        two decimals or an amount more. (The currencies are ISO 4217: their type says so.)"""
+    def post_check(table: str, pairs: Sequence[tuple[str, str]],
+                   complete: Sequence[str] = (), longest: Mapping[str, int] | None = None
+                   ) -> bool:
+        """True when no row of file ``number`` is flagged bad, every amount has a currency
+        and is exact to its minor unit, no column of ``complete`` is NULL and no text of
+        ``longest`` has more characters than it says: one scan grouped by the currencies
+        the file holds (a handful) counts the flags and the amounts with more than two
+        decimals; a second one, exact to each currency, only when a currency of the file
+        has fewer than two decimals or an amount more. The NULLs and the texts' lengths
+        are asked of the table's statistics first (``_stats``, no scan); only when they say
+        there may be some are they counted in the scan (the NULLs, the texts' longest
+        length in bytes), and the characters only of a text of more bytes. (The
+        currencies are ISO 4217: their type says so.)"""
+        longest = longest or {}
+        if complete or longest:
+            # the table's statistics say no NULL and no text longer than the bytes of
+            # ``longest`` (as most days): nothing to count
+            known = _stats(con, table, [*complete, *longest])
+            if all(known.get(c, {}).get("has_null") is False for c in complete) and all(
+                    _fits(known.get(c, {}), most) for c, most in longest.items()):
+                complete, longest = (), {}
         keys = ", ".join(f"CASE WHEN {a} IS NOT NULL THEN {c} END" for a, c in pairs)
         cents = " OR ".join(f"{a} * 100 % 1 <> 0" for a, _ in pairs)
         missing = " OR ".join(f"({a} IS NOT NULL AND {c} IS NULL)" for a, c in pairs)
+        # NULLs counted from the columns' validity (``count(column)``): no test a row
+        extra = "".join(f"count(*) - count({c}), " for c in complete) + "".join(
+            f"max(strlen({c})), " for c in longest)
         groups = con.execute(f"SELECT count(*) FILTER (bad OR {missing}), "
-                             f"count(*) FILTER ({cents}), {keys} FROM {table} WHERE file = ? "
-                             "GROUP BY ALL", [number]).fetchall()
-        if any(g[0] for g in groups):
+                             f"count(*) FILTER ({cents}), {extra}{keys} FROM {table} "
+                             "WHERE file = ? GROUP BY ALL", [number]).fetchall()
+        if any(any(g[i] for i in [0, *range(2, 2 + len(complete))]) for g in groups):
             return False
-        presents = [sorted({g[2 + i] for g in groups} - {None}) for i in range(len(pairs))]
+        at = 2 + len(complete)
+        for i, (column, most) in enumerate(longest.items()):
+            if max((g[at + i] or 0 for g in groups), default=0) > most:
+                row = con.execute(f"SELECT count(*) FROM {table} WHERE file = ? AND "
+                                  f"length({column}) > {most}", [number]).fetchone()
+                if row and row[0]:
+                    return False
+        at += len(longest)
+        presents = [sorted({g[at + i] for g in groups} - {None}) for i in range(len(pairs))]
         if not any(g[1] for g in groups) and all(
                 scales[c] >= 100 for present in presents for c in present):
             return True
@@ -410,7 +533,9 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
              cast: dict[str, str] | None = None,
              timestamp_format: str | None = TIMESTAMP_FORMAT,
              rows: Sequence[RowCheck] = (), optional: Sequence[str] = (),
-             ordered: bool = False, early: Sequence[str] = (),
+             ordered: bool = False, reader: RowReader | None = None,
+             export: str | None = None, complete: Sequence[str] = (),
+             longest: Mapping[str, int] | None = None,
              cells: Mapping[str, Sequence[str]] | None = None) -> None:
         """Read one file into ``table``; ``cast`` names text columns the insert casts (so a
         failed insert is explained by them too); ``optional`` columns the file may leave
@@ -418,8 +543,14 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
         lines: a trace's line is looked up there, not in the file read again). The insert
         may name ``{customer_ref}``: the column ``customer_ref`` when the file has one of
         that name, else NULL. ``cells``: the text columns the insert takes as the row readers
-        take them (``_source``); ``early``: the columns the row reader reads before the
-        amounts (``_guard``)."""
+        take them (``_source``); ``complete`` and ``longest``: for ``post_check``.
+
+        A file the insert fails on or flags is explained: a payment file by the checks of
+        ``_guard`` (its first bad line), in the words of its row reader (``reader``, which
+        reads that line again, ``_reread``); an export of orders (``export``) by the row
+        engine's reader of the whole file (``_export_refusal``), whose checks the insert's
+        flag does not all repeat. A file the row reader reads after all is the row
+        engine's (``ColumnarUnsupported``)."""
         nonlocal number
         number += 1
         files[number] = path
@@ -440,7 +571,7 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
         finally:
             if ordered:
                 con.execute("SET preserve_insertion_order=false")
-        if failed or not post_check(table, stored):
+        if failed or not post_check(table, stored, complete, longest):
             con.execute(f"DELETE FROM {table} WHERE file = ?", [number])
             con.execute("SET preserve_insertion_order=true")  # lines are counted in order
             try:
@@ -452,15 +583,25 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
             except duckdb.Error as exc:
                 refused.append(str(_syntax_error(path.name, exc)))
             else:
-                if not _guard(con, "explain", path.name, pairs, refused,
-                              {**(typed or {}), **(cast or {})}, timestamp_format, rows,
-                              early):
-                    # nothing wrong with the text as the row readers strip it: a column
-                    # read as written (a currency, a time, an amount) that the typed read
-                    # or the cast could not take for the whitespace around it is the row
-                    # engine's
-                    _padded(con, path, names, cells or {})
-                    refused.append(f"{path.name}: an amount cannot be read [invalid_amount]")
+                refusal = _export_refusal(path, export, day) if export else None
+                if refusal is not None:
+                    refused.append(refusal)
+                    return
+                found = _guard(con, "explain", path.name, pairs,
+                               {**(typed or {}), **(cast or {})}, timestamp_format, rows,
+                               None if export else reader)
+                if found is not None and not export:
+                    refused.append(str(found))
+                    return
+                # nothing wrong with the text as the row readers strip it: a column read as
+                # written (a currency, a time, an amount) that the typed read or the cast
+                # could not take for the whitespace around it is the row engine's
+                _padded(con, path, names, cells or {})
+                # the row reader reads what this path could not (an export's total with an
+                # exponent, an amount too large for the cast...): the row engine's
+                found = found or _uncast(con, "explain", path.name, pairs)
+                raise _read_by_the_rows(path.name, found, found and _cell_at(
+                    con, "explain", found.line or 0, found.field))
             finally:
                 con.execute("SET preserve_insertion_order=false")
 
@@ -473,17 +614,28 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
             f"WHEN {_literal(site)} THEN {_literal(zone)}"
             for site, zone in sorted(site_zones.items())) + " ELSE 'UTC' END, r.created_at)" \
             " AS DATE)" if site_zones else "CAST(r.created_at AS DATE)"
+    # a row the canonical order refuses (a required field missing, a status or a payment
+    # it does not know, a text longer than it takes) leaves a NULL in a column stored
+    # anyway, or a text too long, which ``post_check`` counts (``ORDER_COMPLETE``,
+    # ``ORDER_LONGEST``): its status in ``confirmed`` (NULL unless one of the four), its
+    # total in ``expected`` (a cancelled order's too), its payment in ``lag``; the file
+    # is then explained by the row engine's reader (``_export_refusal``)
+    statuses = " ".join(f"WHEN '{s}' THEN {str(s is OrderStatus.CONFIRMED).lower()}"
+                        for s in sorted(OrderStatus, key=lambda s: s is not
+                                        OrderStatus.CONFIRMED))
     for path in orders:
         take("orders", path, ORDER_EXPORT_COLUMNS, f"""INSERT INTO orders SELECT {{n}}, r.site,
-            r.order_id, r.status = 'cancelled', r.status = 'confirmed',
+            r.order_id, r.status = 'cancelled', CASE r.status {statuses} END,
             r.currency, {order_day},
             r.provider_reference,
-            CASE WHEN r.status = 'cancelled' THEN 0 ELSE r."total:" END,
+            CASE WHEN r.status = 'cancelled' AND r.total IS NOT NULL THEN 0
+                 ELSE r."total:" END,
             {lag_case}, {_flag(_invalid('total', 'r."total:"'))},
             {"coalesce(r.method, 'unknown')" if keep else 'NULL'}
             FROM (SELECT *, {_amount('total')} AS "total:" FROM {{src}} r) r""",
              [("total", "currency")], {"currency": "currency", "created_at": created},
-             [("expected", "currency")],
+             [("expected", "currency")], complete=ORDER_COMPLETE, longest=ORDER_LONGEST,
+             export="orders",
              cells={"site": (), "order_id": (), "provider_reference": (),
                     "status": tuple(OrderStatus), "method": methods},
              # without zones, the date and time as written there (its offset not applied):
@@ -500,18 +652,50 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
     phase("read_orders")
     delivered_from: dict[Path, str] = {}
     refused_deliveries_at = len(refused)
+    delivery_rows: dict[Path, str] = {}
+    # the quantity as written first (the cast takes ASCII whitespace around it), stripped as
+    # the row reader strips it only when the cast cannot take it
+    quantity = ("coalesce(TRY_CAST(quantity AS INTEGER),"
+                f" TRY_CAST({_cell('quantity')} AS INTEGER))")
     for path in deliveries:
         try:
-            # the quantity as written first (the cast takes ASCII whitespace around it),
-            # stripped as the row reader strips it only when the cast cannot take it
             source = _source(path, _header(path, DELIVERY_EXPORT_COLUMNS), cells={
                 "site": (), "order_id": (), "status": tuple(DeliveryStatus)})
-            delivered_from[path] = (
-                f"SELECT site, order_id FROM {source} WHERE status = 'delivered' AND"
-                " coalesce(TRY_CAST(quantity AS INTEGER),"
-                f" TRY_CAST({_cell('quantity')} AS INTEGER)) > 0")
         except PaymentFileError as exc:
             refused.append(str(exc))
+            continue
+        # a row the row reader refuses stops the query (a cast that fails, naming
+        # ``ROW_REFUSED``: the file is explained by the row reader, ``explain_deliveries``):
+        # one test of each row, where it is read. (Not DuckDB's ``error``: a volatile
+        # function, it keeps the optimizer from pushing the projections down, 0.15 s of
+        # CPU on a million rows.)
+        delivery_rows[path] = f'(SELECT *, {quantity} AS "quantity:" FROM {source})'
+        delivered_from[path] = (
+            f"SELECT site, order_id FROM {delivery_rows[path]} WHERE CASE"
+            f" WHEN {DELIVERED} THEN true"
+            f""" WHEN {_delivery_refused('"quantity:"')}"""
+            f" THEN CAST(concat({_literal(ROW_REFUSED + ': ')}, status) AS BOOLEAN)"
+            """ ELSE status = 'delivered' AND "quantity:" > 0 END""")
+
+    def explain_deliveries(path: Path, exc: Exception) -> str:
+        """The refusal of a delivery file its query failed on: a row the row reader
+        refuses, in its words, or a line the CSV reader cannot parse; a file the row
+        reader reads after all is the row engine's."""
+        if ROW_REFUSED not in str(exc):
+            return str(_syntax_error(path.name, exc))
+        refusal = _export_refusal(path, "deliveries", day)
+        if refusal is not None:
+            return refusal
+        con.execute("SET preserve_insertion_order=true")  # lines are counted in order
+        try:
+            row = con.execute(f"""SELECT line FROM (SELECT row_number() OVER () + 1 AS line,
+                * FROM {delivery_rows[path]}) WHERE {_delivery_refused('"quantity:"')}
+                ORDER BY line LIMIT 1""").fetchone()
+        finally:
+            con.execute("SET preserve_insertion_order=false")
+        raise ColumnarUnsupported(f"{path.name}: line {row[0] if row else '?'}: a row this "
+                                  "path does not read as the row reader does (the row "
+                                  "engine reads it)")
     # the type and the zone as the reports spell them first (one comparison of the text),
     # the row reader's normalised spelling only for the others (the zone is read as
     # written: stripped, ``_cell``, only when it is not an abbreviation as it stands)
@@ -574,16 +758,22 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
                            "Net Currency": "currency"},
              [("amount", "currency"), ("fee", "net_currency"), ("net", "net_currency")],
              rows=acquirer_rows, optional=ACQ_OPTIONAL, ordered=True,
-             early=ACQUIRER_READ_FIRST, cells={
+             reader=ACQUIRER_READER, cells={
                  "Merchant Account": (), "Psp Reference": (), "Merchant Reference": (),
                  "Modification Reference": (), "Batch Number": (),
                  "Type": tuple(ACQUIRER_TYPES)})
     phase("read_card")
-    # a wallet type is one of the reader's, in any case (as ``choice`` takes it)
+    # a wallet type is one of the reader's, in any case (as ``choice`` takes it, with
+    # ``str.casefold``): ``lower`` is the same in ASCII only (it makes 'İ' an 'i', where
+    # ``casefold`` makes it two characters, and leaves the long s U+017F and the ligature
+    # st U+FB06, which ``casefold`` makes 's' and 'st'), so a type in any other spelling is
+    # flagged and read again by the row reader (``_reread``): refused in its words, or the
+    # row engine's
     types = ", ".join(f"'{t}'" for t in WALLET_TYPES)
     wallet_rows: list[RowCheck] = [
         *_required(("currency", "type")),
-        ("type", f"type IS NOT NULL AND lower(type) NOT IN ({types})", "enum",
+        ("type", f"type IS NOT NULL AND (strlen(type) <> length(type)"
+         f" OR lower(type) NOT IN ({types}))", "enum",
          "{value!r} is not one of " + ", ".join(WALLET_TYPES)),
         *((("order_id", f"lower(type) = '{kind}' AND order_id IS NULL",
             "required", f"a {kind} names its order")) for kind in ("payment", "refund")),
@@ -604,15 +794,16 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
                    " OR r.amount IS NULL OR r.currency IS NULL")},
             NULL, NULL, {{customer_ref}}
             FROM (SELECT *, CASE WHEN type IN ({types}) THEN type
-                                 ELSE lower(type) END AS t FROM {{src}} r) r""",
+                                 WHEN strlen(type) = length(type) THEN lower(type)
+                                 END AS t FROM {{src}} r) r""",
              [("amount", "currency")], {"created_at": "TIMESTAMPTZ", "currency": "currency"},
              [("amount", "currency")], rows=wallet_rows, ordered=True,
-             early=WALLET_REQUIRED, cells={
+             reader=WALLET_READER, cells={
                  "site": (), "transaction_id": (), "order_id": (), "settlement_id": (),
                  "customer_ref": (), "type": tuple(WALLET_TYPES)})
 
     phase("read_wallet")
-    _not_as_the_rows(con, card_files)
+    _not_as_the_rows(con, card_files, files)
     phase("unsupported")
     d = f"DATE '{day.isoformat()}'"
     window = (f"p.booking_date BETWEEN {{o}}.day - {rules.days_before} AND {{o}}.day + {{o}}.lag"
@@ -670,11 +861,15 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
     while True:
         union = " UNION ALL ".join(delivered_from.values())
         try:
+            # matched on IS NOT DISTINCT FROM: no site or order id is missing on either
+            # side (a file with one is refused), and an equality would let the optimizer
+            # take out the rows without one before their test (``_delivery_refused``)
             con.execute(verdict.format(delivered=f"""EXISTS (SELECT 1 FROM ({union}) r
-                WHERE r.site = o.site AND r.order_id = o.order_id)""" if union else "false"))
+                WHERE r.site IS NOT DISTINCT FROM o.site
+                    AND r.order_id IS NOT DISTINCT FROM o.order_id)""" if union else "false"))
             break
         except duckdb.Error:
-            unreadable = _unreadable(con, delivered_from)
+            unreadable = _unreadable(con, delivered_from, explain_deliveries)
             if not unreadable:
                 raise
             refused[refused_deliveries_at:refused_deliveries_at] = unreadable
@@ -943,9 +1138,10 @@ def _padded(con: Any, path: Path, names: Sequence[str], cells: Mapping[str, Sequ
                                   "whitespace around it (the row engine strips it)")
 
 
-def _unreadable(con: Any, queries: dict[Path, str]) -> list[str]:
-    """The files of ``queries`` the CSV reader cannot parse, taken out of it, each as its
-    refusal (the reader's first line of error)."""
+def _unreadable(con: Any, queries: dict[Path, str],
+                explain: Callable[[Path, Exception], str]) -> list[str]:
+    """The files of ``queries`` whose query fails (a line the CSV reader cannot parse, a row
+    the row reader refuses), taken out of it, each as its refusal (``explain``)."""
     import duckdb
 
     out = []
@@ -953,7 +1149,7 @@ def _unreadable(con: Any, queries: dict[Path, str]) -> list[str]:
         try:
             con.execute(f"SELECT count(*) FROM ({query})").fetchone()
         except duckdb.Error as exc:
-            out.append(str(_syntax_error(path.name, exc)))
+            out.append(explain(path, exc))
             del queries[path]
     return out
 
@@ -992,13 +1188,17 @@ def _abs_tol(rules: Rules) -> str:
 
 
 def _guard(con: Any, table: str, file: str, pairs: Sequence[tuple[str, str]],
-           refused: list[str], typed: dict[str, str] | None = None,
+           typed: dict[str, str] | None = None,
            timestamp_format: str | None = TIMESTAMP_FORMAT,
-           rows: Sequence[RowCheck] = (), early: Sequence[str] = ()) -> bool:
-    """True when the file was refused at its first bad row, as the row readers refuse it:
-    its amounts, and its dates, times, time zones and the rules of ``rows``, whichever is on
-    the earlier line; on one line, the amounts' unless the other names a column of
-    ``early`` (which the row reader reads before the amounts)."""
+           rows: Sequence[RowCheck] = (), reader: RowReader | None = None
+           ) -> PaymentFileError | None:
+    """The file's first bad row, as the row readers refuse it: its amounts, and its dates,
+    times, time zones and the rules of ``rows``, whichever is on the earlier line. With
+    ``reader`` (the row reader of the file's format), that line is read again by it, and
+    the refusal is the reader's: its rule and words, and of the errors of the line the one
+    it comes to first (its checks are in its own order, not in this path's); a line it
+    reads after all makes the file the row engine's (``ColumnarUnsupported``). None when
+    nothing is found."""
     found: list[PaymentFileError] = []
     try:
         _check(con, table, file, pairs)
@@ -1007,16 +1207,113 @@ def _guard(con: Any, table: str, file: str, pairs: Sequence[tuple[str, str]],
     try:
         _check_times(con, table, file, typed or {}, timestamp_format, rows)
     except PaymentFileError as exc:
-        if not found or (exc.line or 0) < (found[0].line or 0) or (
-                exc.line == found[0].line and exc.field in early):
+        if not found or (exc.line or 0) < (found[0].line or 0):
             found.insert(0, exc)
     except ColumnarUnsupported:
         if not found:
             raise
-    if found:
-        refused.append(str(found[0]))
-        return True
-    return False
+    if not found or reader is None or found[0].line is None:
+        return found[0] if found else None
+    first = found[0]
+    assert first.line is not None
+    error = _reread(con, table, file, first.line, reader)
+    if error is None:
+        raise _read_by_the_rows(file, first, _cell_at(con, table, first.line, first.field))
+    return error
+
+
+RowReader = tuple[Callable[[Origin, dict[str, str]], object], Sequence[str]]
+"""A payment format's row reader (``parse_row``: a row of the file's text, its columns
+named as the reader names them, read or refused with ``PaymentFileError``) and the columns
+it knows."""
+ACQUIRER_READER: RowReader = (acquirer_reader.parse_row, acquirer_reader.COLUMNS)
+WALLET_READER: RowReader = (wallet_reader.parse_row,
+                            (*wallet_reader.REQUIRED, *wallet_reader.OPTIONAL))
+
+
+def _row_at(con: Any, table: str, line: int) -> dict[str, Any]:
+    """The row of the explaining table (every column text, as ``_source`` takes it) at a
+    line of its file (its rows are in the file's order)."""
+    cursor = con.execute(f"""SELECT * FROM (SELECT row_number() OVER () + 1 AS "line:", *
+                             FROM {table}) WHERE "line:" = ?""", [line])
+    names = [d[0] for d in cursor.description]
+    return dict(zip(names[1:], (cursor.fetchone() or ())[1:], strict=False))
+
+
+def _cell_at(con: Any, table: str, line: int, column: str | None) -> Any:
+    """The text of one column at a line of the explaining table (None without a column)."""
+    return _row_at(con, table, line).get(column) if column else None
+
+
+def _reread(con: Any, table: str, file: str, line: int, reader: RowReader
+            ) -> PaymentFileError | None:
+    """The row reader's refusal of the line of the explaining table, or None when it reads
+    it. The reader is given the row as ``CsvFile`` gives it: the file's columns by the
+    reader's names (matched spacing and case aside), their text (``_source`` stripped it as
+    the reader strips it; an empty one is "")."""
+    parse, columns = reader
+    known = {_norm(c): c for c in columns}
+    row = {known[_norm(name)]: "" if value is None else str(value)
+           for name, value in _row_at(con, table, line).items() if _norm(name) in known}
+    try:
+        parse(Origin(file, line), row)
+    except PaymentFileError as exc:
+        return exc
+    return None
+
+
+def _read_by_the_rows(file: str, found: PaymentFileError | None, value: Any = None
+                      ) -> ColumnarUnsupported:
+    """Why a file this path would refuse is the row engine's: its row reader reads it
+    (``found``: what this path found, at its line and column, ``value`` its text)."""
+    if found is None:
+        return ColumnarUnsupported(f"{file}: the typed read fails where the row reader reads "
+                                   "the file (the row engine reads it)")
+    return ColumnarUnsupported(f"{file}: line {found.line}: {found.field}: {value!r} is read "
+                               f"by the row reader, not by this path ({found.rule}; the row "
+                               "engine reads it)")
+
+
+def _uncast(con: Any, table: str, file: str, pairs: Sequence[tuple[str, str]]
+            ) -> PaymentFileError | None:
+    """The first amount of the explaining table the cast cannot take (too many digits for
+    ``AMOUNT``), as a finding of ``_guard`` (for ``_read_by_the_rows``)."""
+    amounts = [a for a, _ in pairs]
+    if not amounts:
+        return None
+    bad = " OR ".join(f"({_ident(a)} IS NOT NULL AND TRY_CAST({_ident(a)} AS {AMOUNT}) IS NULL)"
+                      for a in amounts)
+    row = con.execute(f"""SELECT * FROM (SELECT row_number() OVER () + 1 AS "line:",
+        {', '.join(map(_ident, amounts))} FROM {table}) WHERE {bad}
+        ORDER BY "line:" LIMIT 1""").fetchone()
+    if not row:
+        return None
+    column = next(a for a, v in zip(amounts, row[1:], strict=True)
+                  if v is not None and con.execute(
+                      f"SELECT TRY_CAST(? AS {AMOUNT}) IS NULL", [v]).fetchone()[0])
+    return PaymentFileError(file, "cast", f"{AMOUNT} cannot hold it", line=row[0],
+                            field=column)
+
+
+def _export_refusal(path: Path, kind: str, day: date) -> str | None:
+    """The row engine's refusal of an export of orders or deliveries (``kind``), in its
+    words, or None when it reads the file. Its own reader (``flows.reconcile.read_export``,
+    as ``read_sources`` reads the file) goes through the file to its first bad line:
+    pydantic's canonical ``Order`` and ``Delivery`` judge more than this path's checks (a
+    pattern, a time zone, every rule of their fields) and name the first error of a line
+    in their order. Only for a file this path flags; it costs what the row engine's reading
+    costs, about 17 µs a row up to the bad one (17 s of CPU for a million orders refused at
+    their last line, 7 s for a million deliveries); the records are not kept."""
+    from flows.reconcile import read_export  # the row engine's reader (a flow module)
+
+    name = path.name
+    try:
+        read_export(path, kind, name, day=day, keep=False)
+    except OSError as exc:  # as ``flows.reconcile._read_records`` words it
+        return f"{name}: cannot read the file ({exc.strerror}) [unreadable]"
+    except (PaymentFileError, UnicodeDecodeError) as exc:
+        return str(exc)
+    return None
 
 
 def _check_times(con: Any, table: str, file: str, typed: dict[str, str],
@@ -1118,12 +1415,15 @@ def _in_list(numbers: Sequence[int]) -> str:
     return ", ".join(map(str, numbers)) or "NULL"
 
 
-def _not_as_the_rows(con: Any, card_files: Sequence[int]) -> None:
+def _not_as_the_rows(con: Any, card_files: Sequence[int], files: Mapping[int, Path]) -> None:
     """Raise ``ColumnarUnsupported`` for traces this path would count otherwise than the row
-    engine: reversals (here they would be ``other``), and a trace read twice (the row engine
-    counts a trace id once; here each row counts). One scan counts the reversals and the
+    engine: reversals (here they would be ``other``), a trace read twice (the row engine
+    counts a trace id once; here each row counts), and a text longer than the row mapping
+    keeps or the canonical trace takes (``_long``). One scan counts the reversals and the
     distinct hashes of the trace id's parts; only when two hashes agree are the parts
-    themselves compared (a collision is not a trace read twice)."""
+    themselves compared (a collision is not a trace read twice). The texts' lengths are
+    asked of the table's statistics (no scan); only when a text may be too long are the
+    characters counted (``_too_long``)."""
     reversals = ", ".join(f"'{r}'" for r in REVERSALS)
     card = _in_list(card_files)
     # the parts (as ``_record_key`` takes them: an empty one as ""; stripped as the file
@@ -1142,12 +1442,103 @@ def _not_as_the_rows(con: Any, card_files: Sequence[int]) -> None:
     if row and row[0]:
         raise ColumnarUnsupported(f"{row[0]} RefundedReversed or ChargebackReversed row(s) "
                                   "(reversals are the row engine's)")
+    if _long(con):
+        _too_long(con, card_files, files)
     if row and row[1]:
         twice = con.execute(f"SELECT count(*) - count(DISTINCT ({parts})) FROM {rows}"
                             ).fetchone()
         if twice and twice[0]:
             raise ColumnarUnsupported(f"{twice[0]} trace(s) read twice (the row engine "
                                       "counts each once)")
+
+
+ACCOUNT_MAX = _bound(PaymentTrace, "account", "max_length")
+"""The longest account a canonical trace takes (a card row's merchant account; a wallet's,
+``wallet:`` and its site)."""
+PAYOUT_ID_MAX = _bound(Payout, "payout_id", "max_length")
+"""The longest payout id a canonical payout takes (a card payout's is
+``{merchant account}-batch-{batch}``)."""
+
+
+def _long(con: Any) -> bool:
+    """Whether a text of ``traces`` may be longer than the row engine takes it, by the
+    table's statistics (``_stats``: the longest text of each column, in bytes, no scan): a
+    reference (PSP, modification, merchant, customer reference, batch) of more than the
+    200 characters the row mapping keeps of it (``mappings.payments.MAX_REF``: it compares
+    the first 200, where this path compares whole texts), an account longer than the
+    canonical trace takes, a card payout's id (``{account}-batch-{batch}``) longer than the
+    canonical payout takes (the row mapping refuses those). Then ``_too_long`` counts the
+    characters."""
+    refs = ("pref", "oref", "mref", "modref", "cref", "batch")
+    known = _stats(con, "traces", [*refs, "account"])
+    longest = {c: known.get(c, {}).get("max_string_length") for c in known}
+    if not all(isinstance(longest.get(c), int) for c in (*refs, "account")):
+        return True  # statistics this DuckDB does not give: the characters are counted
+    return (any(longest[c] > MAX_REF for c in refs) or longest["account"] > ACCOUNT_MAX
+            or longest["account"] + len("-batch-") + longest["batch"] > PAYOUT_ID_MAX)
+
+
+def _stats(con: Any, table: str, columns: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """The statistics DuckDB keeps of columns of ``table`` (``stats``, worked out when the
+    query is planned: no scan), each a dict with ``has_null`` and, for a text,
+    ``max_string_length`` (in bytes). Inserts keep them up to date, deletes do not: they
+    may say more than is left (of a file refused and taken out again), never less. A
+    column is {} when the table has no row or this DuckDB gives them otherwise (the
+    callers then count)."""
+    if not columns:
+        return {}
+    row = con.execute(f"SELECT {', '.join(f'stats({_ident(c)})' for c in columns)} "
+                      f"FROM {table} LIMIT 1").fetchone()
+    return {c: v if isinstance(v, dict) else {}
+            for c, v in zip(columns, row or ((None,) * len(columns)), strict=True)}
+
+
+def _fits(stats: Mapping[str, Any], most: int) -> bool:
+    """Whether a text column's statistics (``_stats``) say no text of it has more than
+    ``most`` bytes (so not more characters)."""
+    longest = stats.get("max_string_length")
+    return isinstance(longest, int) and longest <= most
+
+
+def _too_long(con: Any, card_files: Sequence[int], files: Mapping[int, Path]) -> None:
+    """Raise ``ColumnarUnsupported`` at the first trace (by file, line) with a text of more
+    characters than the row engine takes (``_long``), naming its file, line and column;
+    nothing when the texts ``_long`` found are of more bytes only."""
+    card = _in_list(card_files)
+    psp = "CASE WHEN kind IN ('payment', 'other') THEN pref ELSE oref END"
+    reference = f"more than the {MAX_REF} the row engine keeps of a reference"
+    account = f"the account it makes is {{n}} characters, more than a canonical trace takes " \
+        f"({ACCOUNT_MAX})"
+    payout = f"the payout id it makes is {{n}} characters, more than a canonical payout " \
+        f"takes ({PAYOUT_ID_MAX})"
+    columns = [  # (which files, the file's column, its text, the most characters, why)
+        (True, "Psp Reference", psp, MAX_REF, reference),
+        (True, "Modification Reference", "modref", MAX_REF, reference),
+        (True, "Merchant Reference", "mref", MAX_REF, reference),
+        (True, "Batch Number", "batch", MAX_REF, reference),
+        (True, "Merchant Account", "account", ACCOUNT_MAX, account),
+        (True, "Batch Number", "CASE WHEN kind = 'payout' THEN account || '-batch-' || batch"
+         " END", PAYOUT_ID_MAX, payout),
+        (False, "transaction_id", "pref", MAX_REF, reference),
+        (False, "order_id", "mref", MAX_REF, reference),
+        (False, "customer_ref", "cref", MAX_REF, reference),
+        (False, "settlement_id", "batch", MAX_REF, reference),
+        (False, "site", "account", ACCOUNT_MAX, account)]
+    first: tuple[Any, ...] | None = None
+    for of_card, name, text, most, why in columns:
+        row = con.execute(f"""SELECT t.file, t.rowid - f.first + 2, length({text})
+            FROM traces t JOIN (SELECT file, min(rowid) AS first FROM traces GROUP BY file) f
+                USING (file)
+            WHERE {'' if of_card else 'NOT '}coalesce(t.file IN ({card}), false)
+                AND length({text}) > {most}
+            ORDER BY t.file, t.rowid LIMIT 1""").fetchone()
+        if row and (first is None or tuple(row[:2]) < first[:2]):
+            first = (*row, name, why)
+    if first is None:
+        return
+    number, line, length, name, why = first
+    what = why.format(n=length) if "{n}" in why else f"{length} characters, {why}"
+    raise ColumnarUnsupported(f"{files[number].name}: line {line}: {name}: {what}")
 
 
 @cache

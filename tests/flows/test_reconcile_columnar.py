@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from collections import defaultdict
 from datetime import timedelta
 from decimal import Decimal
@@ -604,3 +605,313 @@ def test_a_required_field_empty_or_of_whitespace_only_is_refused_as_the_row_read
                                   wallet=files["wallet"])
     assert columnar.refused == [read_sources([path]).rejected[0].error] == [
         f"{path.name}: line 3: {column}: empty; a value is required [required]"]
+
+
+# files the row engine refuses, or reads otherwise than a typed read ---------------------------
+def both_refusing(files: dict[str, list[Path]]) -> tuple[ColumnarDay, DayResult, list[str]]:
+    """The columnar path and the row engine on the same CSV files, some of which the row
+    engine refuses: the columnar result, the row engine's, and the row engine's refusals (in
+    the order the files were given: orders, deliveries, card, wallet)."""
+    columnar = reconcile_columnar(load_rules(), DAY, orders=files["orders"],
+                                  deliveries=files["deliveries"], acquirer=files["acquirer"],
+                                  wallet=files["wallet"], keep=True, site_zones=ZONES)
+    assert isinstance(columnar, ColumnarDay)
+    return (columnar, *rows_only(files))
+
+
+def rows_only(files: dict[str, list[Path]]) -> tuple[DayResult, list[str]]:
+    """The row engine's side of ``both_refusing`` (alone, for a day the columnar path
+    leaves to it)."""
+    sources = read_sources([*files["acquirer"], *files["wallet"]], files["orders"],
+                           files["deliveries"], day=DAY)
+    row = reconcile(load_rules(), DayInput(
+        day=DAY, orders=sources.orders, traces=sources.traces, deliveries=sources.deliveries,
+        payouts=sources.payouts, site_zones=ZONES))
+    return row, [o.error or "" for o in sources.rejected]
+
+
+def assert_read_alike(files: dict[str, list[Path]]) -> DayResult:
+    """Both engines read every file of the day, with the same whole result (the row
+    engine's returned)."""
+    columnar, row, refused = both_refusing(files)
+    try:
+        assert refused == [] == columnar.refused
+        assert_same(columnar, row)
+    finally:
+        columnar.close()
+    return row
+
+
+def split_off(files: dict[str, list[Path]], kind: str, rows: int = 10) -> Path:
+    """The first ``rows`` data rows of the day's ``kind`` file moved to a file of their own
+    (``{kind}_part.csv``, given first), the rest left where they were: a file to spoil while
+    the other is read."""
+    path = files[kind][0]
+    lines = path.read_text(encoding="utf-8").splitlines()
+    part = path.with_name(f"{kind}_part.csv")
+    part.write_text("\n".join(lines[:rows + 1]) + "\n", encoding="utf-8")
+    path.write_text("\n".join([lines[0], *lines[rows + 1:]]) + "\n", encoding="utf-8")
+    files[kind].insert(0, part)
+    return part
+
+
+def set_cells(path: Path, line: int, cells: dict[str, str]) -> None:
+    """The cells of one line of a CSV file replaced (by column name; quoted where their
+    whitespace needs it)."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    header = next(csv.reader([lines[0]]))
+    fields = next(csv.reader([lines[line - 1]]))
+    for column, value in cells.items():
+        fields[header.index(column)] = value
+    path.write_text("\n".join(lines[:line - 1]) + "\n", encoding="utf-8")
+    write_padded(path, fields)
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write("".join(x + "\n" for x in lines[line:]))
+
+
+EMPTIES = ["", " ", "\u00a0\t"]
+
+
+def assert_refused_alike(tmp_path: Path, kind: str, column: str, value: str) -> str:
+    """One cell of line 3 of a part of the day's ``kind`` export set to ``value``: the row
+    engine refuses that part naming line, field and rule, the columnar path refuses it with
+    the same words, and both read the day's other files alike (the whole result compared).
+    Returns the rule (``[...]``)."""
+    files = generate(tmp_path, 50)["files"]
+    part = split_off(files, kind)
+    set_cells(part, 3, {column: value})
+    columnar, row, refused = both_refusing(files)
+    try:
+        assert len(refused) == 1 and refused[0].startswith(f"{part.name}: line 3: ")
+        rule = re.search(r" (\[[a-z_]+\])$", refused[0])
+        assert rule, refused[0]
+        assert columnar.refused == refused
+        assert_same(columnar, row)
+        assert columnar.orders == len(row.outcomes) > 30
+    finally:
+        columnar.close()
+    return rule.group(1)
+
+
+@pytest.mark.parametrize(("column", "value"), [
+    *((c, pad) for c in ("site", "order_id", "status", "created_at", "currency", "total")
+      for pad in EMPTIES),
+    ("status", "lost"), ("status", "Confirmed"), ("status", " confirmed\u00a0x"),
+    # a payment named by a method without reference, or a reference without method, or a
+    # method the canonical order does not know
+    ("method", ""), ("method", " "), ("method", "bitcoin"), ("method", "Card"),
+    ("provider_reference", ""), ("provider_reference", "\t"),
+    # longer than the canonical order takes
+    ("provider_reference", "P" * 201), ("order_id", "O" * 101), ("site", "s" * 33),
+    # a time, a currency or a total the row reader refuses by the payment readers' rules
+    # (before the canonical order sees it: it alone would take an exponent, a digit
+    # separator, a sign)
+    ("created_at", "2026-11-2x"), ("created_at", "never"), ("currency", "XXQ"),
+    ("currency", "sgd"), ("total", "12.345"), ("total", "abc"), ("total", "1E2"),
+    ("total", "-5.00"), ("total", "1_0.00"),
+])
+def test_an_orders_export_the_row_engine_refuses_is_refused_with_its_words(
+        tmp_path, column, value):
+    """An order whose required field is empty (or of whitespace only), whose status or
+    method the canonical order rejects, whose text is longer than it takes, or whose time,
+    currency or total breaks the payment readers' rules: the row engine refuses its file
+    naming line, field and rule; the columnar path refuses the same file with the same
+    words, and reads the day's other files as the row engine does (the whole result
+    compared)."""
+    assert_refused_alike(tmp_path, "orders", column, value)
+
+
+@pytest.mark.parametrize("total", ["1234567890123.00"])
+def test_an_orders_export_total_the_row_engine_reads_and_the_cast_does_not_is_left_to_it(
+        tmp_path, total):
+    """The row engine reads an order's total of more digits than the cast takes. The
+    columnar path does not refuse the file the row engine reads: the day is the row
+    engine's (named: file, line, column)."""
+    files = generate(tmp_path, 50)["files"]
+    set_cells(files["orders"][0], 3, {"total": total})
+    row, refused = rows_only(files)
+    assert refused == [] and len(row.outcomes) == 50
+    with pytest.raises(ColumnarUnsupported) as caught:
+        reconcile_columnar(load_rules(), DAY, orders=files["orders"],
+                           deliveries=files["deliveries"], acquirer=files["acquirer"],
+                           wallet=files["wallet"], keep=True, site_zones=ZONES)
+    assert str(caught.value).startswith(f"{files['orders'][0].name}: line 3: total: "
+                                        f"{total!r} is read by the row reader, not by this "
+                                        "path (")
+    assert str(caught.value).endswith("; the row engine reads it)")
+
+
+def test_an_order_without_method_and_reference_is_read_as_the_row_engine_reads_it(tmp_path):
+    """No method and no reference: an order without payment, which the row engine reads
+    (its method ``unknown``)."""
+    files = generate(tmp_path, 50)["files"]
+    set_cells(files["orders"][0], 3, {"method": "", "provider_reference": " "})
+    columnar, row, refused = both_refusing(files)
+    try:
+        assert refused == [] and columnar.refused == []
+        assert_same(columnar, row)
+        assert "unknown" in {o.method for o in row.outcomes}
+    finally:
+        columnar.close()
+
+
+@pytest.mark.parametrize(("column", "value"), [
+    *((c, pad) for c in ("site", "order_id", "status", "quantity") for pad in EMPTIES),
+    ("status", "lost"), ("status", "DELIVERED"), ("status", "Delivered "),
+    ("quantity", "-1"), ("quantity", "1.5"), ("quantity", "10001"), ("quantity", "one"),
+    ("quantity", "1e2"), ("quantity", "0x1"), ("quantity", "1."),
+])
+def test_a_delivery_export_the_row_engine_refuses_is_refused_with_its_words(
+        tmp_path, column, value):
+    """The same for delivery evidence: a row with an empty site, order id, status or
+    quantity, a status the canonical delivery rejects, or a quantity it does not take (the
+    cast takes '1.5' as 2, '1e2' as 100, '0x1' as 1)."""
+    assert "[invalid_record]" == assert_refused_alike(tmp_path, "deliveries", column, value)
+
+
+def test_refused_orders_and_deliveries_are_listed_in_the_order_given(tmp_path):
+    """Refusals of several files, each of a different rule, in the row engine's order and
+    words; the day's good files read."""
+    files = generate(tmp_path, 50)["files"]
+    orders, deliveries = split_off(files, "orders"), split_off(files, "deliveries")
+    set_cells(orders, 5, {"status": "lost"})
+    set_cells(orders, 3, {"total": "12.345"})
+    set_cells(deliveries, 4, {"quantity": ""})
+    columnar, row, refused = both_refusing(files)
+    try:
+        assert [r.split(":")[0:2] for r in refused] == [
+            [orders.name, " line 3"], [deliveries.name, " line 4"]]
+        assert columnar.refused == refused
+        assert_same(columnar, row)
+    finally:
+        columnar.close()
+
+
+@pytest.mark.parametrize(("source", "cells"), [
+    ("wallet", {"type": "bogus", "currency": "XXX"}),
+    ("wallet", {"type": "", "created_at": "yesterday"}),
+    ("wallet", {"currency": "", "created_at": "yesterday"}),
+    ("wallet", {"currency": "XXX", "site": ""}),
+    ("wallet", {"created_at": "yesterday", "order_id": ""}),
+    ("wallet", {"currency": "sgd"}),
+    ("acquirer", {"TimeZone": "XYZ", "Creation Date": "yesterday"}),
+    ("acquirer", {"Gross Currency": "sgd"}),
+    ("acquirer", {"Type": "", "Gross Credit (GC)": "abc"}),
+    ("acquirer", {"Merchant Account": "", "Commission (NC)": "abc"}),
+    ("acquirer", {"Gross Credit (GC)": "abc", "Exchange Rate": "x"}),
+    ("acquirer", {"Gross Credit (GC)": "1.234", "Net Currency": "XXX"}),
+])
+def test_a_row_with_several_errors_is_refused_naming_the_one_the_row_reader_names(
+        tmp_path, source, cells):
+    """The row reader reads a row's fields in its own order and names the first that breaks
+    a rule: the columnar path names the same one, in the same words (not the first of its
+    own checks)."""
+    files = generate(tmp_path, 50)["files"]
+    bad = tmp_path / f"{source}_bad.csv"
+    lines = files[source][0].read_text(encoding="utf-8").splitlines()
+    bad.write_text("\n".join(lines[:4]) + "\n", encoding="utf-8")
+    set_cells(bad, 3, cells)
+    files[source].append(bad)
+    columnar = reconcile_columnar(load_rules(), DAY, orders=files["orders"],
+                                  deliveries=files["deliveries"], acquirer=files["acquirer"],
+                                  wallet=files["wallet"])
+    [error] = [o.error for o in read_sources([bad]).rejected]
+    assert error.startswith(f"{bad.name}: line 3: ")
+    assert columnar.refused == [error]
+    assert columnar.orders == 50
+
+
+@pytest.mark.parametrize("spelling", ["adjustment_credİt", "paymentİ", "ADJUSTMENT_DEBİT",
+                                      "refund\u0307"])
+def test_a_wallet_type_lower_takes_and_casefold_does_not_is_refused(tmp_path, spelling):
+    """DuckDB's ``lower`` maps 'İ' to 'i' (one character), where ``str.casefold``, which the
+    row reader compares with, makes it 'i̇' (two): a type so spelt is no type of the row
+    reader's, and its file is refused as the row reader refuses it."""
+    files = generate(tmp_path, 50)["files"]
+    wallet_row(files, "sg1", "WBI1", spelling, "O000000001", "1.00", "SWI")
+    columnar = reconcile_columnar(load_rules(), DAY, orders=files["orders"],
+                                  deliveries=files["deliveries"], acquirer=files["acquirer"],
+                                  wallet=files["wallet"])
+    [error] = [o.error for o in read_sources(files["wallet"]).rejected]
+    assert error.endswith("[enum]") and repr(spelling) in error
+    assert columnar.refused == [error]
+
+
+@pytest.mark.parametrize("spelling", ["adju\u017ftment_credit", "adju\ufb06ment_debit",
+                                      "ADJU\ufb05MENT_CREDIT", "Adjustment_Credit", "PAYOUT"])
+def test_a_wallet_type_casefold_takes_is_read_or_left_to_the_row_engine(tmp_path, spelling):
+    """``str.casefold`` makes the long s (U+017F) an 's' and the ligatures U+FB05, U+FB06 an
+    'st' (``lower`` leaves them): the row reader reads such a type. The columnar path gives
+    the row engine's whole result for a type in ASCII, and leaves a day with one in any
+    other spelling to the row engine, naming the file, line and column."""
+    files = generate(tmp_path, 50)["files"]
+    wallet_row(files, "sg1", "WBC1", spelling, "", "1.00", "SWC")
+    line = len(files["wallet"][0].read_text(encoding="utf-8").splitlines())
+    assert not read_sources(files["wallet"]).rejected
+    if spelling.isascii():
+        assert_read_alike(files)
+        return
+    with pytest.raises(ColumnarUnsupported) as caught:
+        reconcile_columnar(load_rules(), DAY, orders=files["orders"],
+                           deliveries=files["deliveries"], acquirer=files["acquirer"],
+                           wallet=files["wallet"], keep=True)
+    assert str(caught.value).startswith(
+        f"{files['wallet'][0].name}: line {line}: type: {spelling!r} ")
+
+
+@pytest.mark.parametrize("source", ["acquirer", "wallet"])
+def test_a_reference_the_row_mapping_cuts_at_200_characters_is_left_to_the_row_engine(
+        tmp_path, source):
+    """The row mapping keeps a trace's references to their first 200 characters, so a
+    payment whose reference is longer matches an order whose reference is those 200
+    characters (checked here); the columnar path compares whole texts, so a day with such a
+    reference is the row engine's (named: file, line, column)."""
+    files = generate(tmp_path, 50, jsonl=True)["files"]
+    ref = "R" * 200
+    if source == "acquirer":
+        add_order(tmp_path, files, "sg1", "OLONG1", "30.00", ref=ref)
+        card_row(files, "sg1", ref + "X", "NOPE", "30.00")
+        column = "Psp Reference"
+    else:
+        add_order(tmp_path, files, "sg1", "OLONG1", "30.00", method="wallet_balance", ref=ref)
+        wallet_row(files, "sg1", ref + "Y", "payment", "NOPE", "30.00", "SWL")
+        column = "transaction_id"
+    path = files[source][0]
+    line = len(path.read_text(encoding="utf-8").splitlines())
+    row, refused = rows_only(files)
+    assert refused == []
+    assert any(g.order_id == "OLONG1" and g.kind.value == "one_to_one" for g in row.groups)
+    with pytest.raises(ColumnarUnsupported) as caught:
+        reconcile_columnar(load_rules(), DAY, orders=files["orders"],
+                           deliveries=files["deliveries"], acquirer=files["acquirer"],
+                           wallet=files["wallet"], keep=True, site_zones=ZONES)
+    assert str(caught.value) == (f"{path.name}: line {line}: {column}: 201 characters, more "
+                                 "than the 200 the row engine keeps of a reference")
+
+
+@pytest.mark.parametrize("source", ["acquirer", "wallet"])
+def test_a_reference_of_200_characters_is_read_whole(tmp_path, source):
+    """A reference of 200 characters (and one of 200 characters in a script of several
+    bytes a character) is kept whole by the row mapping: the same result."""
+    files = generate(tmp_path, 50, jsonl=True)["files"]
+    for n, ref in enumerate(("R" * 200, "é" * 200)):
+        if source == "acquirer":
+            add_order(tmp_path, files, "sg1", f"OLONG{n}", "30.00", ref=ref)
+            card_row(files, "sg1", ref, "NOPE", "30.00")
+        else:
+            add_order(tmp_path, files, "sg1", f"OLONG{n}", "30.00", method="wallet_balance",
+                      ref=ref)
+            wallet_row(files, "sg1", ref, "payment", "NOPE", "30.00", "SWL")
+    row = assert_read_alike(files)
+    assert {g.order_id for g in row.groups} >= {"OLONG0", "OLONG1"}
+
+
+@pytest.mark.parametrize("quantity", ["+1", "1_0", "1.0", "01", " 2\u00a0"])
+def test_a_delivery_quantity_both_take_alike_is_read_as_the_row_engine_reads_it(
+        tmp_path, quantity):
+    """pydantic takes '+1', '1_0', '1.0' as whole numbers, as DuckDB's cast does: the
+    columnar path reads them as the row engine does (where it flags '1.5', which the cast
+    takes as 2)."""
+    files = generate(tmp_path, 50)["files"]
+    set_cells(files["deliveries"][0], 4, {"quantity": quantity})
+    assert_read_alike(files)
