@@ -34,6 +34,8 @@ def test_sync_full_bench_prints_its_json_line():
             "vouchflow_cpu_s", "baseline_cpu_s", "incremental_cpu_s", "load_1m",
             "baseline"} <= set(result)
     assert 0 < result["vouchflow_cpu_s"] and 0 < result["incremental_cpu_s"]
+    # the sandboxes served both sides from a process of their own: its CPU is counted
+    assert result["vouchflow_helpers_cpu_s"] > 0 and result["baseline_helpers_cpu_s"] > 0
     scale = result["scale"]
     assert scale["skus"] == 200 and scale["sites"] == 3 and scale["changed"] == 10
     # the baseline made as many product PUTs as there were listings to send, 500 a request
