@@ -151,16 +151,25 @@ def read_export(path: Path, kind: str, file: str, *, day: date, keep: bool = Tru
     the canonical model alone would take; an instant with its offset), then the canonical
     model judges the rest. A delivery without ``delivered_at`` is delivered at the start of
     ``day`` (UTC). Both engines refuse a file with these words (the columnar one has this
-    reader explain the files it flags); ``keep=False`` keeps no records."""
+    reader explain the files it flags); ``keep=False`` keeps no records. A delivery's
+    ``source`` is ``export:{file}``; a name too long for the canonical delivery's source is
+    cut and ends with a digest of the whole name (the same on every read, apart from another
+    file of the same beginning): a file's name does not make its rows invalid."""
     if kind == "orders":
         columns, optional = ORDER_EXPORT_COLUMNS, ()
         build: Any = order_from_export
         check: Any = _check_order_cells
     else:
         columns, optional, check = DELIVERY_EXPORT_COLUMNS, DELIVERY_EXPORT_OPTIONAL, None
+        source = f"export:{file}"
+        most = next(m.max_length for m in Delivery.model_fields["source"].metadata
+                    if getattr(m, "max_length", None) is not None)
+        if len(source) > most:
+            digest = hashlib.sha256(file.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+            source = f"{source[:most - len(digest) - 1]}~{digest}"
 
         def build(row: Any) -> Delivery:
-            return delivery_from_export(row, day=day, source=f"export:{file}")
+            return delivery_from_export(row, day=day, source=source)
     items = []
     for origin, row in read_csv_rows(path, required=columns, optional_columns=optional):
         try:

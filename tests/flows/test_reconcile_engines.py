@@ -349,3 +349,27 @@ def test_a_day_the_columnar_engine_would_read_otherwise_is_left_to_the_row_engin
     elif case == "reversal":
         assert any(g.kind.value == "chargeback" and g.order_id == "O000000000"
                    for g in result.groups)
+
+
+def test_a_delivery_file_with_a_long_name_is_read_and_its_rows_name_it_stably(day, tmp_path):
+    """A delivery's ``source`` names its file, and the canonical delivery takes a source of
+    at most 100 characters: a file's name (here 150 characters) does not make its rows
+    invalid. The source stays within the limit, the same on every read, and names the file
+    apart from another of the same beginning."""
+    files = day["files"]
+    names = [f"deliveries_{'x' * 120}_{n}_20261120.csv" for n in (1, 2)]
+    paths = [tmp_path / name for name in names]
+    for path in paths:
+        path.write_bytes(files["deliveries"][0].read_bytes())
+    sources = [read_sources([], [], [path], day=DAY) for path in paths]
+    assert [s.rejected for s in sources] == [[], []]
+    first, second = (s.deliveries for s in sources)
+    assert len(first) == len(second) > 900
+    assert {len(d.source) for d in first} <= set(range(1, 101))
+    assert first[0].source.startswith("export:deliveries_")
+    assert len({d.source for d in first}) == 1
+    assert first[0].source != second[0].source
+    assert read_sources([], [], [paths[0]], day=DAY).deliveries[0].source == first[0].source
+    # a short name is kept whole, as before
+    short = read_sources([], [], files["deliveries"], day=DAY).deliveries[0]
+    assert short.source == f"export:{files['deliveries'][0].name}"
