@@ -71,6 +71,7 @@ from iso4217 import Currency
 
 from canonical import (
     Delivery,
+    DeliveryKind,
     DeliveryStatus,
     Money,
     Order,
@@ -95,6 +96,7 @@ from mappings.payments import ACQUIRER_KINDS as ROW_ACQUIRER_KINDS
 from mappings.payments import MAX_REF
 from mappings.reconcile import (
     DELIVERY_EXPORT_COLUMNS,
+    DELIVERY_EXPORT_OPTIONAL,
     ORDER_EXPORT_COLUMNS,
     SOURCE_METHODS,
     Correction,
@@ -272,7 +274,7 @@ ORDER_LONGEST = {"site": _bound(Order, "site", "max_length"),
 """The longest site, order id and reference (in characters) a canonical order takes."""
 
 
-def _delivery_refused(quantity: str) -> str:
+def _delivery_refused(quantity: str, optional: Sequence[str] = ()) -> str:
     """SQL: a row of the delivery export (its columns as ``_source`` takes them; its
     quantity ``quantity`` as a number) that the row engine's reader surely refuses
     (``delivery_from_export``: a canonical ``Delivery``), or perhaps refuses: a required
@@ -280,28 +282,50 @@ def _delivery_refused(quantity: str) -> str:
     bounds. A quantity other than one digit is judged by its text too: the cast takes
     ``1.5`` (as 2), ``1e2``, ``0x10`` and ``1.``, which pydantic refuses; both take ``+1``,
     ``1_000``, ``1.00`` alike (``QUANTITY_TEXT``); any other, the reader says whether it
-    takes it (``_export_refusal``). (A site, order id or delivery id longer than the
-    canonical delivery takes is not tested: three more tests a row cost half of the whole
-    check.)"""
-    return (f"site IS NULL OR order_id IS NULL OR status IS NULL"
-            f" OR status NOT IN ({_values(tuple(DeliveryStatus))}) OR {quantity} IS NULL"
-            f" OR {quantity} < {_bound(Delivery, 'quantity', 'ge')}"
-            f" OR {quantity} > {_bound(Delivery, 'quantity', 'le')}"
-            f" OR (strlen(quantity) <> 1"
-            f" AND NOT regexp_full_match({_cell('quantity')}, '{QUANTITY_TEXT}'))")
+    takes it (``_export_refusal``). Of the ``optional`` columns the file has
+    (``DELIVERY_EXPORT_OPTIONAL``): a kind the canonical delivery does not know, a time not
+    in ``DELIVERED_AT_TEXT`` or not a valid date (any other the reader judges). (A site,
+    order id or delivery id longer than the canonical delivery takes is not tested: three
+    more tests a row cost half of the whole check.)"""
+    tests = [f"site IS NULL OR order_id IS NULL OR status IS NULL"
+             f" OR status NOT IN ({_values(tuple(DeliveryStatus))}) OR {quantity} IS NULL"
+             f" OR {quantity} < {_bound(Delivery, 'quantity', 'ge')}"
+             f" OR {quantity} > {_bound(Delivery, 'quantity', 'le')}"
+             f" OR (strlen(quantity) <> 1"
+             f" AND NOT regexp_full_match({_cell('quantity')}, '{QUANTITY_TEXT}'))"]
+    if "kind" in optional:
+        tests.append(f"(kind IS NOT NULL AND kind NOT IN ({_values(tuple(DeliveryKind))}))")
+    if "delivered_at" in optional:
+        tests.append(f"(delivered_at IS NOT NULL AND (NOT regexp_full_match(delivered_at,"
+                     f" {_literal(DELIVERED_AT_TEXT)})"
+                     " OR TRY_CAST(delivered_at AS TIMESTAMPTZ) IS NULL))")
+    return " OR ".join(tests)
 
 
 QUANTITY_TEXT = r"[+-]?[0-9]+(_[0-9]+)*([.]0+)?"
 """A whole number's text as pydantic's ``int`` and DuckDB's cast to INTEGER take it alike
 (a sign, digits in groups joined by ``_``, zeros after a point)."""
+DELIVERED_AT_TEXT = (r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}:[0-9]{2}"
+                     r"([.][0-9]{1,6})?(Z|[+-]([01][0-9]|2[0-3]):?[0-5][0-9])")
+"""A delivery's time as this path takes it from the export (it does not use it; the row
+reader's canonical delivery must take it): ISO 8601 with a UTC offset (``Z``, ``+08:00`` or
+``+0800``), its date valid (the cast says). Any other is the row reader's to judge: refused
+in its words, or the day is the row engine's."""
 
 
-DELIVERED = ("""status = 'delivered' AND strlen(quantity) = 1 AND site IS NOT NULL"""
-             """ AND order_id IS NOT NULL AND "quantity:" > 0""")
-"""SQL: a delivery row as most are, delivered, which the row reader reads: a status, a site,
-an order id and a quantity of one digit, not 0 (so 1 to 9). One conjunction, where the
-tests of ``_delivery_refused`` would be eight disjunctions of every row: the others only
-for the rows that are not so."""
+def _delivered(optional: Sequence[str] = ()) -> str:
+    """SQL: a delivery row as most are, delivered, which the row reader reads: a status, a
+    site, an order id, a quantity of one digit, not 0 (so 1 to 9), and of the ``optional``
+    columns the file has, the kind empty or ``codes`` and no time. One conjunction, where
+    the tests of ``_delivery_refused`` are many disjunctions of every row: those only for
+    the rows that are not so."""
+    test = ("""status = 'delivered' AND strlen(quantity) = 1 AND site IS NOT NULL"""
+            """ AND order_id IS NOT NULL AND "quantity:" > 0""")
+    if "kind" in optional:
+        test += " AND (kind IS NULL OR kind = 'codes')"
+    if "delivered_at" in optional:
+        test += " AND delivered_at IS NULL"
+    return test
 
 
 ROW_REFUSED = "vouchflow: a row the row reader refuses"
@@ -657,13 +681,25 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
     # the row reader strips it only when the cast cannot take it
     quantity = ("coalesce(TRY_CAST(quantity AS INTEGER),"
                 f" TRY_CAST({_cell('quantity')} AS INTEGER))")
+    delivery_optional: dict[Path, list[str]] = {}  # the optional columns a file has
     for path in deliveries:
         try:
-            source = _source(path, _header(path, DELIVERY_EXPORT_COLUMNS), cells={
-                "site": (), "order_id": (), "status": tuple(DeliveryStatus)})
+            names = _header(path, DELIVERY_EXPORT_COLUMNS)
+            source = _source(path, names, cells={
+                "site": (), "order_id": (), "status": tuple(DeliveryStatus),
+                "kind": tuple(DeliveryKind), "delivered_at": ()})
         except PaymentFileError as exc:
             refused.append(str(exc))
             continue
+        have = {_norm(n): n for n in names}
+        optional = delivery_optional[path] = [c for c in DELIVERY_EXPORT_OPTIONAL
+                                              if _norm(c) in have]
+        if any(have[_norm(c)] != c for c in optional):
+            # the column as the file spells it (the readers match names spacing and case
+            # aside), by the name the tests use
+            source = "(SELECT *, " + ", ".join(
+                f"{_ident(have[_norm(c)])} AS {_ident(c)}" for c in optional
+                if have[_norm(c)] != c) + f" FROM {source})"
         # a row the row reader refuses stops the query (a cast that fails, naming
         # ``ROW_REFUSED``: the file is explained by the row reader, ``explain_deliveries``):
         # one test of each row, where it is read. (Not DuckDB's ``error``: a volatile
@@ -672,8 +708,8 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
         delivery_rows[path] = f'(SELECT *, {quantity} AS "quantity:" FROM {source})'
         delivered_from[path] = (
             f"SELECT site, order_id FROM {delivery_rows[path]} WHERE CASE"
-            f" WHEN {DELIVERED} THEN true"
-            f""" WHEN {_delivery_refused('"quantity:"')}"""
+            f" WHEN {_delivered(optional)} THEN true"
+            f""" WHEN {_delivery_refused('"quantity:"', optional)}"""
             f" THEN CAST(concat({_literal(ROW_REFUSED + ': ')}, status) AS BOOLEAN)"
             """ ELSE status = 'delivered' AND "quantity:" > 0 END""")
 
@@ -689,7 +725,8 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
         con.execute("SET preserve_insertion_order=true")  # lines are counted in order
         try:
             row = con.execute(f"""SELECT line FROM (SELECT row_number() OVER () + 1 AS line,
-                * FROM {delivery_rows[path]}) WHERE {_delivery_refused('"quantity:"')}
+                * FROM {delivery_rows[path]})
+                WHERE {_delivery_refused('"quantity:"', delivery_optional[path])}
                 ORDER BY line LIMIT 1""").fetchone()
         finally:
             con.execute("SET preserve_insertion_order=false")

@@ -915,3 +915,54 @@ def test_a_delivery_quantity_both_take_alike_is_read_as_the_row_engine_reads_it(
     files = generate(tmp_path, 50)["files"]
     set_cells(files["deliveries"][0], 4, {"quantity": quantity})
     assert_read_alike(files)
+
+
+def with_optional(path: Path, cells: dict[int, dict[str, str]]) -> None:
+    """The delivery export with its optional columns (``kind``, ``delivered_at``), filled
+    as a site writes them, and the cells of ``cells`` (by line) set."""
+    rows = list(csv.reader(path.read_text(encoding="utf-8").splitlines()))
+    rows[0] += ["kind", "delivered_at"]
+    for row in rows[1:]:
+        row += ["codes", f"{DAY}T10:00:00+08:00"]
+    for line, values in cells.items():
+        for column, value in values.items():
+            rows[line - 1][rows[0].index(column)] = value
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh, lineterminator="\n").writerows(rows)
+
+
+@pytest.mark.parametrize(("column", "value"), [
+    ("kind", "parcel"), ("kind", "Codes"), ("kind", "codes "), ("kind", "codes\u00a0x"),
+    ("delivered_at", "2026-11-20T10:00:00"), ("delivered_at", "yesterday"),
+    ("delivered_at", "2026-11-20"), ("delivered_at", "2026-13-20T10:00:00+08:00"),
+])
+def test_a_delivery_exports_optional_column_the_row_engine_refuses_is_refused_alike(
+        tmp_path, column, value):
+    """A delivery's kind and time, when the export has them, are the canonical delivery's
+    (a kind it knows, an aware time): a file with one it refuses is refused by the columnar
+    path in the row engine's words (``codes `` is stripped and read, as the row reader
+    strips it)."""
+    files = generate(tmp_path, 50)["files"]
+    part = split_off(files, "deliveries")
+    with_optional(part, {3: {column: value}})
+    with_optional(files["deliveries"][1], {})
+    columnar, row, refused = both_refusing(files)
+    try:
+        assert columnar.refused == refused
+        assert_same(columnar, row)
+        if value != "codes ":
+            assert len(refused) == 1 and refused[0].startswith(f"{part.name}: line 3: ")
+    finally:
+        columnar.close()
+
+
+@pytest.mark.parametrize("delivered", ["", f"{DAY}T10:00:00Z", f"{DAY} 10:00:00+08:00",
+                                       f"{DAY}T10:00:00.25+0800"])
+def test_a_delivery_exports_optional_columns_the_row_engine_takes_are_read_alike(
+        tmp_path, delivered):
+    """Kinds and times the canonical delivery takes (an empty kind is ``codes``, an empty
+    time the day's start): the day is read, with the row engine's whole result."""
+    files = generate(tmp_path, 50)["files"]
+    with_optional(files["deliveries"][0], {3: {"kind": "shipment", "delivered_at": delivered},
+                                           4: {"kind": " "}})
+    assert_read_alike(files)
