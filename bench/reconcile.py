@@ -192,22 +192,25 @@ def accuracy(truth: dict[str, list[str]], labels: dict[str, list[str]]) -> float
     return round(right / len(entities), 6)
 
 
+def _paths(files: dict[str, list[Path]], kind: str) -> str:
+    """SQL: the day's files of ``kind`` as the list ``read_csv`` takes."""
+    return "[" + ", ".join(f"'{p}'" for p in files[kind]) + "]"
+
+
 def baseline(files: dict[str, list[Path]]) -> tuple[float, int, float]:
     """The baseline's seconds, matched count and CPU seconds (of the timed query only)."""
     import duckdb
 
+    orders, acquirer, wallet = (_paths(files, kind) for kind in ("orders", "acquirer", "wallet"))
     con = duckdb.connect()
     cpu = time.process_time()
     started = time.perf_counter()
 
-    def csvs(kind: str) -> str:
-        return "[" + ", ".join(f"'{p}'" for p in files[kind]) + "]"
-
     matched = con.execute(f"""
-        WITH o AS (SELECT * FROM read_csv({csvs('orders')}, all_varchar=true, header=true)),
-             t AS (SELECT "Merchant Reference" AS ref FROM read_csv({csvs('acquirer')},
+        WITH o AS (SELECT * FROM read_csv({orders}, all_varchar=true, header=true)),
+             t AS (SELECT "Merchant Reference" AS ref FROM read_csv({acquirer},
                        all_varchar=true, header=true)
-                   UNION ALL SELECT order_id FROM read_csv({csvs('wallet')}, all_varchar=true,
+                   UNION ALL SELECT order_id FROM read_csv({wallet}, all_varchar=true,
                        header=true))
         SELECT count(o.order_id), count(*) FROM t LEFT JOIN o ON o.order_id = t.ref""").fetchone()
     elapsed = time.perf_counter() - started
@@ -225,9 +228,9 @@ def floor(files: dict[str, list[Path]]) -> tuple[float, float]:
     from flows.reconcile_columnar import ACQ_AMOUNTS
 
     def read(kind: str, names: Sequence[str], typed: dict[str, str]) -> str:
-        paths = "[" + ", ".join(f"'{p}'" for p in files[kind]) + "]"
         columns = "{" + ", ".join(f"'{n}': '{typed.get(n, 'VARCHAR')}'" for n in names) + "}"
-        return f"read_csv({paths}, header=true, auto_detect=false, columns={columns})"
+        return (f"read_csv({_paths(files, kind)}, header=true, auto_detect=false, "
+                f"columns={columns})")
 
     def present(names: Sequence[str], alias: str = "") -> str:
         """Per row, how many of its fields are filled (so that each one is built)."""

@@ -85,3 +85,11 @@ def prevalidated(model: type[_Model], values: dict[str, Any]) -> _Model:
     object.__setattr__(built, "__pydantic_extra__", None)
     object.__setattr__(built, "__pydantic_private__", None)
     return built
+
+
+def field_bound(model: type[BaseModel], name: str, bound: str) -> int:
+    """A field's bound as its model declares it (``max_length``, ``ge`` or ``le`` of its
+    pydantic metadata): where code outside the model must know the limit past which the
+    model refuses a value, it reads it here rather than repeating the number."""
+    return next(int(getattr(m, bound)) for m in model.model_fields[name].metadata
+                if getattr(m, bound, None) is not None)

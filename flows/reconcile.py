@@ -40,12 +40,14 @@ from pydantic import ValidationError
 from sqlalchemy import Engine
 
 from canonical import Delivery, Fee, Money, Order, PaymentTrace, Payout
+from canonical._base import field_bound
 from connectors.payments.common import (
     Origin,
     PaymentFileError,
     check_currency,
     csv_delimiter,
     file_label,
+    optional,
     parse_amount,
     parse_datetime,
     read_csv_rows,
@@ -156,14 +158,14 @@ def read_export(path: Path, kind: str, file: str, *, day: date, keep: bool = Tru
     cut and ends with a digest of the whole name (the same on every read, apart from another
     file of the same beginning): a file's name does not make its rows invalid."""
     if kind == "orders":
-        columns, optional = ORDER_EXPORT_COLUMNS, ()
+        columns, optional_columns = ORDER_EXPORT_COLUMNS, ()
         build: Any = order_from_export
         check: Any = _check_order_cells
     else:
-        columns, optional, check = DELIVERY_EXPORT_COLUMNS, DELIVERY_EXPORT_OPTIONAL, None
+        columns, optional_columns = DELIVERY_EXPORT_COLUMNS, DELIVERY_EXPORT_OPTIONAL
+        check = None
         source = f"export:{file}"
-        most = next(m.max_length for m in Delivery.model_fields["source"].metadata
-                    if getattr(m, "max_length", None) is not None)
+        most = field_bound(Delivery, "source", "max_length")
         if len(source) > most:
             digest = hashlib.sha256(file.encode("utf-8", "surrogatepass")).hexdigest()[:16]
             source = f"{source[:most - len(digest) - 1]}~{digest}"
@@ -171,7 +173,8 @@ def read_export(path: Path, kind: str, file: str, *, day: date, keep: bool = Tru
         def build(row: Any) -> Delivery:
             return delivery_from_export(row, day=day, source=source)
     items = []
-    for origin, row in read_csv_rows(path, required=columns, optional_columns=optional):
+    for origin, row in read_csv_rows(path, required=columns,
+                                      optional_columns=optional_columns):
         try:
             if check is not None:
                 check(row, origin)
@@ -191,12 +194,12 @@ def read_export(path: Path, kind: str, file: str, *, day: date, keep: bool = Tru
 def _check_order_cells(row: Any, origin: Origin) -> None:
     """An order row's currency, total and created_at by the payment readers' rules (an empty
     one is left to the model, which says it is required)."""
-    currency = (row.get("currency") or "").strip()
+    currency = optional(row.get("currency"))
     code = check_currency(currency, origin, "currency") if currency else None
-    total = (row.get("total") or "").strip()
+    total = optional(row.get("total"))
     if total and code is not None:
         parse_amount(total, code, origin, "total")
-    created = (row.get("created_at") or "").strip()
+    created = optional(row.get("created_at"))
     if created:
         parse_datetime(created, origin, "created_at")
 

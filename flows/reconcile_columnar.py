@@ -82,13 +82,19 @@ from canonical import (
     Payout,
     TraceKind,
 )
-from canonical._base import prevalidated
+from canonical._base import field_bound, prevalidated
 from canonical.money import RoundingMode, minor_unit, quantize_exact
 from connectors.payments import acquirer as acquirer_reader
 from connectors.payments import wallet_balance as wallet_reader
 from connectors.payments.acquirer import FEE_COLUMNS as ACQUIRER_FEES
 from connectors.payments.acquirer import REQUIRED as ACQUIRER_REQUIRED
-from connectors.payments.common import _ABBREVIATIONS, Origin, PaymentFileError, timezone_of
+from connectors.payments.common import (
+    _ABBREVIATIONS,
+    Origin,
+    PaymentFileError,
+    column_key,
+    timezone_of,
+)
 from connectors.payments.wallet_balance import REQUIRED as WALLET_REQUIRED
 from connectors.payments.wallet_balance import TYPES as WALLET_TYPES
 from flows.heap import collector_off
@@ -133,8 +139,8 @@ def _header(path: Path, required: Sequence[str]) -> list[str]:
     """The file's column names, once the required ones are known to be there."""
     with path.open(encoding="utf-8-sig", newline="") as fh:
         names = next(csv.reader([fh.readline()]))
-    header = {" ".join(h.split()).casefold() for h in names}
-    missing = [c for c in required if " ".join(c.split()).casefold() not in header]
+    header = {column_key(h) for h in names}
+    missing = [c for c in required if column_key(c) not in header]
     if missing:
         raise PaymentFileError(path.name, "missing_column", "missing column"
                                + ("s " if len(missing) > 1 else " ")
@@ -240,19 +246,12 @@ column's text)."""
 def _required(columns: Sequence[str]) -> list[RowCheck]:
     """The row readers' ``require``: each column has a value (an empty one, or one of
     whitespace only, is NULL once read: ``_cell``)."""
-    return [(c, f'"{c}" IS NULL', "required", "empty; a value is required") for c in columns]
+    return [(c, f"{_ident(c)} IS NULL", "required", "empty; a value is required")
+            for c in columns]
 
 
 ACQUIRER_READ_FIRST = ("TimeZone", "Creation Date")
 """The acquirer's columns its row reader reads first (the rules of ``acquirer_rows``)."""
-
-
-def _bound(model: type[Any], name: str, bound: str) -> int:
-    """A field's bound as its canonical model declares it (``max_length``, ``ge`` or ``le`` of
-    its pydantic metadata): the limits past which the row engine's models refuse a value,
-    read from them."""
-    return next(int(getattr(m, bound)) for m in model.model_fields[name].metadata
-                if getattr(m, bound, None) is not None)
 
 
 def _values(names: Sequence[str]) -> str:
@@ -260,7 +259,7 @@ def _values(names: Sequence[str]) -> str:
     return ", ".join(map(_literal, names))
 
 
-REF_MAX = _bound(Payment, "provider_reference", "max_length")
+REF_MAX = field_bound(Payment, "provider_reference", "max_length")
 """The longest reference an order takes (and the row mapping keeps of a trace's: ``MAX_REF``,
 checked equal below)."""
 assert REF_MAX == MAX_REF
@@ -269,8 +268,8 @@ ORDER_COMPLETE = ("site", "order_id", "day", "currency", "expected", "confirmed"
 a canonical ``Order``): its site, id, time (its day), currency and total (its expected
 amount), and, NULL when the canonical order refuses them, its status (``confirmed``) and
 its payment (``lag``)."""
-ORDER_LONGEST = {"site": _bound(Order, "site", "max_length"),
-                 "order_id": _bound(Order, "order_id", "max_length"), "pref": REF_MAX}
+ORDER_LONGEST = {"site": field_bound(Order, "site", "max_length"),
+                 "order_id": field_bound(Order, "order_id", "max_length"), "pref": REF_MAX}
 """The longest site, order id and reference (in characters) a canonical order takes."""
 
 
@@ -289,8 +288,8 @@ def _delivery_refused(quantity: str, optional: Sequence[str] = ()) -> str:
     more tests a row cost half of the whole check.)"""
     tests = [f"site IS NULL OR order_id IS NULL OR status IS NULL"
              f" OR status NOT IN ({_values(tuple(DeliveryStatus))}) OR {quantity} IS NULL"
-             f" OR {quantity} < {_bound(Delivery, 'quantity', 'ge')}"
-             f" OR {quantity} > {_bound(Delivery, 'quantity', 'le')}"
+             f" OR {quantity} < {field_bound(Delivery, 'quantity', 'ge')}"
+             f" OR {quantity} > {field_bound(Delivery, 'quantity', 'le')}"
              f" OR (strlen(quantity) <> 1"
              f" AND NOT regexp_full_match({_cell('quantity')}, '{QUANTITY_TEXT}'))"]
     if "kind" in optional:
@@ -691,15 +690,15 @@ def reconcile_columnar(rules: Rules, day: date, *, orders: Sequence[Path],
         except PaymentFileError as exc:
             refused.append(str(exc))
             continue
-        have = {_norm(n): n for n in names}
+        have = {column_key(n): n for n in names}
         optional = delivery_optional[path] = [c for c in DELIVERY_EXPORT_OPTIONAL
-                                              if _norm(c) in have]
-        if any(have[_norm(c)] != c for c in optional):
+                                              if column_key(c) in have]
+        if any(have[column_key(c)] != c for c in optional):
             # the column as the file spells it (the readers match names spacing and case
             # aside), by the name the tests use
             source = "(SELECT *, " + ", ".join(
-                f"{_ident(have[_norm(c)])} AS {_ident(c)}" for c in optional
-                if have[_norm(c)] != c) + f" FROM {source})"
+                f"{_ident(have[column_key(c)])} AS {_ident(c)}" for c in optional
+                if have[column_key(c)] != c) + f" FROM {source})"
         # a row the row reader refuses stops the query (a cast that fails, naming
         # ``ROW_REFUSED``: the file is explained by the row reader, ``explain_deliveries``):
         # one test of each row, where it is read. (Not DuckDB's ``error``: a volatile
@@ -1127,16 +1126,16 @@ def _source(path: Path, names: Sequence[str], typed: dict[str, str] | None = Non
         buffer = f", buffer_size={min(ORDERED_BUFFER, max(ORDERED_BUFFER // 4, size // 4))}"
     read = (f"read_csv({_q(path)}, header=true, auto_detect=false{buffer}, "
             f"columns={_columns(names, typed or {})}{fmt})")
-    have = {_norm(n) for n in names}
-    missing = [c for c in optional if _norm(c) not in have]
-    wanted = None if cells is None else {_norm(c): known for c, known in cells.items()}
+    have = {column_key(n) for n in names}
+    missing = [c for c in optional if column_key(c) not in have]
+    wanted = None if cells is None else {column_key(c): known for c, known in cells.items()}
     out = []
     for name in names:
         quoted = _ident(name)
-        if name in (typed or {}) or (wanted is not None and _norm(name) not in wanted):
+        if name in (typed or {}) or (wanted is not None and column_key(name) not in wanted):
             out.append(quoted)
         else:
-            known = [k for k in (wanted or {}).get(_norm(name), ()) if k and k == k.strip()]
+            known = [k for k in (wanted or {}).get(column_key(name), ()) if k and k == k.strip()]
             cell = _cell(quoted)
             if known:
                 cell = (f"CASE WHEN {quoted} IN ({', '.join(map(_literal, known))})"
@@ -1146,19 +1145,14 @@ def _source(path: Path, names: Sequence[str], typed: dict[str, str] | None = Non
     return f"(SELECT {', '.join(out)} FROM {read})"
 
 
-def _norm(name: str) -> str:
-    """A column name as the readers match it (spacing and case aside)."""
-    return " ".join(name.split()).casefold()
-
-
 def _padded(con: Any, path: Path, names: Sequence[str], cells: Mapping[str, Sequence[str]]
             ) -> None:
     """Raise ``ColumnarUnsupported`` at the first line of the file where a column the insert
     reads as written (not one of ``cells``: a currency, a time, an amount) has whitespace
     around its text, which the row readers strip before they read it (the typed read and
     the casts here take the text as it is)."""
-    stripped = {_norm(c) for c in cells}
-    columns = [n for n in names if _norm(n) not in stripped]
+    stripped = {column_key(c) for c in cells}
+    columns = [n for n in names if column_key(n) not in stripped]
     if not columns:
         return
     quoted = [_ident(n) for n in columns]
@@ -1289,9 +1283,9 @@ def _reread(con: Any, table: str, file: str, line: int, reader: RowReader
     reader's names (matched spacing and case aside), their text (``_source`` stripped it as
     the reader strips it; an empty one is "")."""
     parse, columns = reader
-    known = {_norm(c): c for c in columns}
-    row = {known[_norm(name)]: "" if value is None else str(value)
-           for name, value in _row_at(con, table, line).items() if _norm(name) in known}
+    known = {column_key(c): c for c in columns}
+    row = {known[column_key(name)]: "" if value is None else str(value)
+           for name, value in _row_at(con, table, line).items() if column_key(name) in known}
     try:
         parse(Origin(file, line), row)
     except PaymentFileError as exc:
@@ -1489,10 +1483,10 @@ def _not_as_the_rows(con: Any, card_files: Sequence[int], files: Mapping[int, Pa
                                       "counts each once)")
 
 
-ACCOUNT_MAX = _bound(PaymentTrace, "account", "max_length")
+ACCOUNT_MAX = field_bound(PaymentTrace, "account", "max_length")
 """The longest account a canonical trace takes (a card row's merchant account; a wallet's,
 ``wallet:`` and its site)."""
-PAYOUT_ID_MAX = _bound(Payout, "payout_id", "max_length")
+PAYOUT_ID_MAX = field_bound(Payout, "payout_id", "max_length")
 """The longest payout id a canonical payout takes (a card payout's is
 ``{merchant account}-batch-{batch}``)."""
 
@@ -1561,19 +1555,20 @@ def _too_long(con: Any, card_files: Sequence[int], files: Mapping[int, Path]) ->
         (False, "customer_ref", "cref", MAX_REF, reference),
         (False, "settlement_id", "batch", MAX_REF, reference),
         (False, "site", "account", ACCOUNT_MAX, account)]
+    # each file's first row id (its rows are in its order: a row's line is counted from it)
+    starts = dict(con.execute("SELECT file, min(rowid) FROM traces GROUP BY file").fetchall())
     first: tuple[Any, ...] | None = None
     for of_card, name, text, most, why in columns:
-        row = con.execute(f"""SELECT t.file, t.rowid - f.first + 2, length({text})
-            FROM traces t JOIN (SELECT file, min(rowid) AS first FROM traces GROUP BY file) f
-                USING (file)
-            WHERE {'' if of_card else 'NOT '}coalesce(t.file IN ({card}), false)
+        row = con.execute(f"""SELECT file, rowid, length({text}) FROM traces
+            WHERE {'' if of_card else 'NOT '}coalesce(file IN ({card}), false)
                 AND length({text}) > {most}
-            ORDER BY t.file, t.rowid LIMIT 1""").fetchone()
+            ORDER BY file, rowid LIMIT 1""").fetchone()
         if row and (first is None or tuple(row[:2]) < first[:2]):
             first = (*row, name, why)
     if first is None:
         return
-    number, line, length, name, why = first
+    number, rowid, length, name, why = first
+    line = rowid - starts[number] + 2
     what = why.format(n=length) if "{n}" in why else f"{length} characters, {why}"
     raise ColumnarUnsupported(f"{files[number].name}: line {line}: {name}: {what}")
 

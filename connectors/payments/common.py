@@ -237,7 +237,8 @@ def optional(text: str | None) -> str | None:
 
 
 # CSV ----------------------------------------------------------------------------------------
-def _norm(name: str) -> str:
+def column_key(name: str) -> str:
+    """A column name as the readers match it: spacing, case and a byte-order mark aside."""
     return " ".join(name.replace("\ufeff", "").split()).casefold()
 
 
@@ -256,8 +257,8 @@ class CsvFile:
             raise PaymentFileError(file, "empty_file", "no header line", line=1)
         self.delimiter = delimiter or _sniff_delimiter(first)
         header = next(csv.reader(io.StringIO(first), delimiter=self.delimiter))
-        known = {_norm(name): name for name in (*required, *optional_columns)}
-        self.columns: list[str | None] = [known.get(_norm(h)) for h in header]
+        known = {column_key(name): name for name in (*required, *optional_columns)}
+        self.columns: list[str | None] = [known.get(column_key(h)) for h in header]
         present = {c for c in self.columns if c}
         missing = [name for name in required if name not in present]
         if missing:
